@@ -1,0 +1,39 @@
+"""fxdnat: Differentiable Neural Architecture Transformation (DNAT, Kim & Lee 2020) on torch.fx.
+
+The public API is imported lazily so that ``import fxdnat`` (and ``fxdnat --help``) stays fast and
+does not load torch until a name that needs it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fxdnat.ir import CHOICES, KINDS, Edge
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (loaded on first use)
+_LAZY: dict[str, str] = {
+    "trace": "fxdnat.tracing",
+    "TraceError": "fxdnat.tracing",
+    "Architecture": "fxdnat.arch",
+}
+
+__all__ = ["CHOICES", "KINDS", "Edge", "__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from fxdnat.arch import Architecture
+    from fxdnat.tracing import TraceError, trace
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fxdnat' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

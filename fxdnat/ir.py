@@ -1,0 +1,61 @@
+"""The Edge IR: the places in a traced graph where DNAT's three candidates apply.
+
+An Edge is plain data (strings, tuples) so that it can be stored in a checkpoint, compared after a
+re-trace, and shown by the CLI without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+CHOICES: tuple[str, ...] = ("none", "identity", "same")
+"""Candidate operations of every edge, in θ's column order (DNAT, Kim & Lee 2020, eq. 1)."""
+
+NONE, IDENTITY, SAME = CHOICES
+
+KINDS: tuple[str, ...] = ("branch", "skip", "op")
+"""branch: a residual branch into a join; skip: an empty branch (the edge already is the identity);
+op: a shape-preserving module call offered the identity ("op" granularity, NAT-style)."""
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One edge of the architecture: ``source`` ─(nodes)─► ``operand`` ─► ``join``.
+
+    All graph references are node names of the traced GraphModule, which FX derives
+    deterministically from the module's code, so they are stable across runs and re-traces.
+    """
+
+    name: str
+    """Stable readable id, ``"{cell}:{role}"`` (``"layer1.0:0"``; the root cell is ``""``)."""
+    kind: str
+    """One of :data:`KINDS`."""
+    source: str
+    """The edge's input x: the fork where the branch starts (equals ``operand`` for a skip)."""
+    operand: str
+    """The node whose value the edge delivers: the branch output (op(x))."""
+    nodes: tuple[str, ...]
+    """The branch between ``source`` and ``operand``, in graph order; empty for a skip."""
+    join: str | None
+    """The node holding the sum the edge enters (the last add of a chain); None for an op edge."""
+    user: str | None
+    """The add node that consumes ``operand`` (``join`` itself or an inner add of the chain)."""
+    index: int | None
+    """Position of ``operand`` among ``user``'s arguments: the use that the gate replaces."""
+    choices: tuple[str, ...]
+    """Allowed candidates, a subset of :data:`CHOICES` in that order."""
+    cell: str
+    """Module path of the cell that owns the edge (the deepest module holding join and branch)."""
+    role: str
+    """The edge's place inside its cell: join edges are numbered, op edges named by module."""
+
+    def to_dict(self) -> dict:
+        """Plain-Python form, as stored in checkpoints and printed by ``fxdnat edges --json``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Edge:
+        fields = dict(data)
+        fields["nodes"] = tuple(fields["nodes"])
+        fields["choices"] = tuple(fields["choices"])
+        return cls(**fields)
