@@ -20,7 +20,7 @@ _LAZY: dict[str, str] = {
     "Architecture": "fxdnat.arch",
 }
 
-__all__ = ["CHOICES", "KINDS", "Edge", "__version__", *_LAZY]
+__all__ = ["CHOICES", "KINDS", "Architecture", "Edge", "TraceError", "__version__", "trace"]
 
 if TYPE_CHECKING:
     from fxdnat.arch import Architecture

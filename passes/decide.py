@@ -1,0 +1,100 @@
+"""decide: each edge keeps the candidate with the largest θ, and no join is left dead.
+
+NAT's released ResNet20 runs collapsed to 10 % accuracy when every edge into a node became
+"none" (Kim & Lee 2020, §4): a zero tensor flowed on. Here a join whose operands all chose none
+keeps its operand with the best non-none weight.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import fx
+
+from fxdnat.ir import CHOICES, NONE, SAME, Edge
+
+log = logging.getLogger(__name__)
+
+# On exact ties prefer the original op, then the identity: change the network only when θ says so.
+_PREFERENCE = (SAME, "identity", NONE)
+
+
+def decide(gated: fx.GraphModule) -> dict[str, str]:
+    """``{edge name: choice}``: the argmax of each edge's θ row over its allowed choices."""
+    arch = _architecture(gated)
+    theta = arch.theta.detach().float().cpu()
+    decisions = {
+        edge.name: _best(theta[arch.group_of[edge.name]], edge.choices) for edge in arch.edges
+    }
+    for join, members in _joins(arch.edges).items():
+        if all(decisions[e.name] == NONE for e in members):
+            keep = max(members, key=lambda e: _best_weight(theta[arch.group_of[e.name]], e))
+            decisions[keep.name] = _best(theta[arch.group_of[keep.name]], keep.choices, live=True)
+            log.warning(
+                "join %s: every operand chose none; %s keeps %s",
+                join,
+                keep.name,
+                decisions[keep.name],
+            )
+    return decisions
+
+
+def check_decisions(
+    edges: Sequence[Edge], decisions: Mapping[str, str], *, allow_dead: bool = False
+) -> dict[str, str]:
+    """Validate ``decisions`` against ``edges``; complete missing edges with "same".
+
+    Raises ValueError naming the edge for an unknown edge, a choice the edge does not allow, or
+    (unless ``allow_dead``) a join left without a live operand.
+    """
+    by_name = {edge.name: edge for edge in edges}
+    for name, choice in decisions.items():
+        if name not in by_name:
+            hint = difflib.get_close_matches(name, by_name, n=1)
+            raise ValueError(
+                f"unknown edge {name!r} in decisions"
+                + (f"; did you mean {hint[0]!r}?" if hint else "; see `fxdnat edges`")
+            )
+        if choice not in by_name[name].choices:
+            raise ValueError(
+                f"edge {name!r} cannot choose {choice!r}; it allows {by_name[name].choices}"
+            )
+    full = {edge.name: decisions.get(edge.name, SAME) for edge in edges}
+    if not allow_dead:
+        for join, members in _joins(edges).items():
+            if all(full[e.name] == NONE for e in members):
+                raise ValueError(
+                    f"decisions remove every operand of join {join!r} (edges "
+                    f"{', '.join(e.name for e in members)}); keep at least one"
+                )
+    return full
+
+
+def _architecture(gated: fx.GraphModule):  # -> Architecture (lazy import keeps passes light)
+    from fxdnat.arch import Architecture
+
+    arch = getattr(gated, "arch", None)
+    if not isinstance(arch, Architecture):
+        raise TypeError(f"{type(gated).__name__} is not gated; call passes.gate(gm, edges) first")
+    return arch
+
+
+def _joins(edges: Sequence[Edge]) -> dict[str, list[Edge]]:
+    joins: dict[str, list[Edge]] = defaultdict(list)
+    for edge in edges:
+        if edge.join is not None:
+            joins[edge.join].append(edge)
+    return joins
+
+
+def _best(row: torch.Tensor, choices: Sequence[str], live: bool = False) -> str:
+    allowed = [c for c in _PREFERENCE if c in choices and not (live and c == NONE)]
+    return max(allowed, key=lambda c: (row[CHOICES.index(c)].item(), -allowed.index(c)))
+
+
+def _best_weight(row: torch.Tensor, edge: Edge) -> float:
+    return max(row[CHOICES.index(c)].item() for c in edge.choices if c != NONE)
