@@ -10,6 +10,7 @@ the eager model in both modes.
 from __future__ import annotations
 
 import logging
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -128,6 +129,7 @@ def trace(
         for m, training in modes.items():
             m.training = training
     gm = fx.GraphModule(model, graphs[model.training], class_name=type(model).__name__)
+    _functionalize_inplace_adds(gm)
     _propagate_shapes(gm, inputs)
     gm.meta[META_KEY] = {
         "leaves": reasons,
@@ -229,6 +231,35 @@ def _module_signatures(graph: fx.Graph) -> dict[str, list]:
         )
         signatures[current].append((node.op, target, normalise(node.args), normalise(node.kwargs)))
     return signatures
+
+
+def _functionalize_inplace_adds(gm: fx.GraphModule) -> None:
+    """Rewrite ``y.add_(x)`` as ``z = y + x`` and let later readers of y read z.
+
+    FX already records ``y += x`` as an out-of-place add; this does the same for the explicit
+    in-place calls, so that their joins can be gated like any other. Skipped when y is an input,
+    an attribute or a view, where the mutation would be visible outside the graph.
+    """
+    from fxdnat.passes import _graph  # the passes import this module
+
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    changed = False
+    for node in list(gm.graph.nodes):
+        if not _graph.is_inplace_add(node) or "out" in node.kwargs:
+            continue
+        target = node.args[0]
+        if not isinstance(target, fx.Node) or target.op in ("placeholder", "get_attr"):
+            continue
+        if _graph.is_view(target) or any(_graph.is_view(u) for u in target.users):
+            continue
+        node.target = "add" if node.op == "call_method" else operator.add
+        later = [u for u in target.users if order[u] > order[node]]
+        for user in later:
+            user.replace_input_with(target, node)
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
 
 
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:

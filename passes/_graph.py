@@ -141,7 +141,7 @@ def is_inplace(node: fx.Node) -> bool:
     ) or (name.endswith("_") and not name.startswith("_"))
 
 
-def _is_view(node: fx.Node) -> bool:
+def is_view(node: fx.Node) -> bool:
     return (node.op == "call_method" and node.target in _VIEW_METHODS) or (
         node.op == "call_function" and node.target in _VIEW_FUNCTIONS
     )
@@ -152,40 +152,43 @@ def _mutated_roots(node: fx.Node) -> Iterator[fx.Node]:
     target = node.args[0] if node.args else None
     while isinstance(target, fx.Node):
         yield target
-        target = target.args[0] if _is_view(target) and target.args else None
+        target = target.args[0] if is_view(target) and target.args else None
 
 
-def eliminate_dead_code(gm: fx.GraphModule) -> int:
-    """Remove nodes whose value is never used, keeping side effects; returns how many went.
+def live_nodes(graph: fx.Graph, keep: Iterable[fx.Node] = ()) -> set[fx.Node]:
+    """Nodes whose value or side effect can reach the output (``keep`` counts as reaching it).
 
     FX's own ``eliminate_dead_code`` treats every ``call_method`` as pure, so it would drop
     ``x.relu_()`` whose result is unused but whose mutation is read later. Here an in-place call
-    stays live while the tensor it mutates (or any tensor that is a view of) stays live.
+    is live while the tensor it mutates (or any tensor that is a view of) is live.
     """
-    graph = gm.graph
-    live: set[fx.Node] = set()
+    live: set[fx.Node] = set(keep)
     changed = True
     while changed:
         changed = False
         for node in reversed(graph.nodes):
             if node in live:
                 continue
-            keep = (
+            inplace = is_inplace(node)
+            if (
                 node.op in ("placeholder", "output")
                 or any(user in live for user in node.users)
-                or (is_inplace(node) and any(_mutated_live(r, live) for r in _mutated_roots(node)))
+                or (inplace and any(_mutated_live(r, live) for r in _mutated_roots(node)))
                 or (
-                    not is_inplace(node)
-                    and node.op != "call_module"
-                    and node.is_impure(impure_random=False)
+                    not inplace and node.op != "call_module" and node.is_impure(impure_random=False)
                 )
-            )
-            if keep:
+            ):
                 live.add(node)
                 changed = True
-    dead = [node for node in graph.nodes if node not in live]
+    return live
+
+
+def eliminate_dead_code(gm: fx.GraphModule, keep: Iterable[fx.Node] = ()) -> int:
+    """Remove the nodes that are not live (see :func:`live_nodes`); returns how many went."""
+    live = live_nodes(gm.graph, keep)
+    dead = [node for node in gm.graph.nodes if node not in live]
     for node in reversed(dead):
-        graph.erase_node(node)
+        gm.graph.erase_node(node)
     return len(dead)
 
 

@@ -37,9 +37,15 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     inplace_targets = {
         node: _resolve(node.args[0]) for node in graph.nodes if _graph.is_inplace_add(node)
     }
+    # Code that was dead before stays (finalize removes only what it makes dead), but not the gates.
+    gates = [n for n in graph.nodes if n.op == "call_function" and n.target is dnat_gate]
+    machinery = {n for g in gates for n in (g, g.args[0])} | set(
+        graph.find_nodes(op="call_module", target=ARCH)
+    )
+    dead_before = set(graph.nodes) - _graph.live_nodes(graph) - machinery
     zeros: set[fx.Node] = set()
     for node in list(graph.nodes):
-        if node.op == "call_function" and node.target is dnat_gate:
+        if node in gates:
             _, x, y = node.args
             choice = decisions[node.meta[EDGE_META]]
             if choice == NONE:
@@ -52,7 +58,7 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     for node, target in inplace_targets.items():
         if node in remaining and node.args[0] is not target:  # x += y would now mutate x
             _make_out_of_place(node)
-    _graph.eliminate_dead_code(final)
+    _graph.eliminate_dead_code(final, keep=dead_before - zeros)
     if any(node.op == "call_module" and node.target == ARCH for node in graph.nodes):
         raise RuntimeError("the architecture is still read after finalize; please report this")
     final.delete_submodule(ARCH)

@@ -73,6 +73,7 @@ def _insert_gate(graph: fx.Graph, nodes: dict, weights: fx.Node, edge: Edge, gro
         row = graph.call_function(operator.getitem, (weights, group))
         gate_node = graph.call_function(dnat_gate, (row, source, operand))
     gate_node.meta[EDGE_META] = edge.name
+    gate_node.meta["is_wrapped"] = True  # FX then emits wrap(...) so that re-tracing keeps it
     if edge.kind == "op":
         operand.replace_all_uses_with(gate_node, delete_user_cb=lambda user: user is not gate_node)
     else:

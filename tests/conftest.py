@@ -1,0 +1,16 @@
+"""Project-wide test settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread per test: batch-2 forwards gain nothing from a second, and on the
+    2-core CI machine OpenMP's barriers made some tests swing from 2 s to 40 s under load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,250 @@
+"""Shared test support: hand-written edge-case models and equivalence assertions."""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from fxdnat import Edge
+
+
+def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
+    )
+
+
+class InplaceAdd(nn.Module):
+    """torchvision-style ``out += identity`` (FX records it as an out-of-place add), then ReLU."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.body = conv_bn(c, c)
+
+    def forward(self, x):
+        out = self.body(x)
+        out += x
+        return F.relu(out)
+
+
+class MethodAdds(nn.Module):
+    """``torch.add``, ``Tensor.add`` and ``Tensor.add_`` joins."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.a, self.b, self.c = conv_bn(c, c), conv_bn(c, c), conv_bn(c, c)
+
+    def forward(self, x):
+        x = torch.add(self.a(x), x)
+        x = self.b(x).add(x)
+        y = self.c(x)
+        y.add_(x)
+        return y
+
+
+class BuiltinSum(nn.Module):
+    """``sum([...])`` of three operands: one join (FX traces it as ``0 + a + b + c``)."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.a, self.b = conv_bn(c, c), nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return sum([self.a(x), self.b(x), x])
+
+
+class Chain(nn.Module):
+    """``a + b + c``: a chain of adds is one join with three operands."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.a, self.b = conv_bn(c, c), conv_bn(c, c)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x) + x
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(c, 2, 1), nn.Conv2d(2, c, 1)
+
+    def forward(self, x):
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.expand(F.relu(self.reduce(s))))
+
+
+class SEBlock(nn.Module):
+    """A residual branch with an inner fork (squeeze-excite) and a layer-scale parameter."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.conv, self.se = conv_bn(c, c), SqueezeExcite(c)
+        self.gamma = nn.Parameter(torch.full((1, c, 1, 1), 0.5))
+
+    def forward(self, x):
+        return x + self.se(self.conv(x)) * self.gamma
+
+
+class ParameterAdds(nn.Module):
+    """Adds with a parameter, a buffer, a constant and a broadcast: none of them is a join."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, c, 1, 1))
+        self.register_buffer("offset", torch.ones(1, c, 1, 1))
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        x = x + self.pos
+        x = x + self.offset
+        x = x + 1.0
+        x = x + x.mean(1, keepdim=True)
+        return self.conv(x)
+
+
+class MultiInputDictOutput(nn.Module):
+    """Two inputs, a join across them, and a dict output."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.f, self.g = conv_bn(c, c), conv_bn(c, c)
+
+    def forward(self, x, y):
+        a = self.f(x) + y
+        return {"a": a, "b": self.g(a) + a}
+
+
+class Escape(nn.Module):
+    """A branch whose output is also returned: the edge gates only the join's use of it."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.f = conv_bn(c, c)
+
+    def forward(self, x):
+        y = self.f(x)
+        return x + y, y
+
+
+class Downsample(nn.Module):
+    """A join whose operands change shape: identity is not allowed on either edge."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.body = conv_bn(c, 2 * c, stride=2)
+        self.short = nn.Sequential(nn.Conv2d(c, 2 * c, 1, 2), nn.BatchNorm2d(2 * c))
+
+    def forward(self, x):
+        return self.body(x) + self.short(x)
+
+
+class Nested(nn.Module):
+    """An outer residual around two inner residual blocks."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.inner = nn.ModuleList([SEBlock(c), InplaceAdd(c)])
+
+    def forward(self, x):
+        y = x
+        for block in self.inner:
+            y = block(y)
+        return x + y
+
+
+class AlphaAdd(nn.Module):
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.f = conv_bn(c, c)
+
+    def forward(self, x):
+        return torch.add(x, self.f(x), alpha=0.5)
+
+
+CASES: dict[str, Callable[[], nn.Module]] = {
+    "inplace_add": InplaceAdd,
+    "method_adds": MethodAdds,
+    "builtin_sum": BuiltinSum,
+    "chain": Chain,
+    "se_block": SEBlock,
+    "parameter_adds": ParameterAdds,
+    "multi_input_dict": MultiInputDictOutput,
+    "escape": Escape,
+    "downsample": Downsample,
+    "nested": Nested,
+    "alpha_add": AlphaAdd,
+}
+
+
+def inputs_for(model: nn.Module, size: int = 8, c: int = 4, dtype=torch.float32) -> tuple:
+    shape = (2, c, size, size)
+    if isinstance(model, MultiInputDictOutput):
+        return (torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype))
+    return (torch.randn(shape, dtype=dtype),)
+
+
+def outputs(module: nn.Module, inputs: tuple, train: bool, seed: int = 0):
+    """Run a deep copy (so BatchNorm statistics do not drift) under a fixed RNG seed."""
+    module = copy.deepcopy(module).train(train)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return module(*inputs)
+
+
+def assert_same_function(
+    a: nn.Module,
+    b: nn.Module,
+    inputs: tuple,
+    *,
+    exact: bool = False,
+    modes: tuple[bool, ...] = (False, True),
+    **tolerances,
+) -> None:
+    """``a`` and ``b`` compute the same function in each train/eval mode of ``modes``."""
+    for train in modes:
+        got, want = outputs(a, inputs, train), outputs(b, inputs, train)
+        if exact:
+            flat_got, flat_want = _flatten(got), _flatten(want)
+            assert len(flat_got) == len(flat_want)
+            for g, w in zip(flat_got, flat_want, strict=True):
+                assert torch.equal(g, w), f"outputs differ (train={train})"
+        else:
+            torch.testing.assert_close(got, want, **tolerances, msg=f"train={train}")
+
+
+def _flatten(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for k in sorted(value) for t in _flatten(value[k])]
+    return [t for v in value for t in _flatten(v)]
+
+
+def random_decisions(edges: list[Edge], rng: random.Random) -> dict[str, str]:
+    """A random valid decision for every edge: each join keeps a live operand."""
+    decisions = {e.name: rng.choice(e.choices) for e in edges}
+    joins: dict[str, list[Edge]] = {}
+    for edge in edges:
+        if edge.join is not None:
+            joins.setdefault(edge.join, []).append(edge)
+    for members in joins.values():
+        if all(decisions[e.name] == "none" for e in members):
+            keep = rng.choice(members)
+            decisions[keep.name] = rng.choice([c for c in keep.choices if c != "none"])
+    return decisions
+
+
+def op_signature(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    """The sequence of ops of a graph, with in-place adds written out-of-place."""
+    names = {"iadd": "add", "add_": "add"}
+    sig = []
+    for node in gm.graph.nodes:
+        target = node.target if isinstance(node.target, str) else node.target.__name__
+        sig.append((node.op, names.get(target, target)))
+    return sig

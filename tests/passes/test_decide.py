@@ -1,0 +1,86 @@
+"""decide: argmax over allowed choices, ties keep the original, never a dead join (invariant 5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from support import CASES, inputs_for
+
+import fxdnat
+from fxdnat import passes
+
+
+def gated_of(name: str, tie: str = "full"):
+    model = CASES[name]()
+    gm = fxdnat.trace(model, inputs_for(model))
+    return passes.gate(gm, passes.discover(gm), tie=tie)
+
+
+def set_theta(gated, rows):
+    with torch.no_grad():
+        gated.arch.theta.copy_(torch.tensor(rows, dtype=torch.float32))
+
+
+def test_initial_theta_decides_the_original():
+    gated = gated_of("nested")
+    assert set(passes.decide(gated).values()) == {"same"}
+
+
+def test_argmax_over_allowed_choices_only():
+    gated = gated_of("downsample")  # neither edge allows identity
+    set_theta(gated, [[0.2, 5.0, 0.1], [0.0, 0.0, 0.3]])
+    assert passes.decide(gated) == {":0": "none", ":1": "same"}
+
+
+def test_exact_ties_prefer_same_then_identity():
+    gated = gated_of("inplace_add")
+    set_theta(gated, [[0.5, 0.5, 0.5], [0.0, 0.0, 0.0]])
+    assert passes.decide(gated) == {":0": "same", ":1": "same"}
+    set_theta(gated, [[0.5, 0.5, 0.1], [0.0, 0.0, 1.0]])
+    assert passes.decide(gated)[":0"] == "identity"
+
+
+def test_a_join_whose_operands_all_choose_none_keeps_its_best_operand(caplog):
+    gated = gated_of("chain")  # one join of three operands
+    set_theta(gated, [[0.9, 0.3, 0.2], [0.9, 0.1, 0.6], [0.9, 0.0, 0.5]])
+    assert passes.decide(gated) == {":0": "none", ":1": "same", ":2": "none"}
+    assert "join add_1: every operand chose none; :1 keeps same" in caplog.text
+
+
+def test_cell_mode_rows_decide_every_edge_that_shares_them():
+    model = torch.nn.Sequential(CASES["se_block"](), CASES["se_block"]())
+    gm = fxdnat.trace(model, inputs_for(model))
+    gated = passes.gate(gm, passes.discover(gm), tie="cell")
+    set_theta(gated, [[0.0, 0.0, 1.0], [0.1, 0.9, 0.2]])
+    assert passes.decide(gated) == {
+        "0:0": "same",
+        "0:1": "identity",
+        "1:0": "same",
+        "1:1": "identity",
+    }
+
+
+def test_decide_needs_a_gated_module():
+    gm = fxdnat.trace(CASES["chain"](), inputs_for(CASES["chain"]()))
+    with pytest.raises(TypeError, match=r"is not gated; call passes\.gate"):
+        passes.decide(gm)
+
+
+def test_check_decisions_names_the_bad_edge():
+    edges = gated_of("chain").arch.edges
+    with pytest.raises(ValueError, match=r"unknown edge ':00' in decisions; did you mean ':0'\?"):
+        passes.check_decisions(edges, {":00": "none"})
+    with pytest.raises(
+        ValueError, match=r"edge ':2' cannot choose 'identity'; it allows \('none', 'same'\)"
+    ):
+        passes.check_decisions(edges, {":2": "identity"})
+    with pytest.raises(
+        ValueError,
+        match=r"decisions remove every operand of join 'add_1' \(edges :0, :1, :2\); keep at least one",
+    ):
+        passes.check_decisions(edges, {":0": "none", ":1": "none", ":2": "none"})
+    assert passes.check_decisions(edges, {":1": "none"}) == {
+        ":0": "same",
+        ":1": "none",
+        ":2": "same",
+    }

@@ -1,0 +1,112 @@
+"""gate: starts as the original (invariant 2), one θ parameter, cell-mode sharing, retraceable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from support import CASES, assert_same_function, inputs_for
+
+import fxdnat
+from fxdnat import passes
+from fxdnat.arch import dnat_gate
+
+
+def traced(name: str, dtype=torch.float32):
+    model = CASES[name]().to(dtype)
+    inputs = inputs_for(model, dtype=dtype)
+    gm = fxdnat.trace(model, inputs)
+    return model, gm, passes.discover(gm), inputs
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n != "parameter_adds"])
+def test_gate_at_init_is_the_original_bit_for_bit_in_float64(name):
+    model, gm, edges, inputs = traced(name, torch.float64)
+    gated = passes.gate(gm, edges)
+    assert_same_function(gated, model, inputs, exact=True)
+
+
+@pytest.mark.parametrize("name", ["nested", "method_adds", "builtin_sum"])
+def test_gate_at_init_is_the_original_in_float32(name):
+    model, gm, edges, inputs = traced(name)
+    assert_same_function(passes.gate(gm, edges), model, inputs, atol=1e-6, rtol=0)
+
+
+def test_theta_is_one_parameter_rows_by_group_columns_in_choices_order():
+    _, gm, edges, _ = traced("nested")
+    gated = passes.gate(gm, edges)
+    arch = gated.arch
+    assert isinstance(arch, fxdnat.Architecture)
+    assert [n for n, _ in arch.named_parameters()] == ["theta"]
+    assert arch.theta.shape == (len(edges), 3)
+    torch.testing.assert_close(arch.theta[:, fxdnat.CHOICES.index("same")], torch.ones(len(edges)))
+    allowed = [[c in e.choices for c in fxdnat.CHOICES] for e in edges]
+    assert arch.mask.tolist() == allowed
+    gates = [n for n in gated.graph.nodes if n.target is dnat_gate]
+    assert len(gates) == len(edges)
+
+
+def test_gate_copies_and_leaves_the_input_module_untouched():
+    _, gm, edges, _ = traced("chain")
+    code = gm.code
+    gated = passes.gate(gm, edges)
+    assert gm.code == code and not hasattr(gm, "arch")
+    assert all(p is not q for p, q in zip(gm.parameters(), gated.parameters(), strict=False))
+
+
+def test_theta_receives_gradients_only_on_allowed_choices():
+    model, gm, edges, inputs = traced("downsample")
+    gated = passes.gate(gm, edges)
+    gated(*inputs).square().sum().backward()
+    grad = gated.arch.theta.grad
+    assert grad is not None
+    assert torch.all(grad[~gated.arch.mask] == 0) and torch.all(grad[:, 2] != 0)
+
+
+def test_cell_mode_shares_rows_between_cells_of_the_same_structure():
+    model = torch.nn.Sequential(*(CASES["se_block"]() for _ in range(3)), CASES["inplace_add"]())
+    inputs = inputs_for(model)
+    gm = fxdnat.trace(model, inputs)
+    edges = passes.discover(gm)
+    full, cell = passes.gate(gm, edges, tie="full"), passes.gate(gm, edges, tie="cell")
+    assert full.arch.num_groups == 8
+    assert cell.arch.num_groups == 4  # three SE blocks share 2 rows; the last block has its own 2
+    assert [cell.arch.group_of[e.name] for e in edges] == [0, 1, 0, 1, 0, 1, 2, 3]
+
+
+def test_a_module_can_declare_its_cell_structure():
+    blocks = [CASES["se_block"]() for _ in range(2)]
+    for i, block in enumerate(blocks):
+        block.fxdnat_cell = f"block{i}"
+    model = torch.nn.Sequential(*blocks)
+    gm = fxdnat.trace(model, inputs_for(model))
+    gated = passes.gate(gm, passes.discover(gm), tie="cell")
+    assert gated.arch.num_groups == 4
+
+
+def test_gated_module_retraces_with_the_gate_as_one_call():
+    _, gm, edges, inputs = traced("nested")
+    gated = passes.gate(gm, edges)
+    retraced = torch.fx.symbolic_trace(gated)
+    calls = [n for n in retraced.graph.nodes if n.op == "call_function" and n.target is dnat_gate]
+    assert len(calls) == len(edges)
+    torch.testing.assert_close(retraced(*inputs), gated(*inputs))
+
+
+def test_gated_module_compiles_with_dynamo():
+    _, gm, edges, inputs = traced("se_block")
+    gated = passes.gate(gm, edges).eval()
+    compiled = torch.compile(gated, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(*inputs), gated(*inputs))
+
+
+def test_no_edge_and_bad_tie_are_rejected():
+    _, gm, edges, _ = traced("parameter_adds")
+    with pytest.raises(ValueError, match=r"has no eligible edge .* try granularity='op'"):
+        passes.gate(gm, edges)
+    _, gm, edges, _ = traced("chain")
+    with pytest.raises(
+        ValueError, match=r"unknown tie mode 'cells'; expected one of \('full', 'cell'\)"
+    ):
+        passes.gate(gm, edges, tie="cells")
+    with pytest.raises(ValueError, match="already has an attribute 'arch'; is it gated already"):
+        passes.gate(passes.gate(gm, edges), edges)

@@ -1,0 +1,103 @@
+"""Recipes: the paper's protocol, the CPU recipe, per-family and per-dataset overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fxdnat.zoo import Recipe, get_recipe, list_recipes
+
+NAS_EXTRAS = {"cutout": 16, "auxiliary_weight": 0.4, "drop_path_prob": 0.2}
+
+
+def _fields(recipe: Recipe, names) -> dict:
+    return {name: getattr(recipe, name) for name in names}
+
+
+def test_list_recipes():
+    assert list_recipes() == ["paper", "quick"]
+
+
+def test_paper_recipe_is_the_darts_protocol():
+    paper = get_recipe("paper")
+    assert paper == Recipe(
+        name="paper",
+        epochs=600,
+        arch_epochs=300,
+        batch_size=96,
+        lr=0.025,
+        momentum=0.9,
+        weight_decay=3e-4,
+        grad_clip=5.0,
+    )
+    theta = (paper.theta_lr, paper.theta_betas, paper.theta_weight_decay)
+    assert theta == (3e-4, (0.5, 0.999), 1e-3)
+    assert _fields(paper, NAS_EXTRAS) == dict.fromkeys(NAS_EXTRAS, 0)
+
+
+@pytest.mark.parametrize("model", ["darts", "darts_v1", "zoo:darts_v2", "proxylessnas"])
+def test_nas_models_get_cutout_auxiliary_and_drop_path(model):
+    recipe = get_recipe("paper", model=model)
+    assert _fields(recipe, NAS_EXTRAS) == NAS_EXTRAS
+    assert (recipe.epochs, recipe.arch_epochs) == (600, 300)
+
+
+@pytest.mark.parametrize(
+    "model,dataset,epochs",
+    [
+        ("mobilenetv2", "tinyimagenet", (300, 150)),
+        ("darts", "Tiny-ImageNet", (300, 150)),
+        ("resnet20", "tinyimagenet", (600, 300)),
+        ("proxylessnas", "tiny_imagenet", (600, 300)),
+        ("darts", "cifar10", (600, 300)),
+    ],
+)
+def test_tiny_imagenet_epochs(model, dataset, epochs):
+    recipe = get_recipe("paper", model=model, dataset=dataset)
+    assert (recipe.epochs, recipe.arch_epochs) == epochs
+
+
+def test_plain_models_and_foreign_specs_get_the_base_recipe():
+    assert get_recipe("paper", model="resnet20") == get_recipe("paper")
+    assert get_recipe("paper", model="mobilenetv2", dataset="cifar10") == get_recipe("paper")
+    assert get_recipe("paper", model="timm:resnet18", dataset="cifar10") == get_recipe("paper")
+
+
+def test_quick_recipe():
+    quick = get_recipe("quick", model="darts", dataset="tinyimagenet")  # no overrides apply
+    assert quick == Recipe(
+        name="quick",
+        epochs=15,
+        arch_epochs=6,
+        batch_size=64,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        grad_clip=5.0,
+        theta_lr=0.01,
+    )
+
+
+def test_unknown_recipe_and_model():
+    with pytest.raises(ValueError) as info:
+        get_recipe("papr")
+    assert str(info.value) == "unknown recipe 'papr'; did you mean 'paper'? known: paper, quick"
+    with pytest.raises(ValueError, match=r"unknown zoo model 'dartz'; did you mean 'darts'\?"):
+        get_recipe("paper", model="dartz")
+
+
+def test_recipes_are_frozen_and_checked():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_recipe("paper").epochs = 1  # type: ignore[misc]
+    with pytest.raises(ValueError, match="needs 0 <= arch_epochs <= epochs"):
+        Recipe(
+            name="x",
+            epochs=5,
+            arch_epochs=6,
+            batch_size=1,
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=0.0,
+            grad_clip=None,
+        )
