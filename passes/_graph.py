@@ -243,9 +243,17 @@ def op_label(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_method":
         return str(node.target).rstrip("_")
     if node.op == "call_function":
+        if node.target is operator.getitem and _has_slice(node.args[1]):
+            return "slice"  # x[:, :, ::2, ::2]: a strided subsample, not tuple unpacking
         name = getattr(node.target, "__name__", str(node.target))
         return name.strip("_").removeprefix("i") if name.startswith("__i") else name.rstrip("_")
     return node.op
+
+
+def _has_slice(index: object) -> bool:
+    return isinstance(index, slice) or (
+        isinstance(index, tuple) and any(isinstance(i, slice) for i in index)
+    )
 
 
 def _module_label(module: torch.nn.Module) -> str:

@@ -80,6 +80,11 @@ def _insert_gate(graph: fx.Graph, nodes: dict, weights: fx.Node, edge: Edge, gro
         anchor.update_arg(edge.index, gate_node)
 
 
+def group_count(gm: fx.GraphModule, edges: Sequence[Edge], tie: str) -> int:
+    """How many θ rows ``gate(gm, edges, tie)`` would make."""
+    return len(set(_groups(gm, edges, tie))) if edges else 0
+
+
 def _groups(gm: fx.GraphModule, edges: Sequence[Edge], tie: str) -> list[int]:
     """θ row of every edge: its own, or shared by role among cells of one structure."""
     if tie == "full":

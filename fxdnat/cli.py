@@ -1,0 +1,197 @@
+"""The ``fxdnat`` command line: thin click wrappers over the library.
+
+Heavy imports (torch, timm, rich) happen inside the commands, so ``fxdnat --help`` stays instant.
+User errors print one line and exit with code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from fxdnat import __version__
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(click.ClickException):
+    """Bad input: one line on stderr, exit code 2."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+def _user_errors(command: Callable) -> Callable:
+    """Turn the library's errors into one clear line (or a traceback under --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return command(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
+            if debug:
+                raise
+            raise UserError(_one_line(exc)) from exc
+        except Exception as exc:  # a bug: still one line, with the way to the traceback
+            if debug:
+                raise
+            raise click.ClickException(
+                f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for "
+                "the traceback and please report it)"
+            ) from exc
+
+    return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fxdnat")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug logs).")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def main(verbose: int, debug: bool) -> None:
+    """fxdnat: improve a trained-from-scratch architecture by differentiable transformation.
+
+    Every residual branch, skip (and, with --granularity op, shape-preserving op) of a model
+    gets three candidates, none / identity / the original op, mixed by learnable θ that start
+    at the original network (DNAT, Kim & Lee 2020).
+
+    SPEC names a model: zoo:NAME (see `fxdnat zoo`), timm:NAME, torchvision:NAME or
+    module:package.module:factory.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _model_options(command: Callable) -> Callable:
+    command = click.option(
+        "--num-classes",
+        type=click.IntRange(min=1),
+        default=10,
+        show_default=True,
+        help="Classes of the model's head.",
+    )(command)
+    command = click.option(
+        "--input-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Input side in pixels [default: the model's own].",
+    )(command)
+    return command
+
+
+@main.command()
+@click.argument("spec")
+@_model_options
+@click.option(
+    "--granularity",
+    type=click.Choice(["branch", "op"]),
+    default="branch",
+    show_default=True,
+    help="Edges at joins only, or also every shape-preserving op.",
+)
+@click.option(
+    "--tie",
+    type=click.Choice(["full", "cell"]),
+    default="full",
+    show_default=True,
+    help="Group count shown for this tie mode (both are reported).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_user_errors
+def edges(
+    spec: str, num_classes: int, input_size: int | None, granularity: str, tie: str, as_json: bool
+) -> None:
+    """List the edges DNAT would transform in SPEC, with their cost."""
+    from fxdnat.report import inspect_edges
+
+    found = inspect_edges(
+        spec, num_classes=num_classes, input_size=input_size, granularity=granularity
+    )
+    if as_json:
+        click.echo(json.dumps(found.to_dict(), indent=2))
+        return
+    _print_edges(found, tie)
+
+
+def _print_edges(found: Any, tie: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not found.reports:
+        console.print(
+            f"{found.spec}: no eligible edge (no add of two activations of equal shape)"
+            "; try --granularity op"
+        )
+        return
+    table = Table(
+        title=f"{found.spec} at {found.input_size}px: {len(found.reports)} edges, "
+        f"{found.joins} joins"
+    )
+    table.add_column("edge", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("choices", no_wrap=True)
+    table.add_column("ops", overflow="fold")
+    table.add_column("params", justify="right")
+    table.add_column("MFLOPs", justify="right")
+    for r in found.reports:
+        table.add_row(
+            r.edge.name,
+            r.edge.kind,
+            "/".join(r.edge.choices),
+            r.summary,
+            f"{r.params:,}",
+            f"{r.flops / 1e6:,.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"θ groups: full {found.groups['full']}, cell {found.groups['cell']} "
+        f"(--tie {tie}: {found.groups[tie]} rows of 3)"
+    )
+    if tie == "cell" and found.groups["cell"] == found.groups["full"]:
+        console.print("note: no two cells share a structure, so cell mode equals full mode here")
+
+
+@main.command()
+@_user_errors
+def zoo() -> None:
+    """List the zoo's models with parameters and FLOPs at their default input size."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fxdnat.report import zoo_rows
+
+    table = Table(title="fxdnat zoo (10 classes, 32 px)")
+    for column in ("model", "family", "params", "MFLOPs", "edges", "θ groups cell/full", "recipe"):
+        table.add_column(
+            column, justify="right" if column in ("params", "MFLOPs", "edges") else "left"
+        )
+    for row in zoo_rows():
+        table.add_row(
+            row["name"],
+            row["family"],
+            f"{row['params']:,}",
+            f"{row['flops'] / 1e6:,.1f}",
+            str(row["edges"]),
+            f"{row['groups_cell']}/{row['groups_full']}",
+            row["recipe"],
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Model specs: ``zoo:NAME``, ``timm:NAME``, ``torchvision:NAME``, ``module:pkg.mod:factory``.
+
+A spec is the string a user types and a checkpoint stores; ``build_model`` turns it into a fresh
+``nn.Module`` and the input size it expects, so a run can always be rebuilt from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+SOURCES = ("zoo", "timm", "torchvision", "module")
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    model: nn.Module
+    spec: str
+    input_size: int
+    num_classes: int
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split ``"timm:resnet50"`` into ("timm", "resnet50"); a bare name means the zoo."""
+    source, sep, name = spec.partition(":")
+    if not sep:
+        source, name = "zoo", spec
+    if source not in SOURCES:
+        raise ValueError(
+            f"unknown model source {source!r} in {spec!r}; expected one of "
+            + ", ".join(f"{s}:NAME" for s in SOURCES[:3])
+            + " or module:package.module:factory"
+        )
+    if not name:
+        raise ValueError(f"model spec {spec!r} names no model; e.g. zoo:resnet20 or timm:resnet50")
+    return source, name
+
+
+def build_model(
+    spec: str,
+    *,
+    num_classes: int = 10,
+    input_size: int | None = None,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> BuiltModel:
+    """A fresh model for ``spec`` and the square input size it runs at.
+
+    Args:
+        spec: see the module docstring.
+        num_classes: size of the classifier head.
+        input_size: input side in pixels; default: the model's own (zoo 32, timm's pretrained
+            config, torchvision 224).
+        pretrained: load published weights (timm/torchvision; needs the internet once).
+        kwargs: passed to the model's constructor.
+    """
+    source, name = parse_spec(spec)
+    builder = {"zoo": _zoo, "timm": _timm, "torchvision": _torchvision, "module": _module}[source]
+    model, size = builder(name, num_classes, input_size, pretrained, kwargs)
+    return BuiltModel(model, f"{source}:{name}", size, num_classes)
+
+
+def _zoo(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs: dict):
+    from fxdnat import zoo
+
+    if pretrained:
+        raise ValueError("zoo models have no published weights; drop --pretrained")
+    size = size or 32
+    return zoo.create_model(name, num_classes=num_classes, input_size=size, **kwargs), size
+
+
+def _timm(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs: dict):
+    import timm
+
+    if name not in timm.list_models():
+        raise ValueError(f"unknown timm model {name!r}{_close(name, timm.list_models())}")
+    try:
+        model = _create_timm(name, num_classes, size, pretrained, kwargs)
+    except (OSError, RuntimeError) as exc:
+        if pretrained:
+            raise ValueError(
+                f"cannot download pretrained weights for {name!r} ({exc}); "
+                "drop --pretrained or connect to the internet"
+            ) from exc
+        raise
+    default = model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    return model, size or default
+
+
+def _create_timm(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs: dict):
+    import timm
+
+    common = {"pretrained": pretrained, "num_classes": num_classes, **kwargs}
+    if size is not None and "img_size" not in kwargs:
+        try:  # ViT-like models fix their input size when built
+            return timm.create_model(name, img_size=size, **common)
+        except TypeError:  # a model without img_size takes any size
+            pass
+    return timm.create_model(name, **common)
+
+
+def _torchvision(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs: dict):
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise ValueError(f"unknown torchvision classification model {name!r}{_close(name, names)}")
+    if pretrained:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        kwargs = {**kwargs, "weights": weights}
+        try:
+            model = torchvision.models.get_model(name, **kwargs)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot download pretrained weights for {name!r} ({exc}); "
+                "drop --pretrained or connect to the internet"
+            ) from exc
+        if num_classes != len(weights.meta["categories"]):
+            raise ValueError(
+                f"pretrained {name!r} has {len(weights.meta['categories'])} classes; "
+                "pass --num-classes to match"
+            )
+    else:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    return model, size or (299 if name == "inception_v3" else 224)
+
+
+def _module(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs: dict):
+    path, sep, factory_name = name.rpartition(":")
+    if not sep or not path:
+        raise ValueError(f"module spec {name!r} must look like module:package.module:factory")
+    try:
+        factory = getattr(importlib.import_module(path), factory_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {path!r} for spec module:{name} ({exc})") from exc
+    except AttributeError as exc:
+        raise ValueError(f"module {path!r} has no factory {factory_name!r}") from exc
+    if "num_classes" in inspect.signature(factory).parameters:
+        kwargs = {**kwargs, "num_classes": num_classes}
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"module:{name} returned {type(model).__name__}, not an nn.Module")
+    return model, size or getattr(model, "input_size", 224)
+
+
+def _close(name: str, names: list[str]) -> str:
+    hint = difflib.get_close_matches(name, names, n=3)
+    return f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
