@@ -18,12 +18,30 @@ _LAZY: dict[str, str] = {
     "trace": "fxdnat.tracing",
     "TraceError": "fxdnat.tracing",
     "Architecture": "fxdnat.arch",
+    "DNAT": "fxdnat.dnat",
+    "transform": "fxdnat.engine",
+    "RunConfig": "fxdnat.engine",
+    "load_network": "fxdnat.engine",
 }
 
-__all__ = ["CHOICES", "KINDS", "Architecture", "Edge", "TraceError", "__version__", "trace"]
+__all__ = [
+    "CHOICES",
+    "DNAT",
+    "KINDS",
+    "Architecture",
+    "Edge",
+    "RunConfig",
+    "TraceError",
+    "__version__",
+    "load_network",
+    "trace",
+    "transform",
+]
 
 if TYPE_CHECKING:
     from fxdnat.arch import Architecture
+    from fxdnat.dnat import DNAT
+    from fxdnat.engine import RunConfig, load_network, transform
     from fxdnat.tracing import TraceError, trace
 
 

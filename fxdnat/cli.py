@@ -193,5 +193,140 @@ def zoo() -> None:
     Console().print(table)
 
 
+@main.command()
+@click.argument("spec")
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="digits (offline), cifar10, tinyimagenet or imagefolder:PATH.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where data sets live [default: $FXDNAT_DATA or ~/.cache/fxdnat/data].",
+)
+@click.option("--download", is_flag=True, help="Fetch the data set if it is missing.")
+@click.option("--recipe", default=None, help="paper or quick [default: the model's, else paper].")
+@click.option(
+    "--method",
+    type=click.Choice(["dnat", "original"]),
+    default="dnat",
+    show_default=True,
+    help="original: train the untouched model with the same recipe.",
+)
+@click.option(
+    "--tie",
+    type=click.Choice(["cell", "full"]),
+    default="cell",
+    show_default=True,
+    help="Share θ between cells of one structure (cell) or not (full).",
+)
+@click.option(
+    "--granularity", type=click.Choice(["branch", "op"]), default="branch", show_default=True
+)
+@click.option(
+    "--arch-update",
+    type=click.Choice(["alternate", "joint"]),
+    default="alternate",
+    show_default=True,
+    help="alternate: ω step then θ step per minibatch (the paper); joint: one backward.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Total epochs.")
+@click.option(
+    "--arch-epochs",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Epochs of the architecture stage (ω and θ) within --epochs.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="ω's lr.")
+@click.option("--theta-lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on CUDA).")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on with CUDA].")
+@click.option("--channels-last/--no-channels-last", default=None, help="[default: on with CUDA]")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the network.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N examples of each split (smoke tests).",
+)
+@click.option("--pretrained", is_flag=True, help="Start from published weights (timm/torchvision).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run folder [default: runs/NAME-METHOD-TIE-sSEED].",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@_user_errors
+def transform(spec: str, out: str | None, resume: bool, compile_: bool, **options: Any) -> None:
+    """Transform SPEC with DNAT and train it: architecture stage, finalize, network stage."""
+    from fxdnat.engine import Interrupted, RunConfig, TrainingError
+    from fxdnat.engine import transform as run_transform
+    from fxdnat.progress import RichReporter
+
+    out = out or _default_out(spec, options["method"], options["tie"], options["seed"])
+    config = RunConfig(spec=spec, out=out, compile=compile_, **options)
+    try:
+        run_transform(config, RichReporter(), resume=resume)
+    except TrainingError as exc:
+        raise UserError(str(exc)) from exc
+    except Interrupted as exc:
+        click.echo(
+            f"{exc}; saved to {out}/checkpoint.pt — continue with: fxdnat transform "
+            f"{spec} --out {out} --resume",
+            err=True,
+        )
+        raise click.exceptions.Exit(130) from exc
+
+
+def _default_out(spec: str, method: str, tie: str, seed: int) -> str:
+    name = spec.split(":")[-1].replace("/", "_").replace(".", "_")
+    suffix = method if method == "original" else f"dnat-{tie}"
+    return f"runs/{name}-{suffix}-s{seed}"
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--data", default=None, help="Data set [default: the run's].")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_user_errors
+def eval_(
+    checkpoint: str,
+    data: str | None,
+    data_dir: str | None,
+    device: str,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Accuracy, parameters, FLOPs and latency of the network in CHECKPOINT."""
+    from fxdnat.evaluation import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        checkpoint, data=data, data_dir=data_dir, device=device, limit=limit
+    )
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(
+        f"{result['spec']} ({result['stage']}) on {result['data']}: "
+        f"test accuracy {100 * result['test_acc']:.2f}% over {result['examples']} examples\n"
+        f"parameters {result['params_original']:,} → {result['params']:,}, "
+        f"MFLOPs {result['flops_original'] / 1e6:,.1f} → {result['flops'] / 1e6:,.1f}, "
+        f"latency {result['latency_ms']:.2f} ms (batch 1, {device})"
+    )
+
+
 if __name__ == "__main__":
     sys.exit(main())

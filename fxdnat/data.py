@@ -57,9 +57,14 @@ DIGITS = DatasetInfo(
     "digits", 10, 32, (0.3054,) * 3, (0.3237,) * 3, False, tuple(str(d) for d in range(10))
 )
 CIFAR10 = DatasetInfo(
-    "cifar10", 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
+    "cifar10",
+    10,
+    32,
+    (0.4914, 0.4822, 0.4465),
+    (0.2470, 0.2435, 0.2616),
+    True,
     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-)  # fmt: skip
+)
 
 
 def _parse(name: str) -> tuple[str, Path | None]:
@@ -182,12 +187,17 @@ def _numpy_global(module: str, name: str) -> Any:
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickler that rebuilds numpy arrays and nothing else, so a file can never run code."""
 
-    _ALLOWED = frozenset({
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 encode bytes this way
-    })  # fmt: skip
+    _ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 encode bytes this way
+        }
+    )
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
@@ -220,8 +230,12 @@ def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
     data = entry.get(b"data") if isinstance(entry, dict) else None
     labels = entry.get(b"labels") if isinstance(entry, dict) else None
     problem = None
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == 3072):  # fmt: skip
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == 3072
+    ):
         problem = "b'data' is not a uint8 N×3072 array"
     elif not isinstance(labels, list) or len(labels) != len(data):
         problem = f"b'labels' is not a list of {len(data)} labels"
@@ -348,8 +362,9 @@ def _folder_info(path: Path) -> DatasetInfo:
     if not first:
         raise DataError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) under {train}")
     size = min(_read_image(first[0][0]).shape[-2:])  # the first image fixes the input side
-    return DatasetInfo("imagefolder", len(classes), size, IMAGENET_MEAN, IMAGENET_STD, True,
-                       tuple(classes))  # fmt: skip
+    return DatasetInfo(
+        "imagefolder", len(classes), size, IMAGENET_MEAN, IMAGENET_STD, True, tuple(classes)
+    )
 
 
 def _load_folder(path: Path) -> tuple[DatasetInfo, Dataset, Dataset]:
@@ -497,12 +512,18 @@ def make_loaders(
     if limit is not None:
         train, test = (Subset(ds, range(min(limit, len(ds)))) for ds in (train, test))
     if drop_last and len(train) < batch_size:
-        logger.warning("%d train examples < batch size %d: drop_last leaves no batch",
-                       len(train), batch_size)  # fmt: skip
+        logger.warning(
+            "%d train examples < batch size %d: drop_last leaves no batch", len(train), batch_size
+        )
     common: dict[str, Any] = dict(
-        batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
-        persistent_workers=workers > 0, worker_init_fn=_seed_worker,
-    )  # fmt: skip
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        # Workers start afresh each epoch, seeded from the loader's generator: a trainer that
+        # reseeds the generator per epoch gets the same augmentation when it resumes mid-run.
+        persistent_workers=False,
+        worker_init_fn=_seed_worker,
+    )
     train_sampler = test_sampler = None
     if distributed:
         import torch.distributed as dist
@@ -510,8 +531,12 @@ def make_loaders(
         train_sampler = DistributedSampler(train, shuffle=True, seed=seed, drop_last=drop_last)
         test_sampler = _ShardSampler(len(test), dist.get_rank(), dist.get_world_size())
     train_loader = DataLoader(
-        train, shuffle=train_sampler is None, sampler=train_sampler, drop_last=drop_last,
-        generator=torch.Generator().manual_seed(seed), **common,
-    )  # fmt: skip
+        train,
+        shuffle=train_sampler is None,
+        sampler=train_sampler,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+        **common,
+    )
     test_loader = DataLoader(test, shuffle=False, sampler=test_sampler, **common)
     return train_loader, test_loader, info

@@ -89,12 +89,14 @@ def edge_reports(gm: fx.GraphModule, edges: Sequence[Edge], inputs: Any) -> list
     reports = []
     for edge in edges:
         branch = [nodes[name] for name in edge.nodes]
-        reports.append(EdgeReport(
-            edge=edge,
-            summary=op_summary(gm, edge),
-            params=_branch_params(gm, branch),
-            flops=sum(flops.get(n.name, 0) for n in branch),
-        ))  # fmt: skip
+        reports.append(
+            EdgeReport(
+                edge=edge,
+                summary=op_summary(gm, edge),
+                params=_branch_params(gm, branch),
+                flops=sum(flops.get(n.name, 0) for n in branch),
+            )
+        )
     return reports
 
 
@@ -131,11 +133,17 @@ class EdgeListing:
 
     def to_dict(self) -> dict:
         return {
-            "spec": self.spec, "input_size": self.input_size, "granularity": self.granularity,
-            "params": self.params, "flops": self.flops, "groups": self.groups,
-            "edges": [{**r.edge.to_dict(), "summary": r.summary, "params": r.params,
-                       "flops": r.flops} for r in self.reports],
-        }  # fmt: skip
+            "spec": self.spec,
+            "input_size": self.input_size,
+            "granularity": self.granularity,
+            "params": self.params,
+            "flops": self.flops,
+            "groups": self.groups,
+            "edges": [
+                {**r.edge.to_dict(), "summary": r.summary, "params": r.params, "flops": r.flops}
+                for r in self.reports
+            ],
+        }
 
 
 def inspect_edges(
@@ -170,10 +178,17 @@ def zoo_rows() -> list[dict]:
     for name in zoo.list_models():
         info = zoo.model_info(name)
         listing = inspect_edges(f"zoo:{name}")
-        rows.append({
-            "name": name, "family": info.family, "params": listing.params,
-            "flops": listing.flops, "edges": len(listing.reports),
-            "groups_cell": listing.groups["cell"], "groups_full": listing.groups["full"],
-            "recipe": info.default_recipe, "reference": info.reference,
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": name,
+                "family": info.family,
+                "params": listing.params,
+                "flops": listing.flops,
+                "edges": len(listing.reports),
+                "groups_cell": listing.groups["cell"],
+                "groups_full": listing.groups["full"],
+                "recipe": info.default_recipe,
+                "reference": info.reference,
+            }
+        )
     return rows

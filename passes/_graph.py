@@ -13,10 +13,31 @@ ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 ADD_METHODS = ("add", "add_")
 INPLACE_ADDS = (operator.iadd, "add_")
 _VIEW_METHODS = {
-    "view", "view_as", "reshape", "reshape_as", "permute", "transpose", "t", "expand",
-    "expand_as", "narrow", "select", "squeeze", "unsqueeze", "flatten", "unflatten", "unbind",
-    "split", "chunk", "as_strided", "diagonal", "movedim", "unfold", "detach", "contiguous",
-}  # fmt: skip
+    "view",
+    "view_as",
+    "reshape",
+    "reshape_as",
+    "permute",
+    "transpose",
+    "t",
+    "expand",
+    "expand_as",
+    "narrow",
+    "select",
+    "squeeze",
+    "unsqueeze",
+    "flatten",
+    "unflatten",
+    "unbind",
+    "split",
+    "chunk",
+    "as_strided",
+    "diagonal",
+    "movedim",
+    "unfold",
+    "detach",
+    "contiguous",
+}
 _VIEW_FUNCTIONS = {
     operator.getitem,
     torch.reshape,

@@ -114,10 +114,18 @@ def _join_edge(join: fx.Node, use: _Use, active: set, idom: dict) -> tuple[str, 
     choices = (NONE, SAME) if is_skip or not same_shape else (NONE, IDENTITY, SAME)
     cell = _graph.common_module([_graph.owner(join), *(_graph.owner(n) for n in region)])
     edge = Edge(
-        name="", kind="skip" if is_skip else "branch", source=source.name,
-        operand=use.operand.name, nodes=nodes, join=join.name, user=use.user.name,
-        index=use.index, choices=choices, cell=cell, role="",
-    )  # fmt: skip
+        name="",
+        kind="skip" if is_skip else "branch",
+        source=source.name,
+        operand=use.operand.name,
+        nodes=nodes,
+        join=join.name,
+        user=use.user.name,
+        index=use.index,
+        choices=choices,
+        cell=cell,
+        role="",
+    )
     return cell, edge
 
 
@@ -168,11 +176,24 @@ def _op_edges(gm: fx.GraphModule, active: set, taken: set[str]) -> list[tuple[st
         role = node.target[len(cell) + 1 :] if cell else node.target
         if calls[node.target] > 1:  # a module called again gets the call's number
             role += f"@{calls[node.target] - 1}"
-        found.append((cell, Edge(
-            name=f"{cell}:{role}", kind="op", source=inputs[0].name, operand=node.name,
-            nodes=(node.name,), join=None, user=None, index=None, choices=(IDENTITY, SAME),
-            cell=cell, role=role,
-        )))  # fmt: skip
+        found.append(
+            (
+                cell,
+                Edge(
+                    name=f"{cell}:{role}",
+                    kind="op",
+                    source=inputs[0].name,
+                    operand=node.name,
+                    nodes=(node.name,),
+                    join=None,
+                    user=None,
+                    index=None,
+                    choices=(IDENTITY, SAME),
+                    cell=cell,
+                    role=role,
+                ),
+            )
+        )
     return found
 
 

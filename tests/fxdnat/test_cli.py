@@ -76,3 +76,52 @@ def test_zoo_lists_every_model():
     for name in ("resnet20", "mobilenetv2", "darts", "proxylessnas"):
         assert f" {name} " in result.output
     assert "269,722" in result.output and "3,349,342" in result.output
+
+
+SMALL = [
+    "--recipe",
+    "quick",
+    "--epochs",
+    "2",
+    "--arch-epochs",
+    "1",
+    "--limit",
+    "64",
+    "--batch-size",
+    "32",
+]
+
+
+def test_transform_then_eval(tmp_path):
+    out = tmp_path / "run"
+    result = run("transform", "zoo:resnet20", *SMALL, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "fxdnat transform" in result.output and "269,722 →" in result.output
+    result = run("eval", str(out / "checkpoint.pt"), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (
+        data["examples"] == 360 and data["stage"] == "done"
+    )  # the whole test split and data["latency_ms"] > 0
+
+
+def test_transform_user_errors_exit_2(tmp_path):
+    result = run("transform", "zoo:resnet20", "--data", "cifar10", "--data-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: CIFAR-10 not found at {tmp_path}/cifar-10-batches-py")
+    result = run(
+        "transform", "zoo:resnet20", *SMALL, "--lr", "1e30", "--out", str(tmp_path / "nan")
+    )
+    assert result.exit_code == 2
+    assert "the loss became nan in epoch 1" in result.output
+    assert "no epoch had finished, so nothing was saved; lower the learning rate" in result.output
+
+
+def test_eval_refuses_a_corrupt_checkpoint(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"\x00" * 64)
+    result = run("eval", str(path))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: {path} is not a readable fxdnat checkpoint")
+    result = run("eval", str(tmp_path / "missing.pt"))
+    assert result.exit_code == 2 and "no checkpoint at" in result.output

@@ -150,14 +150,24 @@ def _py2_str(raw: bytes) -> bytes:
 def _py2_pickle(images: np.ndarray, labels: list[int]) -> bytes:
     """The opcodes Python 2's cPickle (protocol 2) and NumPy 1 wrote into the real batch files."""
     dtype = (
-        b"cnumpy\ndtype\n" + _py2_str(b"u1") + b"K\x00K\x01\x87R"  # dtype('u1', 0, 1)
-        + b"(K\x03" + _py2_str(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
-    )  # fmt: skip
+        b"cnumpy\ndtype\n"
+        + _py2_str(b"u1")
+        + b"K\x00K\x01\x87R"  # dtype('u1', 0, 1)
+        + b"(K\x03"
+        + _py2_str(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    )
     shape = b"(" + b"".join(b"M" + struct.pack("<H", d) for d in images.shape) + b"t"
     array = (
-        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + _py2_str(b"b")
-        + b"\x87R(K\x01" + shape + dtype + b"\x89" + _py2_str(images.tobytes()) + b"tb"
-    )  # fmt: skip
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+        + _py2_str(b"b")
+        + b"\x87R(K\x01"
+        + shape
+        + dtype
+        + b"\x89"
+        + _py2_str(images.tobytes())
+        + b"tb"
+    )
     label_list = b"](" + b"".join(b"K" + bytes([y]) for y in labels) + b"e"
     return b"\x80\x02}(" + _py2_str(b"data") + array + _py2_str(b"labels") + label_list + b"u."
 
@@ -386,8 +396,11 @@ def test_imagefolder(folder: Path) -> None:
     train, test, info = make_datasets(f"imagefolder:{folder}")
     assert info == dataset_info(f"imagefolder:{folder}")
     assert (info.name, info.classes, info.input_size, info.flip) == (
-        "imagefolder", ("cat", "dog"), 40, True,
-    )  # fmt: skip
+        "imagefolder",
+        ("cat", "dog"),
+        40,
+        True,
+    )
     assert train.targets == [0, 0, 0, 1, 1, 1] and test.targets == [0, 1]  # test/ as fallback
     assert train[0][0].shape == test[1][0].shape == (3, 40, 40)  # 48×40 centre-cropped
     (folder / "val" / "bird").mkdir(parents=True)

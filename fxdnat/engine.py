@@ -1,0 +1,715 @@
+"""Training engine: DNAT's two stages end to end, on a CPU, on CUDA and under torchrun.
+
+Architecture stage: every minibatch first steps ω (SGD), then θ (Adam) on the same minibatch after
+ω's update (Kim & Lee 2020 §3). Then decide + finalize, the ω optimiser rebuilt for the clean
+module (momentum carried for the weights that remain), and the network stage trains ω on, under
+the same cosine schedule. A checkpoint is written atomically after every epoch; every epoch is
+seeded from (seed, epoch), so a resumed run repeats the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from fxdnat import checkpoint as ckpt
+from fxdnat.ir import CHOICES, SAME
+
+log = logging.getLogger(__name__)
+
+METHODS = ("dnat", "original")
+ARCH_UPDATES = ("alternate", "joint")
+CHECKPOINT, METRICS, SUMMARY = "checkpoint.pt", "metrics.jsonl", "summary.json"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the run between two steps; its state was saved."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; stored in its checkpoint. None means "the recipe's"."""
+
+    spec: str
+    out: str
+    data: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    recipe: str | None = None  # default: the zoo model's, else "paper"
+    method: str = "dnat"  # "original" trains the untouched model with the same recipe
+    tie: str = "cell"
+    granularity: str = "branch"
+    arch_update: str = "alternate"
+    epochs: int | None = None
+    arch_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    theta_lr: float | None = None
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: bool | None = None  # default: bf16 autocast on CUDA
+    channels_last: bool | None = None  # default: on CUDA
+    compile: bool = False
+    workers: int = 0
+    limit: int | None = None  # use only the first N examples of each split
+    pretrained: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("method", self.method, METHODS),
+            ("arch_update", self.arch_update, ARCH_UPDATES),
+            ("tie", self.tie, ("cell", "full")),
+            ("granularity", self.granularity, ("branch", "op")),
+            ("device", self.device, ("auto", "cpu", "cuda")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
+
+
+@dataclass
+class _State:
+    """What changes during a run (and what a checkpoint holds besides the config)."""
+
+    stage: str = "arch"  # "arch" (ω and θ), "net" (ω of the final module), "done"
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed inside the current epoch (after an interrupt)
+    decisions: dict[str, str] | None = None
+    theta_history: list[torch.Tensor] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    partial: dict[str, float] = field(default_factory=dict)  # running sums of a cut epoch
+    rng: dict[str, Any] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+
+class Reporter:
+    """Progress callbacks; the CLI draws rich progress bars, the default logs."""
+
+    def start(self, info: dict) -> None:
+        log.info("training %s", info)
+
+    def epoch_start(self, epoch: int, stage: str, steps: int) -> None:
+        pass
+
+    def step(self, epoch: int, step: int, loss: float | None) -> None:
+        pass
+
+    def epoch_end(self, record: dict) -> None:
+        log.info("epoch %(epoch)d %(stage)s: test acc %(test_acc).4f", record)
+
+    def event(self, name: str, data: dict) -> None:
+        log.info("%s: %s", name, data)
+
+    def finish(self, summary: dict) -> None:
+        log.info("done: %s", summary)
+
+
+def transform(config: RunConfig, reporter: Reporter | None = None, *, resume: bool = False) -> dict:
+    """Run (or resume) ``config``; returns the summary also written to ``out/summary.json``."""
+    return Trainer(config, reporter or Reporter(), resume=resume).run()
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, reporter: Reporter, *, resume: bool = False) -> None:
+        self.out = Path(config.out)
+        stored = self._stored(resume)
+        if stored is not None:
+            config = _merge_resumed(RunConfig(**stored["config"]), config)
+        self.config = config
+        self.rank, self.world = _distributed_init(config.device)
+        self.reporter = reporter if self.rank == 0 else Reporter()  # one voice under torchrun
+        self.device = _device(config.device, self.rank)
+        self.amp = config.amp if config.amp is not None else self.device.type == "cuda"
+        self.channels_last = (
+            config.channels_last if config.channels_last is not None else self.device.type == "cuda"
+        )
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self._setup(stored)
+
+    # ----------------------------------------------------------------------------- setup
+    def _stored(self, resume: bool) -> dict | None:
+        path = self.out / CHECKPOINT
+        if resume:
+            if not path.exists():
+                raise ValueError(f"--resume: no checkpoint at {path}; start the run without it")
+            return ckpt.load(path)
+        if path.exists():
+            raise ValueError(
+                f"{path} exists; pass --resume to continue that run or choose another --out"
+            )
+        return None
+
+    def _setup(self, stored: dict | None) -> None:
+        from fxdnat import zoo
+        from fxdnat.data import make_loaders
+        from fxdnat.passes import discover, gate
+        from fxdnat.specs import build_model
+        from fxdnat.tracing import trace
+
+        c = self.config
+        self.recipe = _resolve_recipe(c)
+        self.train_loader, self.test_loader, self.info = make_loaders(
+            c.data,
+            c.data_dir,
+            batch_size=self.recipe.batch_size,
+            cutout=self.recipe.cutout,
+            download=c.download,
+            workers=c.workers,
+            seed=c.seed,
+            distributed=self.world > 1,
+            pin_memory=self.device.type == "cuda",
+            limit=c.limit,
+        )
+        if stored is not None:
+            self._restore(stored)
+            return
+        kwargs = _model_kwargs(c.spec, self.recipe)
+        torch.manual_seed(c.seed)  # the initial weights
+        built = build_model(
+            c.spec,
+            num_classes=self.info.num_classes,
+            input_size=self.info.input_size,
+            pretrained=c.pretrained,
+            **kwargs,
+        )
+        self.model_cfg = {
+            "spec": built.spec,
+            "num_classes": built.num_classes,
+            "input_size": built.input_size,
+            "kwargs": kwargs,
+        }
+        example = torch.zeros(1, 3, built.input_size, built.input_size)
+        self.traced = trace(built.model, example)
+        self.model_cfg["leaves"] = sorted(self.traced.meta["fxdnat"]["leaves"])
+        self.state = _State()
+        if c.method == "original":
+            self.edges, self.module, self.state.stage = [], self.traced, "net"
+        else:
+            self.edges = discover(self.traced, c.granularity)
+            self.module = gate(self.traced, self.edges, tie=c.tie)
+            if self.recipe.arch_epochs == 0:
+                self._finalize()
+        self.drop_path = zoo.set_drop_path_prob(self.module, 0.0) > 0
+        self._place()
+        self.opt_w = self._weight_optimizer()
+        self.opt_theta = self._theta_optimizer()
+
+    def _restore(self, stored: dict) -> None:
+        from fxdnat import zoo
+
+        restored = ckpt.restore(stored)
+        self.model_cfg, self.traced, self.edges = stored["model"], restored.traced, restored.edges
+        self.module = restored.module
+        self.state = _State(**{k: stored["state"][k] for k in stored["state"]})
+        self.state.theta_history = list(stored["theta_history"])
+        self.drop_path = zoo.set_drop_path_prob(self.module, 0.0) > 0
+        self._place()
+        self.opt_w = self._weight_optimizer()
+        self.opt_w.load_state_dict(stored["optimizer_w"])
+        self.opt_theta = self._theta_optimizer()
+        if self.opt_theta is not None and stored.get("optimizer_theta") is not None:
+            self.opt_theta.load_state_dict(stored["optimizer_theta"])
+        if self.rank == 0:  # the log holds exactly the epochs of the checkpoint
+            (self.out / METRICS).write_text(
+                "".join(json.dumps(m) + "\n" for m in self.state.metrics)
+            )
+
+    def _place(self) -> None:
+        """Move the module to the device (channels-last on CUDA), wrap it for DDP / compile."""
+        fmt = torch.channels_last if self.channels_last else torch.preserve_format
+        self.module.to(self.device, memory_format=fmt)
+        model: nn.Module = self.module
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model = torch.compile(model) if self.config.compile else model
+
+    def _theta(self) -> torch.Tensor | None:
+        arch = getattr(self.module, "arch", None)
+        return arch.theta if arch is not None else None
+
+    def _weights(self) -> list[nn.Parameter]:
+        theta = self._theta()
+        return [p for p in self.module.parameters() if p.requires_grad and p is not theta]
+
+    def _weight_optimizer(self) -> torch.optim.SGD:
+        r = self.recipe
+        return torch.optim.SGD(
+            self._weights(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
+        )
+
+    def _theta_optimizer(self) -> torch.optim.Adam | None:
+        theta, r = self._theta(), self.recipe
+        if theta is None:
+            return None
+        return torch.optim.Adam(
+            [theta], lr=r.theta_lr, betas=r.theta_betas, weight_decay=r.theta_weight_decay
+        )
+
+    # ------------------------------------------------------------------------------ loop
+    def run(self) -> dict:
+        c, r = self.config, self.recipe
+        self.reporter.start(
+            {
+                "spec": self.model_cfg["spec"],
+                "method": c.method,
+                "data": c.data,
+                "recipe": dataclasses.asdict(r),
+                "edges": len(self.edges),
+                "device": str(self.device),
+                "world": self.world,
+                "resumed_at": self.state.epoch,
+            }
+        )
+        with _StopRequests() as self.stop:
+            while self.state.epoch < r.epochs:
+                try:
+                    record = self._epoch()
+                except Interrupted:
+                    self._save()
+                    raise
+                self.state.metrics.append(record)
+                if self.rank == 0:
+                    with (self.out / METRICS).open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                self.reporter.epoch_end(record)
+                if self.state.stage == "arch" and self.state.epoch == r.arch_epochs:
+                    self._finalize()
+                self._save()
+        self.state.stage = "done"
+        self._save()
+        summary = self._summary()
+        if self.rank == 0:
+            (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        self.reporter.finish(summary)
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
+        return summary
+
+    def _epoch(self) -> dict:
+        c, r, s = self.config, self.recipe, self.state
+        start = time.perf_counter()
+        epoch_seed = c.seed * 1_000_003 + s.epoch
+        if s.step == 0:
+            torch.manual_seed(epoch_seed + 7919 * self.rank)  # augmentation, dropout, drop-path
+            s.partial = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
+        self.train_loader.generator.manual_seed(epoch_seed)  # shuffling and worker seeds
+        if hasattr(self.train_loader.sampler, "set_epoch"):
+            self.train_loader.sampler.set_epoch(s.epoch)
+        if self.drop_path:
+            from fxdnat import zoo
+
+            zoo.set_drop_path_prob(self.module, r.drop_path_prob * s.epoch / r.epochs)
+        self.module.train()
+        steps = len(self.train_loader)
+        self.reporter.epoch_start(s.epoch, s.stage, steps)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, seen
+        for step, (x, y) in self._batches():
+            self._set_lr(s.epoch + step / steps)
+            loss, correct = self._train_step(x, y)
+            sums += torch.stack([loss.detach().double() * len(y), correct, sums.new_tensor(len(y))])
+            s.step = step + 1
+            if self.device.type == "cpu" or (step + 1) % 50 == 0 or step + 1 == steps:
+                self._check_finite(sums[0], step)
+                self.reporter.step(s.epoch, step + 1, (sums[0] / sums[2]).item())
+            if self.stop.requested and step + 1 < steps:
+                self._interrupt(sums)
+        train = _reduce(sums, self.world).tolist()
+        total = {
+            k: s.partial[k] + v for k, v in zip(("loss", "correct", "seen"), train, strict=True)
+        }
+        s.step, s.partial = 0, {}
+        s.elapsed += time.perf_counter() - start
+        test_loss, test_acc = self.evaluate()
+        s.epoch += 1
+        if s.stage == "arch":
+            s.theta_history.append(self._theta().detach().cpu().clone())
+        return {
+            "epoch": s.epoch,
+            "stage": s.stage,
+            "lr": self.opt_w.param_groups[0]["lr"],
+            "train_loss": total["loss"] / max(total["seen"], 1),
+            "train_acc": total["correct"] / max(total["seen"], 1),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "seconds": time.perf_counter() - start,
+            "preferences": self._preferences(),
+        }
+
+    def _interrupt(self, sums: torch.Tensor) -> None:
+        """Stop between two steps; a single process keeps the partial epoch, DDP ranks do not
+        (they may stop at different steps), so those resume from the epoch's start."""
+        s = self.state
+        if self.world > 1:
+            s.step, s.partial = 0, {}
+            raise Interrupted(f"interrupted in epoch {s.epoch + 1}; resuming restarts it")
+        done = _reduce(sums, 1).tolist()
+        s.partial = {
+            k: s.partial[k] + v for k, v in zip(("loss", "correct", "seen"), done, strict=True)
+        }
+        raise Interrupted(f"interrupted in epoch {s.epoch + 1} after step {s.step}")
+
+    def _batches(self) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """This epoch's batches on the device, skipping those done before an interrupt."""
+        skip = self.state.step
+        for step, (x, y) in enumerate(self.train_loader):
+            if step < skip:
+                if step + 1 == skip:  # continue exactly where the interrupted run was
+                    _set_rng(self.state.rng)
+                continue
+            yield step, self._to_device(x, y)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmt = torch.channels_last if self.channels_last else torch.preserve_format
+        x = x.to(self.device, non_blocking=True, memory_format=fmt)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        clip = self.recipe.grad_clip
+        searching = self.state.stage == "arch"
+        loss, logits = self._loss(self.model, x, y)
+        if searching and self.config.arch_update == "joint":  # one backward for ω and θ
+            loss.backward()
+            self._clip_and_step(clip)
+            self.opt_theta.step()
+            self.opt_theta.zero_grad(set_to_none=True)
+        elif searching:
+            if self.world > 1:  # DDP reduces ω's gradients in backward; θ's is recomputed below
+                loss.backward()
+            else:
+                loss.backward(inputs=self._weights())
+            self._clip_and_step(clip)
+            self._theta_step(x, y)
+        else:
+            loss.backward()
+            self._clip_and_step(clip)
+        correct = (logits.argmax(1) == y).sum().double()
+        return loss, correct
+
+    def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        r = self.recipe
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = model(x)
+            logits, aux = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
+            if aux is not None and r.auxiliary_weight > 0:
+                loss = loss + r.auxiliary_weight * F.cross_entropy(aux.float(), y)
+        return loss, logits
+
+    def _clip_and_step(self, clip: float | None) -> None:
+        if clip is not None:
+            nn.utils.clip_grad_norm_(self._weights(), clip)
+        self.opt_w.step()
+        self.opt_w.zero_grad(set_to_none=True)
+
+    def _theta_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """θ's step on the same minibatch, after ω's update: θ's gradient alone is computed."""
+        theta = self._theta()
+        loss, _ = self._loss(self.module, x, y)  # not through DDP: its hooks expect ω's grads
+        (grad,) = torch.autograd.grad(loss, [theta])
+        if self.world > 1:
+            torch.distributed.all_reduce(grad)
+            grad /= self.world
+        theta.grad = grad
+        self.opt_theta.step()
+        self.opt_theta.zero_grad(set_to_none=True)
+
+    def _set_lr(self, progress: float) -> None:
+        """Cosine from lr to 0 over all epochs, per step; stage 2 continues the same schedule."""
+        lr = 0.5 * self.recipe.lr * (1 + math.cos(math.pi * progress / self.recipe.epochs))
+        for group in self.opt_w.param_groups:
+            group["lr"] = lr
+
+    def _check_finite(self, loss_sum: torch.Tensor, step: int) -> None:
+        if torch.isfinite(loss_sum):
+            return
+        done = self.state.epoch
+        kept = (
+            f"{self.out / CHECKPOINT} still holds epoch {done}"
+            if done
+            else "no epoch had finished, so nothing was saved"
+        )
+        raise TrainingError(
+            f"the loss became {loss_sum.item()} in epoch {done + 1} (step {step + 1}); {kept}; "
+            "lower the learning rate (--lr) and rerun" + (", or --resume to retry" if done else "")
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy of the current network (main logits only)."""
+        self.module.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for x, y in self.test_loader:
+            x, y = self._to_device(x, y)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.module(x)
+            logits = (out[0] if isinstance(out, (tuple, list)) else out).float()
+            loss = F.cross_entropy(logits, y, reduction="sum")
+            sums += torch.stack(
+                [loss.double(), (logits.argmax(1) == y).sum().double(), sums.new_tensor(len(y))]
+            )
+        loss_sum, correct, seen = _reduce(sums, self.world).tolist()
+        self.module.train()
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def _preferences(self) -> dict[str, int]:
+        """How many edges currently prefer each choice (the decisions once finalized)."""
+        if self.state.decisions is not None:
+            return dict(Counter(self.state.decisions.values()))
+        if self._theta() is None:
+            return {}
+        from fxdnat.passes import decide
+
+        return dict(Counter(decide(self.module).values()))
+
+    # ------------------------------------------------------------------------- finalize
+    def _finalize(self) -> None:
+        from fxdnat.passes import decide, finalize
+
+        gated = self.module
+        decisions = decide(gated)
+        final = finalize(gated, decisions)
+        old_opt = getattr(self, "opt_w", None)
+        self.module, self.state.decisions, self.state.stage = final, decisions, "net"
+        if old_opt is not None:  # carry ω's momentum for the weights that remain
+            self._place()
+            by_param = dict(gated.named_parameters())
+            self.opt_w = self._weight_optimizer()
+            for name, param in final.named_parameters():
+                old = old_opt.state.get(by_param[name])
+                if old:
+                    self.opt_w.state[param] = {k: v.clone() for k, v in old.items()}
+            self.opt_theta = None
+        changed = {k: v for k, v in decisions.items() if v != SAME}
+        self.reporter.event(
+            "finalize",
+            {
+                "epoch": self.state.epoch,
+                "changed": changed,
+                "counts": dict(Counter(decisions.values())),
+            },
+        )
+
+    # ---------------------------------------------------------------------- checkpoints
+    def _save(self) -> None:
+        if self.rank != 0:
+            return
+        s = self.state
+        s.rng = _get_rng() if s.step else {}
+        state = dataclasses.asdict(s)
+        state.pop("theta_history")
+        ckpt.save(
+            self.out / CHECKPOINT,
+            {
+                "method": self.config.method,
+                "model": self.model_cfg,
+                "granularity": self.config.granularity,
+                "tie": self.config.tie,
+                "edges": [e.to_dict() for e in self.edges],
+                "decisions": s.decisions,
+                "theta": self._theta().detach().cpu() if self._theta() is not None else None,
+                "theta_history": s.theta_history,
+                "choices": list(CHOICES),
+                "model_state": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+                "optimizer_w": self.opt_w.state_dict(),
+                "optimizer_theta": self.opt_theta.state_dict() if self.opt_theta else None,
+                "state": state,
+                "config": dataclasses.asdict(self.config),
+                "recipe": dataclasses.asdict(self.recipe),
+                "seed": self.config.seed,
+                "versions": _versions(),
+            },
+        )
+
+    def _summary(self) -> dict:
+        from fxdnat.report import count_flops, count_params
+
+        example = torch.zeros(1, 3, self.info.input_size, self.info.input_size)
+        final = self.module.to("cpu")
+        last = self.state.metrics[-1] if self.state.metrics else {}
+        decisions = self.state.decisions or {}
+        return {
+            "spec": self.model_cfg["spec"],
+            "method": self.config.method,
+            "data": self.config.data,
+            "epochs": self.state.epoch,
+            "test_acc": last.get("test_acc"),
+            "train_acc": last.get("train_acc"),
+            "params_before": count_params(self.traced),
+            "params_after": count_params(final),
+            "flops_before": count_flops(self.traced, example),
+            "flops_after": count_flops(final, example),
+            "edges": len(self.edges),
+            "decisions": dict(Counter(decisions.values())),
+            "changed": {k: v for k, v in decisions.items() if v != SAME},
+            "seconds": self.state.elapsed,
+            "world": self.world,
+            "device": str(self.device),
+            "checkpoint": str(self.out / CHECKPOINT),
+        }
+
+
+# --------------------------------------------------------------------------------- helpers
+def _resolve_recipe(c: RunConfig):
+    from fxdnat import zoo
+    from fxdnat.specs import parse_spec
+
+    source, name = parse_spec(c.spec)
+    default = zoo.model_info(name).default_recipe if source == "zoo" else "paper"
+    recipe = zoo.get_recipe(
+        c.recipe or default, model=c.spec if source == "zoo" else None, dataset=c.data
+    )
+    overrides = {
+        k: v
+        for k, v in (
+            ("epochs", c.epochs),
+            ("arch_epochs", c.arch_epochs),
+            ("batch_size", c.batch_size),
+            ("lr", c.lr),
+            ("theta_lr", c.theta_lr),
+        )
+        if v is not None
+    }
+    if "epochs" in overrides and "arch_epochs" not in overrides:
+        overrides["arch_epochs"] = min(recipe.arch_epochs, overrides["epochs"])
+    if c.method == "original":
+        overrides["arch_epochs"] = 0
+    return dataclasses.replace(recipe, **overrides)
+
+
+def _model_kwargs(spec: str, recipe) -> dict:
+    """Zoo models with an auxiliary head build it when the recipe weighs it."""
+    from fxdnat import zoo
+    from fxdnat.specs import parse_spec
+
+    source, name = parse_spec(spec)
+    if (
+        source == "zoo"
+        and recipe.auxiliary_weight > 0
+        and zoo.model_info(name).family in ("darts", "proxylessnas")
+    ):
+        return {"auxiliary": True}
+    return {}
+
+
+def _merge_resumed(stored: RunConfig, given: RunConfig) -> RunConfig:
+    """A resumed run keeps its stored config; only where and how it runs may change."""
+    return dataclasses.replace(
+        stored,
+        out=given.out,
+        device=given.device,
+        workers=given.workers,
+        data_dir=given.data_dir or stored.data_dir,
+    )
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "--device cuda was asked for but CUDA is not available here; use --device cpu (or auto)"
+        )
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def _distributed_init(device: str) -> tuple[int, int]:
+    """Rank and world size; joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = device != "cpu" and torch.cuda.is_available()
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), world
+
+
+def _reduce(sums: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        torch.distributed.all_reduce(sums)
+    return sums
+
+
+def _get_rng() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    if "cpu" in state:
+        torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _StopRequests:
+    """Ctrl-C or SIGTERM ask the run to stop at the next step boundary (a second Ctrl-C stops
+    at once), so a saved state is never half a step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopRequests:
+        with contextlib.suppress(ValueError):  # signals can only be set in the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _versions() -> dict[str, str]:
+    import fxdnat
+
+    versions = {"fxdnat": fxdnat.__version__, "torch": str(torch.__version__)}
+    with contextlib.suppress(ImportError):
+        import timm
+
+        versions["timm"] = str(timm.__version__)
+    return versions
+
+
+def load_network(path: str | Path) -> tuple[fx.GraphModule, dict]:
+    """The network stored in a checkpoint (final, or gated if not yet finalized), and its data."""
+    data = ckpt.load(path)
+    return ckpt.restore(data).module.eval(), data

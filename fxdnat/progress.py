@@ -1,0 +1,85 @@
+"""Rich progress bars and summaries for ``fxdnat transform`` (the library itself only logs)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fxdnat.engine import Reporter
+
+
+class RichReporter(Reporter):
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.epochs = 0
+
+    def start(self, info: dict) -> None:
+        self.epochs = info["recipe"]["epochs"]
+        r = info["recipe"]
+        resumed = f", resumed after epoch {info['resumed_at']}" if info["resumed_at"] else ""
+        self.console.print(
+            f"[bold]{info['spec']}[/] {info['method']} on {info['data']}: {info['edges']} edges, "
+            f"{r['epochs']} epochs ({r['arch_epochs']} architecture), batch {r['batch_size']}, "
+            f"{info['device']}{' ×' + str(info['world']) if info['world'] > 1 else ''}{resumed}"
+        )
+
+    def epoch_start(self, epoch: int, stage: str, steps: int) -> None:
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{self.epochs} {stage:<4}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, loss="…")
+
+    def step(self, epoch: int, step: int, loss: float | None) -> None:
+        if self.progress is not None:
+            fields = {} if loss is None else {"loss": f"{loss:.3f}"}
+            self.progress.update(self.task, completed=step, **fields)
+
+    def epoch_end(self, record: dict) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        prefs = ", ".join(f"{k} {v}" for k, v in sorted(record["preferences"].items()))
+        self.console.print(
+            f"epoch {record['epoch']:>3}/{self.epochs} {record['stage']:<4} "
+            f"loss {record['train_loss']:.3f}  train {100 * record['train_acc']:5.1f}%  "
+            f"test {100 * record['test_acc']:5.1f}%  lr {record['lr']:.4f}  "
+            f"[dim]edges: {prefs}  {record['seconds']:.1f}s[/]"
+        )
+
+    def event(self, name: str, data: dict) -> None:
+        if name == "finalize":
+            changed = data["changed"]
+            listed = ", ".join(f"{k}→{v}" for k, v in changed.items()) or "none"
+            self.console.print(
+                f"[bold]finalize[/] after epoch {data['epoch']}: "
+                f"{len(changed)} edges changed ({listed})"
+            )
+
+    def finish(self, summary: dict) -> None:
+        table = Table(title="fxdnat transform", show_header=False)
+        table.add_row("model", f"{summary['spec']} ({summary['method']}) on {summary['data']}")
+        if summary["test_acc"] is not None:
+            table.add_row("test accuracy", f"{100 * summary['test_acc']:.2f}%")
+        table.add_row("parameters", f"{summary['params_before']:,} → {summary['params_after']:,}")
+        table.add_row(
+            "MFLOPs", f"{summary['flops_before'] / 1e6:,.1f} → {summary['flops_after'] / 1e6:,.1f}"
+        )
+        decisions = ", ".join(f"{k} {v}" for k, v in sorted(summary["decisions"].items()))
+        table.add_row(
+            "edges",
+            f"{summary['edges']} ({decisions or 'untouched'}), {len(summary['changed'])} changed",
+        )
+        table.add_row("time", f"{summary['seconds']:.0f} s")
+        table.add_row("checkpoint", summary["checkpoint"])
+        for label, path in summary.get("artifacts", {}).items():
+            table.add_row(label, path)
+        Console().print(table)

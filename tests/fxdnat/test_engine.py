@@ -1,0 +1,236 @@
+"""The training engine: both stages, determinism, exact resume, checkpoints, failures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fxdnat import checkpoint as ckpt
+from fxdnat.engine import Interrupted, Reporter, RunConfig, Trainer, TrainingError, load_network
+
+# 128 digits, batch 32: 4 steps an epoch; θ moves fast enough to change edges
+SMALL = dict(recipe="quick", limit=128, batch_size=32, epochs=3, arch_epochs=2, theta_lr=0.2)
+
+
+def config(tmp_path, name="run", **overrides) -> RunConfig:
+    return RunConfig(**{"spec": "zoo:resnet20", "out": str(tmp_path / name), **SMALL, **overrides})
+
+
+def run(cfg: RunConfig, reporter: Reporter | None = None, resume: bool = False) -> Trainer:
+    trainer = Trainer(cfg, reporter or Reporter(), resume=resume)
+    trainer.summary = trainer.run()
+    return trainer
+
+
+def tensors(path) -> dict[str, torch.Tensor]:
+    data = ckpt.load(path)
+    return {"theta_history": torch.stack(data["theta_history"]), **data["model_state"]}
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_both_stages_on_digits(tmp_path):
+    trainer = run(config(tmp_path))
+    out = tmp_path / "run"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["arch", "arch", "net"]
+    assert all(0 <= r["test_acc"] <= 1 and math.isfinite(r["train_loss"]) for r in records)
+    data = ckpt.load(out / "checkpoint.pt")
+    assert data["state"]["stage"] == "done" and data["state"]["epoch"] == 3
+    assert len(data["theta_history"]) == 2 and data["theta_history"][0].shape == (4, 3)
+    assert set(data["decisions"]) == {e["name"] for e in data["edges"]}
+    assert not hasattr(trainer.module, "arch")  # the network stage trains the clean module
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["edges"] == 18 and sum(summary["decisions"].values()) == 18
+    assert summary["params_after"] <= summary["params_before"] == 269_722
+
+
+def test_theta_moves_and_the_network_changes(tmp_path):
+    trainer = run(config(tmp_path, epochs=4, arch_epochs=3, theta_lr=0.5))
+    assert trainer.summary["changed"], "θ at a high lr should change some edge within 12 steps"
+    history = torch.stack(ckpt.load(tmp_path / "run" / "checkpoint.pt")["theta_history"])
+    assert not torch.equal(history[0], history[-1])
+
+
+def test_a_timm_model_trains_through_both_stages(tmp_path):
+    trainer = run(config(tmp_path, spec="timm:resnet10t", epochs=2, arch_epochs=1))
+    assert trainer.summary["edges"] == 8 and trainer.state.stage == "done"
+
+
+def test_original_method_trains_the_untouched_model(tmp_path):
+    trainer = run(config(tmp_path, method="original", epochs=2))
+    data = ckpt.load(tmp_path / "run" / "checkpoint.pt")
+    assert data["edges"] == [] and data["theta"] is None and data["decisions"] is None
+    assert trainer.summary["params_after"] == trainer.summary["params_before"]
+
+
+def test_joint_update(tmp_path):
+    trainer = run(config(tmp_path, arch_update="joint", epochs=2, arch_epochs=1))
+    assert trainer.state.stage == "done"
+
+
+def test_same_seed_gives_the_same_theta_decisions_and_accuracy(tmp_path):
+    first = run(config(tmp_path, "a", seed=3))
+    second = run(config(tmp_path, "b", seed=3))
+    assert_same_tensors(
+        tensors(tmp_path / "a" / "checkpoint.pt"), tensors(tmp_path / "b" / "checkpoint.pt")
+    )
+    assert first.state.decisions == second.state.decisions
+    assert first.summary["test_acc"] == second.summary["test_acc"]
+    other = run(config(tmp_path, "c", seed=4))
+    assert not torch.equal(
+        tensors(tmp_path / "a" / "checkpoint.pt")["theta_history"],
+        tensors(tmp_path / "c" / "checkpoint.pt")["theta_history"],
+    )
+    del other
+
+
+class _Killer(Reporter):
+    """Simulates a kill -9 at the start of an epoch: nothing is saved from that epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.at = epoch
+
+    def epoch_start(self, epoch: int, stage: str, steps: int) -> None:
+        if epoch == self.at:
+            raise SystemExit("killed")
+
+
+def test_resume_after_a_kill_repeats_the_uninterrupted_run(tmp_path):
+    run(config(tmp_path, "whole"))
+    with pytest.raises(SystemExit):
+        run(config(tmp_path, "killed"), _Killer(epoch=2))  # after the finalize at epoch 2
+    assert ckpt.load(tmp_path / "killed" / "checkpoint.pt")["state"]["epoch"] == 2
+    run(config(tmp_path, "killed"), resume=True)
+    assert_same_tensors(
+        tensors(tmp_path / "whole" / "checkpoint.pt"),
+        tensors(tmp_path / "killed" / "checkpoint.pt"),
+    )
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+class _CtrlC(Reporter):
+    """Presses Ctrl-C (sets the stop request) after a step of an epoch."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at, self.trainer = (epoch, step), None
+
+    def step(self, epoch: int, step: int, loss: float | None) -> None:
+        if (epoch, step) == self.at:
+            self.trainer.stop.requested = True
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_continues_exactly(tmp_path):
+    run(config(tmp_path, "whole"))
+    reporter = _CtrlC(epoch=1, step=2)
+    trainer = Trainer(config(tmp_path, "cut"), reporter)
+    reporter.trainer = trainer
+    with pytest.raises(Interrupted, match="interrupted in epoch 2 after step 2"):
+        trainer.run()
+    state = ckpt.load(tmp_path / "cut" / "checkpoint.pt")["state"]
+    assert (state["epoch"], state["step"]) == (1, 2)
+    resumed = run(config(tmp_path, "cut"), resume=True)
+    assert_same_tensors(
+        tensors(tmp_path / "whole" / "checkpoint.pt"), tensors(tmp_path / "cut" / "checkpoint.pt")
+    )
+    whole = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert resumed.state.metrics[1]["train_loss"] == pytest.approx(
+        whole[1]["train_loss"], rel=1e-12
+    )
+
+
+class _Poison(Reporter):
+    def __init__(self, epoch: int) -> None:
+        self.at, self.trainer = epoch, None
+
+    def epoch_start(self, epoch: int, stage: str, steps: int) -> None:
+        if epoch == self.at:
+            with torch.no_grad():
+                for p in self.trainer.module.parameters():
+                    p.fill_(float("nan"))
+
+
+def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    reporter = _Poison(epoch=1)
+    trainer = Trainer(config(tmp_path), reporter)
+    reporter.trainer = trainer
+    with pytest.raises(
+        TrainingError,
+        match=r"the loss became nan in epoch 2 \(step 1\); .*"
+        r"checkpoint.pt still holds epoch 1; lower the learning rate",
+    ):
+        trainer.run()
+    data = ckpt.load(tmp_path / "run" / "checkpoint.pt")
+    assert data["state"]["epoch"] == 1
+    assert all(
+        torch.isfinite(t).all() for t in data["model_state"].values() if t.is_floating_point()
+    )
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    trainer = run(config(tmp_path))
+    path = tmp_path / "run" / "checkpoint.pt"
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "fxdnat-checkpoint" and raw["versions"]["torch"] == torch.__version__
+    network, _ = load_network(path)
+    x = torch.randn(4, 3, 32, 32)
+    trainer.module.eval()
+    torch.testing.assert_close(network(x), trainer.module(x), rtol=0, atol=0)
+    assert "fxdnat" not in network.code
+
+
+def test_an_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
+    run(config(tmp_path, epochs=1, arch_epochs=1))
+    with pytest.raises(ValueError, match="checkpoint.pt exists; pass --resume to continue"):
+        Trainer(config(tmp_path, epochs=1, arch_epochs=1), Reporter())
+    with pytest.raises(ValueError, match="--resume: no checkpoint at .*nothing/checkpoint.pt"):
+        Trainer(config(tmp_path, "nothing"), Reporter(), resume=True)
+
+
+def test_cuda_asked_but_absent(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cuda was asked for but CUDA is not available"):
+        Trainer(config(tmp_path, device="cuda"), Reporter())
+
+
+def test_bad_checkpoints_are_refused_without_running_code(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(
+        ckpt.CheckpointError, match="garbage.pt is not a readable fxdnat checkpoint"
+    ):
+        ckpt.load(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ckpt.CheckpointError, match="foreign.pt is not an fxdnat checkpoint"):
+        ckpt.load(foreign)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "fxdnat-checkpoint", "x": Evil()}, evil)
+    with pytest.raises(ckpt.CheckpointError, match="evil.pt is not a readable fxdnat checkpoint"):
+        ckpt.load(evil)
+
+
+def test_saves_are_atomic(tmp_path, monkeypatch):
+    path = ckpt.save(tmp_path / "c.pt", {"a": 1})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        ckpt.save(path, {"a": 2})
+    assert ckpt.load(path)["a"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
