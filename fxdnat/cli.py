@@ -167,20 +167,24 @@ def _print_edges(found: Any, tie: str) -> None:
 
 
 @main.command()
+@click.option("--markdown", is_flag=True, help="A Markdown table (as in docs/zoo.md).")
 @_user_errors
-def zoo() -> None:
+def zoo(markdown: bool) -> None:
     """List the zoo's models with parameters and FLOPs at their default input size."""
+    from fxdnat.report import zoo_rows
+
+    rows = zoo_rows()
+    if markdown:
+        click.echo(_zoo_markdown(rows))
+        return
     from rich.console import Console
     from rich.table import Table
 
-    from fxdnat.report import zoo_rows
-
     table = Table(title="fxdnat zoo (10 classes, 32 px)")
     for column in ("model", "family", "params", "MFLOPs", "edges", "θ groups cell/full", "recipe"):
-        table.add_column(
-            column, justify="right" if column in ("params", "MFLOPs", "edges") else "left"
-        )
-    for row in zoo_rows():
+        justify = "right" if column in ("params", "MFLOPs", "edges") else "left"
+        table.add_column(column, justify=justify)
+    for row in rows:
         table.add_row(
             row["name"],
             row["family"],
@@ -191,6 +195,31 @@ def zoo() -> None:
             row["recipe"],
         )
     Console().print(table)
+
+
+def _zoo_markdown(rows: list[dict]) -> str:
+    header = (
+        "model",
+        "parameters",
+        "MFLOPs",
+        "edges",
+        "θ groups (cell / full)",
+        "recipe",
+        "reference",
+    )
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|---:|---|---|"]
+    for row in rows:
+        cells = (
+            f"`{row['name']}`",
+            f"{row['params']:,}",
+            f"{row['flops'] / 1e6:,.1f}",
+            str(row["edges"]),
+            f"{row['groups_cell']} / {row['groups_full']}",
+            row["recipe"],
+            row["reference"],
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @main.command()

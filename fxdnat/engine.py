@@ -249,19 +249,17 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = torch.compile(model) if self.config.compile else model
+        theta = self._theta()  # ω: every trainable parameter but θ (listed once, used per step)
+        self.weights = [p for p in self.module.parameters() if p.requires_grad and p is not theta]
 
     def _theta(self) -> torch.Tensor | None:
         arch = getattr(self.module, "arch", None)
         return arch.theta if arch is not None else None
 
-    def _weights(self) -> list[nn.Parameter]:
-        theta = self._theta()
-        return [p for p in self.module.parameters() if p.requires_grad and p is not theta]
-
     def _weight_optimizer(self) -> torch.optim.SGD:
         r = self.recipe
         return torch.optim.SGD(
-            self._weights(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
+            self.weights, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
         )
 
     def _theta_optimizer(self) -> torch.optim.Adam | None:
@@ -403,7 +401,7 @@ class Trainer:
             if self.world > 1:  # DDP reduces ω's gradients in backward; θ's is recomputed below
                 loss.backward()
             else:
-                loss.backward(inputs=self._weights())
+                loss.backward(inputs=self.weights)
             self._clip_and_step(clip)
             self._theta_step(x, y)
         else:
@@ -424,7 +422,7 @@ class Trainer:
 
     def _clip_and_step(self, clip: float | None) -> None:
         if clip is not None:
-            nn.utils.clip_grad_norm_(self._weights(), clip)
+            nn.utils.clip_grad_norm_(self.weights, clip)
         self.opt_w.step()
         self.opt_w.zero_grad(set_to_none=True)
 

@@ -34,6 +34,7 @@ class RichReporter(Reporter):
             TimeElapsedColumn(),
             console=self.console,
             transient=True,
+            disable=not self.console.is_terminal,  # logs and CI get the epoch lines only
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=steps, loss="…")
