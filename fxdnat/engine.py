@@ -280,6 +280,8 @@ class Trainer:
                 "data": c.data,
                 "recipe": dataclasses.asdict(r),
                 "edges": len(self.edges),
+                "tie": c.tie,
+                "groups": self._theta().shape[0] if self._theta() is not None else None,
                 "device": str(self.device),
                 "world": self.world,
                 "resumed_at": self.state.epoch,

@@ -19,11 +19,17 @@ class RichReporter(Reporter):
         self.epochs = info["recipe"]["epochs"]
         r = info["recipe"]
         resumed = f", resumed after epoch {info['resumed_at']}" if info["resumed_at"] else ""
+        rows = f" ({info['groups']} θ rows, tie {info['tie']})" if info["groups"] else ""
+        world = f" ×{info['world']}" if info["world"] > 1 else ""
         self.console.print(
-            f"[bold]{info['spec']}[/] {info['method']} on {info['data']}: {info['edges']} edges, "
-            f"{r['epochs']} epochs ({r['arch_epochs']} architecture), batch {r['batch_size']}, "
-            f"{info['device']}{' ×' + str(info['world']) if info['world'] > 1 else ''}{resumed}"
+            f"[bold]{info['spec']}[/] {info['method']} on {info['data']}: {info['edges']} edges"
+            f"{rows}, {r['epochs']} epochs ({r['arch_epochs']} architecture), "
+            f"batch {r['batch_size']}, {info['device']}{world}{resumed}"
         )
+        if info["tie"] == "cell" and info["groups"] == info["edges"]:
+            self.console.print(
+                "note: no two cells share a structure, so cell mode equals full mode"
+            )
 
     def epoch_start(self, epoch: int, stage: str, steps: int) -> None:
         self.progress = Progress(
