@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 METHODS = ("dnat", "original")
 ARCH_UPDATES = ("alternate", "joint")
 CHECKPOINT, METRICS, SUMMARY = "checkpoint.pt", "metrics.jsonl", "summary.json"
+CELLS = "cells.svg"  # the cell diagram of the result (passes/render.py)
 
 
 class TrainingError(RuntimeError):
@@ -150,6 +151,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+        self.stop = _StopRequests()  # listens for Ctrl-C / SIGTERM while `run` is active
         self._setup(stored)
 
     # ----------------------------------------------------------------------------- setup
@@ -306,6 +308,7 @@ class Trainer:
         self._save()
         summary = self._summary()
         if self.rank == 0:
+            self._draw_cells(summary)
             (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         self.reporter.finish(summary)
         if self.world > 1:
@@ -313,41 +316,18 @@ class Trainer:
         return summary
 
     def _epoch(self) -> dict:
-        c, r, s = self.config, self.recipe, self.state
+        s = self.state
         start = time.perf_counter()
-        epoch_seed = c.seed * 1_000_003 + s.epoch
         if s.step == 0:
-            torch.manual_seed(epoch_seed + 7919 * self.rank)  # augmentation, dropout, drop-path
             s.partial = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
-        self.train_loader.generator.manual_seed(epoch_seed)  # shuffling and worker seeds
-        if hasattr(self.train_loader.sampler, "set_epoch"):
-            self.train_loader.sampler.set_epoch(s.epoch)
-        if self.drop_path:
-            from fxdnat import zoo
-
-            zoo.set_drop_path_prob(self.module, r.drop_path_prob * s.epoch / r.epochs)
-        self.module.train()
-        steps = len(self.train_loader)
-        self.reporter.epoch_start(s.epoch, s.stage, steps)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, seen
-        for step, (x, y) in self._batches():
-            self._set_lr(s.epoch + step / steps)
-            loss, correct = self._train_step(x, y)
-            sums += torch.stack([loss.detach().double() * len(y), correct, sums.new_tensor(len(y))])
-            s.step = step + 1
-            if self.device.type == "cpu" or (step + 1) % 50 == 0 or step + 1 == steps:
-                self._check_finite(sums[0], step)
-                self.reporter.step(s.epoch, step + 1, (sums[0] / sums[2]).item())
-            if self.stop.requested and step + 1 < steps:
-                self._interrupt(sums)
-        train = _reduce(sums, self.world).tolist()
+        train = self.train_epoch()
         total = {
             k: s.partial[k] + v for k, v in zip(("loss", "correct", "seen"), train, strict=True)
         }
-        s.step, s.partial = 0, {}
-        s.elapsed += time.perf_counter() - start
+        s.partial = {}
         test_loss, test_acc = self.evaluate()
         s.epoch += 1
+        s.elapsed += time.perf_counter() - start
         if s.stage == "arch":
             s.theta_history.append(self._theta().detach().cpu().clone())
         return {
@@ -361,6 +341,37 @@ class Trainer:
             "seconds": time.perf_counter() - start,
             "preferences": self._preferences(),
         }
+
+    def train_epoch(self) -> list[float]:
+        """One pass over the training data (the rest of it, after an interrupt): the summed
+        loss, correct predictions and examples seen."""
+        c, r, s = self.config, self.recipe, self.state
+        epoch_seed = c.seed * 1_000_003 + s.epoch
+        if s.step == 0:
+            torch.manual_seed(epoch_seed + 7919 * self.rank)  # augmentation, dropout, drop-path
+        self.train_loader.generator.manual_seed(epoch_seed)  # shuffling and worker seeds
+        if hasattr(self.train_loader.sampler, "set_epoch"):
+            self.train_loader.sampler.set_epoch(s.epoch)
+        if self.drop_path:
+            from fxdnat import zoo
+
+            zoo.set_drop_path_prob(self.module, r.drop_path_prob * s.epoch / r.epochs)
+        self.module.train()
+        steps = len(self.train_loader)
+        self.reporter.epoch_start(s.epoch, s.stage, steps)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, seen
+        for step, (x, y) in self._batches():
+            self._set_lr(s.epoch + step / steps)
+            loss, correct = self.train_step(x, y)
+            sums += torch.stack([loss.detach().double() * len(y), correct, sums.new_tensor(len(y))])
+            s.step = step + 1
+            if self.device.type == "cpu" or (step + 1) % 50 == 0 or step + 1 == steps:
+                self._check_finite(sums[0], step)
+                self.reporter.step(s.epoch, step + 1, (sums[0] / sums[2]).item())
+            if self.stop.requested and step + 1 < steps:
+                self._interrupt(sums)
+        s.step = 0
+        return _reduce(sums, self.world).tolist()
 
     def _interrupt(self, sums: torch.Tensor) -> None:
         """Stop between two steps; a single process keeps the partial epoch, DDP ranks do not
@@ -390,7 +401,7 @@ class Trainer:
         x = x.to(self.device, non_blocking=True, memory_format=fmt)
         return x, y.to(self.device, non_blocking=True)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         clip = self.recipe.grad_clip
         searching = self.state.stage == "arch"
         loss, logits = self._loss(self.model, x, y)
@@ -546,6 +557,26 @@ class Trainer:
                 "versions": _versions(),
             },
         )
+
+    def _draw_cells(self, summary: dict) -> None:
+        """The cell diagram beside the checkpoint; a drawing that fails must not lose the run."""
+        if not self.edges or self.state.decisions is None:
+            return
+        from fxdnat.passes.render import draw_run
+
+        try:
+            path = draw_run(
+                self.out / CELLS,
+                self.traced,
+                self.edges,
+                self.state.decisions,
+                summary,
+                tie=self.config.tie,
+            )
+        except Exception as exc:  # any failure: the run itself is saved and summarised
+            log.warning("could not draw the cell diagram (%s); the checkpoint is kept", exc)
+            return
+        summary["artifacts"] = {"cell diagram": str(path)}
 
     def _summary(self) -> dict:
         from fxdnat.report import count_flops, count_params

@@ -1,0 +1,197 @@
+"""Training cost: DNAT's stages against plain training, and fxdnat's loop against a minimal one.
+
+    python -m benchmarks.training                 # writes its section of docs/performance.md
+
+Per training step on one fixed batch (forward, backward, optimizer step), interleaved rounds:
+
+- plain: a hand-written PyTorch step on the eager model (the baseline);
+- fxdnat, original: the engine's step training the untouched traced model (our loop's cost);
+- stage 1, alternate: ω step, then θ step on the same batch (the paper's update);
+- stage 1, joint: one backward for ω and θ;
+- stage 2: the engine's step on finalize(all "same"), the network stage's module.
+
+Per epoch (data loading included): the engine's ``train_epoch`` training the untouched model
+against a minimal loop over the same loader. Targets (issue #4): alternate ≤ 2.1×, joint ≤ 1.10×,
+stage 2 1.00×, our loop ≤ 1.03×.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks import _report, _timing
+from fxdnat.engine import Reporter, RunConfig, Trainer
+
+TARGETS = {
+    "fxdnat, original": 1.03,
+    "stage 1, alternate": 2.1,
+    "stage 1, joint": 1.10,
+    "stage 2": 1.00,
+}
+
+
+def trainer(model: str, out: Path, batch: int, limit: int, **overrides) -> Trainer:
+    config = RunConfig(
+        spec=f"zoo:{model}", out=str(out), recipe="quick", batch_size=batch, limit=limit,
+        device="cpu", **overrides,
+    )  # fmt: skip
+    return Trainer(config, Reporter())
+
+
+def plain_step(model: torch.nn.Module, x, y, lr: float, clip: float) -> Callable[[], None]:
+    """The minimal hand-written step that the engine's steps are compared with."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+
+    return step
+
+
+def engine_step(t: Trainer, x, y) -> Callable[[], None]:
+    t.module.train()
+    return lambda: t.train_step(x, y)
+
+
+def minimal_epoch(model: torch.nn.Module, loader, lr: float, clip: float) -> Callable[[], None]:
+    """A minimal hand-written epoch over the same loader."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+    def epoch() -> None:
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+
+    return epoch
+
+
+def measure(model: str, args: argparse.Namespace, tmp: Path) -> dict:
+    common = {"batch": args.batch, "limit": args.limit}
+    runs = {
+        "fxdnat, original": trainer(model, tmp / "o", method="original", **common),
+        "stage 1, alternate": trainer(model, tmp / "a", **common),
+        "stage 1, joint": trainer(model, tmp / "j", arch_update="joint", **common),
+        "stage 2": trainer(model, tmp / "n", arch_epochs=0, **common),
+    }
+    reference = runs["fxdnat, original"]
+    x, y = next(iter(reference.train_loader))
+    lr, clip = reference.recipe.lr, reference.recipe.grad_clip
+    steps = {"plain": plain_step(_eager_model(model, reference), x, y, lr, clip)}
+    steps.update({name: engine_step(t, x, y) for name, t in runs.items()})
+    step_samples = _timing.interleave(
+        steps, rounds=args.max_rounds, warmup=args.warmup, min_rounds=args.min_rounds,
+        budget_s=args.budget,
+    )  # fmt: skip
+    epoch_samples = _timing.interleave(
+        {
+            "minimal loop": minimal_epoch(_eager_model(model, reference), reference.train_loader,
+                                          lr, clip),
+            "fxdnat train_epoch": reference.train_epoch,
+        },
+        rounds=args.max_rounds, warmup=1, min_rounds=args.min_rounds // 2 or 1,
+        budget_s=args.budget,
+    )  # fmt: skip
+    return {
+        "model": model,
+        "steps": _timing.summarize(step_samples, baseline="plain"),
+        "epochs": _timing.summarize(epoch_samples, baseline="minimal loop"),
+        "batches": len(reference.train_loader),
+    }
+
+
+def _eager_model(model: str, reference: Trainer) -> torch.nn.Module:
+    from fxdnat import zoo
+
+    torch.manual_seed(0)
+    return zoo.create_model(model, num_classes=reference.info.num_classes,
+                            input_size=reference.info.input_size)  # fmt: skip
+
+
+def _cell(stats: _timing.Stats) -> list[str]:
+    lo, hi = stats.ratio_ci
+    return [f"{1000 * stats.median:.1f}", f"{stats.ratio:.3f}", f"[{lo:.3f}, {hi:.3f}]"]
+
+
+def section(results: list[dict], args: argparse.Namespace, load: tuple[str, str]) -> str:
+    rows = []
+    for result in results:
+        for name, stats in result["steps"].items():
+            target = TARGETS.get(name)
+            verdict = (
+                "" if target is None else ("met" if stats.ratio <= target + 0.005 else "MISSED")
+            )
+            goal = "baseline" if target is None else f"≤ {target:.2f}×"
+            rows.append([result["model"], name, *_cell(stats), goal, verdict, str(stats.n)])
+    step_table = _report.markdown_table(
+        ["model", "step", "ms", "ratio", "95% CI", "target", "", "rounds"], rows, "llrrrlll"
+    )
+    rows = []
+    for result in results:
+        for name, stats in result["epochs"].items():
+            rows.append([result["model"], name, *_cell(stats), str(result["batches"]),
+                         str(stats.n)])  # fmt: skip
+    epoch_table = _report.markdown_table(
+        ["model", "epoch loop", "ms", "ratio", "95% CI", "batches", "rounds"], rows, "llrrrrr"
+    )
+    facts = "\n".join(f"- {k}: {v}" for k, v in _report.machine().items())
+    return f"""## Training steps
+
+Generated by `{_report.command_line()}`. Each round times every variant once, in rotating
+order; a ratio is the median over rounds of (variant / plain) within the same round, with a
+percentile-bootstrap 95% interval. Batch {args.batch} of digits at 32 px, CPU, float32.
+
+{step_table}
+
+Whole epochs, data loading included (our loop's bookkeeping: learning rate per step, loss and
+accuracy sums, finiteness checks, progress callbacks):
+
+{epoch_table}
+
+{facts}
+- load average before / after: {load[0]} → {load[1]}
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
+    p.add_argument("--threads", type=int, default=_report.usable_cores())
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--limit", type=int, default=512, help="training examples of an epoch")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--budget", type=float, default=60.0, help="seconds of timing per table")
+    p.add_argument("--min-rounds", type=int, default=15)
+    p.add_argument("--max-rounds", type=int, default=200)
+    p.add_argument("--no-write", action="store_true", help="print only; leave the doc alone")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = _report.load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [measure(model, args, Path(tmp) / model) for model in args.models]
+    body = section(results, args, (load_before, _report.load_average()))
+    print(body)
+    if not args.no_write:
+        _report.write_section("training", body)
+
+
+if __name__ == "__main__":
+    main()
