@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -118,8 +119,13 @@ def trace(
                 failure = graphs[True] if isinstance(graphs[True], _NeedsLeaf) else graphs[False]
                 _add_leaf(model, failure.path, _describe(failure.cause), leaf_paths, reasons)
                 continue
-            differing = _mode_dependent_modules(graphs[True], graphs[False])
-            if not differing:
+            merged = _read_mode_at_run_time(graphs[True].graph, graphs[False].graph)
+            if merged is not None:
+                gm = graphs[True]
+                break
+            differing = _mode_dependent_modules(graphs[True].graph, graphs[False].graph)
+            if not differing:  # the traces differ in names only
+                gm = graphs[True]
                 break
             for path in differing:
                 _add_leaf(
@@ -128,7 +134,8 @@ def trace(
     finally:
         for m, training in modes.items():
             m.training = training
-    gm = fx.GraphModule(model, graphs[model.training], class_name=type(model).__name__)
+    gm.training = model.training
+    gm.recompile()
     _functionalize_inplace_adds(gm)
     _propagate_shapes(gm, inputs)
     gm.meta[META_KEY] = {
@@ -147,10 +154,17 @@ def trace(
     return gm
 
 
-def _trace_in_mode(model: nn.Module, training: bool, tracer_args: tuple) -> fx.Graph | _NeedsLeaf:
+def _trace_in_mode(
+    model: nn.Module, training: bool, tracer_args: tuple
+) -> fx.GraphModule | _NeedsLeaf:
+    """Trace in one mode; the result holds the tensor constants FX stored on the model, which
+    are removed from the model again (so the next trace names its constants the same way and
+    the user's model is left as it was)."""
     model.train(training)
+    before = set(vars(model))
     try:
-        return _LeafingTracer(*tracer_args).trace(model)
+        graph = _LeafingTracer(*tracer_args).trace(model)
+        return fx.GraphModule(model, graph, class_name=type(model).__name__)
     except _NeedsLeaf as failure:
         return failure
     except Exception as exc:
@@ -158,6 +172,70 @@ def _trace_in_mode(model: nn.Module, training: bool, tracer_args: tuple) -> fx.G
             f"cannot trace {type(model).__name__}.forward: {_describe(exc)}; make it traceable "
             "or trace a submodule (`fxdnat.trace(model.features, ...)`)"
         ) from exc
+    finally:
+        for name in set(vars(model)) - before:  # e.g. _tensor_constant0
+            delattr(model, name)
+
+
+def _read_mode_at_run_time(train: fx.Graph, eval_: fx.Graph) -> fx.Graph | None:
+    """One graph for both modes, when the two traces differ only in constants equal to the
+    mode flag (``F.dropout(x, p, training=self.training)``): those become reads of the module's
+    ``training`` attribute at run time. None when the traces differ in any other way.
+    """
+    pairs = list(zip(train.nodes, eval_.nodes, strict=False))
+    if len(train.nodes) != len(eval_.nodes) or any(
+        (a.op, a.target, a.name) != (b.op, b.target, b.name) for a, b in pairs
+    ):
+        return None
+    if not all(_differs_only_by_mode(a, b) for a, b in pairs):
+        return None
+    slots = [(a, b) for a, b in pairs if _has_mode_flag((a.args, a.kwargs), (b.args, b.kwargs))]
+    if slots:
+        first = next(n for n in train.nodes if n.op != "placeholder")
+        with train.inserting_before(first), warnings.catch_warnings():
+            # FX warns that `training` is no parameter, buffer or module; it is a plain attribute
+            # that every module has, which is exactly what must be read
+            warnings.simplefilter("ignore", UserWarning)
+            flag = train.get_attr("training")
+        for a, b in slots:
+            a.args = _swap_mode(a.args, b.args, flag)
+            a.kwargs = _swap_mode(a.kwargs, b.kwargs, flag)
+    return train
+
+
+def _differs_only_by_mode(a: fx.Node, b: fx.Node) -> bool:
+    def same(x: Any, y: Any) -> bool:
+        if isinstance(x, bool) and isinstance(y, bool):
+            return x == y or (x is True and y is False)
+        if isinstance(x, fx.Node) or isinstance(y, fx.Node):
+            return isinstance(x, fx.Node) and isinstance(y, fx.Node) and x.name == y.name
+        if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+            return len(x) == len(y) and all(same(i, j) for i, j in zip(x, y, strict=True))
+        if isinstance(x, dict) and isinstance(y, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        return type(x) is type(y) and x == y
+
+    return same(a.args, b.args) and same(a.kwargs, b.kwargs)
+
+
+def _has_mode_flag(x: Any, y: Any) -> bool:
+    if x is True and y is False:
+        return True
+    if isinstance(x, (list, tuple)):
+        return any(_has_mode_flag(i, j) for i, j in zip(x, y, strict=True))
+    if isinstance(x, dict):
+        return any(_has_mode_flag(x[k], y[k]) for k in x)
+    return False
+
+
+def _swap_mode(x: Any, y: Any, flag: fx.Node) -> Any:
+    if x is True and y is False:
+        return flag
+    if isinstance(x, (list, tuple)):
+        return type(x)(_swap_mode(i, j, flag) for i, j in zip(x, y, strict=True))
+    if isinstance(x, dict):
+        return {k: _swap_mode(x[k], y[k], flag) for k in x}
+    return x
 
 
 def _add_leaf(model: nn.Module, path: str, reason: str, paths: set[str], reasons: dict) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from support import CASES, assert_same_function, inputs_for
 from torch import nn
 
@@ -120,3 +121,26 @@ def test_traced_equals_eager_on_the_edge_cases(name):
     model = CASES[name]()
     inputs = inputs_for(model)
     assert_same_function(fxdnat.trace(model, inputs), model, inputs)
+
+
+class FunctionalDropout(nn.Module):
+    """timm's heads: F.dropout(..., training=self.training) in the root's own forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.register_buffer("scale", torch.ones(1))
+
+    def forward(self, x):
+        x = self.conv(x) * torch.tensor(2.0)  # a tensor constant: FX stores it on the root
+        return F.dropout(x, p=0.5, training=self.training)
+
+
+def test_a_mode_flag_passed_as_an_argument_is_read_at_run_time():
+    model = FunctionalDropout()
+    x = torch.randn(2, 4, 3, 3)
+    gm = fxdnat.trace(model, x)
+    assert gm.meta["fxdnat"]["leaves"] == {}
+    assert "training = self.training" in gm.code
+    assert_same_function(gm, model, (x,))  # dropout active in train mode, identity in eval
+    assert not [name for name in vars(model) if name.startswith("_tensor_constant")]
