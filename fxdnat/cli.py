@@ -357,5 +357,223 @@ def eval_(
     )
 
 
+@main.command()
+@click.argument("source", metavar="CKPT_OR_SPEC")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Output file; its extension picks the format: .svg, .png or .dot.",
+)
+@click.option(
+    "--view",
+    type=click.Choice(["cell", "net"]),
+    default="cell",
+    show_default=True,
+    help="cell: one diagram per kind of cell; net: the whole network, block by block.",
+)
+@click.option("--cell", default=None, help="Draw this cell only (e.g. layer1.0).")
+@click.option(
+    "--granularity",
+    type=click.Choice(["branch", "op"]),
+    default="branch",
+    show_default=True,
+    help="Edges to draw for a SPEC (a checkpoint has its own).",
+)
+@_user_errors
+def render(source: str, out: str, view: str, cell: str | None, granularity: str) -> None:
+    """Draw what DNAT did: kept edges black, edges turned into the identity red, removed
+    edges dashed grey.
+
+    CKPT_OR_SPEC is a checkpoint (an architecture-stage one shows θ's current preferences) or a
+    model SPEC (the untransformed model, every edge as built). SVG and PNG need a Graphviz layout
+    program: `dot`, else the pip-installed `graphviz-pure`; .dot needs none.
+    """
+    from fxdnat.passes.render import check_format, load, write
+    from fxdnat.passes.render import render as draw
+
+    check_format(out)  # a bad extension fails before the model is built
+    subject = load(source, granularity=granularity)
+    path = write(draw(subject, view=view, cell=cell), out)
+    if subject.status == "preferences":
+        click.echo(
+            f"note: {source} is from the architecture stage ({subject.progress}); drawn with "
+            "the choices θ prefers now, not yet finalized",
+            err=True,
+        )
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Image file: .png, .svg or .pdf.",
+)
+@_user_errors
+def plot(checkpoint: str, out: str) -> None:
+    """Plot θ of every group over the architecture stage and both stages' learning curves."""
+    from fxdnat.plot import plot as plot_run
+
+    click.echo(f"wrote {plot_run(checkpoint, out)}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help=".pt2 (torch.export), .onnx (needs fxdnat[onnx]) or .pt (TorchScript).",
+)
+@_user_errors
+def export(checkpoint: str, out: str) -> None:
+    """Export the network of CHECKPOINT to run without fxdnat (eval mode, main logits only)."""
+    from fxdnat.export import export as export_network
+
+    done = export_network(checkpoint, out)
+    if done.finalized_now:
+        click.echo(
+            f"note: {checkpoint} is from the architecture stage; exported the network its "
+            "current θ decides (finalized now)",
+            err=True,
+        )
+    batch = "any batch size" if done.dynamic_batch else f"input {tuple(done.input_shape)}"
+    check = (
+        f"matches the checkpoint (max error {done.max_error:.1e})"
+        if done.max_error is not None
+        else "not checked (onnxruntime is not installed)"
+    )
+    click.echo(f"wrote {done.path} ({done.format}, {batch}); {check}")
+
+
+@main.command()
+@click.argument("specs", nargs=-1)
+@click.option(
+    "--seeds",
+    default="1-5",
+    show_default=True,
+    help="Seeds: ranges and lists, e.g. 1-5 or 0,3,7-8.",
+)
+@click.option(
+    "--methods",
+    default="original,cell,full",
+    show_default=True,
+    help="Comma list: original (the untouched model, same recipe), cell, full (DNAT's θ ties).",
+)
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="digits (offline), cifar10, tinyimagenet or imagefolder:PATH.",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--download", is_flag=True, help="Fetch the data set if it is missing.")
+@click.option("--recipe", default=None, help="paper or quick [default: the model's, else paper].")
+@click.option(
+    "--granularity", type=click.Choice(["branch", "op"]), default="branch", show_default=True
+)
+@click.option(
+    "--arch-update",
+    type=click.Choice(["alternate", "joint"]),
+    default="alternate",
+    show_default=True,
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Total epochs.")
+@click.option("--arch-epochs", type=click.IntRange(min=0), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="ω's lr.")
+@click.option("--theta-lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N examples only.")
+@click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on CUDA).")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="With GPUs (auto, cuda): one run per GPU in parallel; else one run after another.",
+)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Study folder: OUT/<model>/<method>/seed<k>/ per run, tables in OUT.",
+)
+@click.option(
+    "--shard",
+    default=None,
+    help="Run only slice i of n (e.g. 2/4), for job launchers; give every shard the same "
+    "SPECs, --seeds and --methods.",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Train nothing: re-aggregate the study in this folder.",
+)
+@_user_errors
+def repro(
+    specs: tuple[str, ...],
+    seeds: str,
+    methods: str,
+    out: str | None,
+    shard: str | None,
+    report_dir: str | None,
+    **options: Any,
+) -> None:
+    """Train SPECs with every method and seed, resumably, and aggregate the paper's tables.
+
+    Finished runs are skipped and cut ones resumed, so rerunning the same command continues a
+    study. Writes OUT/report.md (Table 1: mean / std / device-hours; Table 2: per seed; edge
+    choices and seed agreement), CSVs and a plot.
+    """
+    from fxdnat import repro as harness
+
+    if report_dir is not None:
+        if specs or out:
+            raise UserError("--report DIR only re-aggregates; give it no SPEC and no --out")
+        _print_report(harness.aggregate(report_dir))
+        return
+    if not specs or out is None:
+        raise UserError("give SPECs and --out DIR (or --report DIR to re-aggregate a study)")
+    config = harness.ReproConfig(
+        specs=list(specs),
+        out=out,
+        seeds=harness.parse_seeds(seeds),
+        methods=harness.parse_methods(methods),
+        shard=harness.parse_shard(shard) if shard else None,
+        **options,
+    )
+    results = _run_study(config)
+    _print_report(harness.aggregate(out))
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        click.echo(f"{len(failed)} of {len(results)} runs failed; see {out}/report.md", err=True)
+        raise click.exceptions.Exit(1)
+
+
+def _run_study(config: Any) -> list:
+    from fxdnat.engine import Interrupted
+    from fxdnat.repro import LineReporter, run_study
+
+    try:
+        return run_study(config, LineReporter(functools.partial(click.echo, err=True)))
+    except (Interrupted, KeyboardInterrupt) as exc:
+        click.echo(f"{exc or 'interrupted'}; rerun the same command to resume the study", err=True)
+        raise click.exceptions.Exit(130) from exc
+
+
+def _print_report(report: Any) -> None:
+    for section in report.markdown.split("\n## ")[1:]:
+        title, _, body = section.partition("\n")
+        table1 = body.split("### Table 2")[0].strip()
+        click.echo(f"{title}\n{table1}\n")
+    click.echo("wrote " + ", ".join(str(p) for p in report.files))
+
+
 if __name__ == "__main__":
     sys.exit(main())
