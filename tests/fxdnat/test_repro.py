@@ -1,0 +1,364 @@
+"""The reproducibility harness: a tiny real study, skip / redo / resume, shards, failures, the
+report's numbers against the runs' summaries, and seed agreement on hand-made decisions."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fxdnat import engine
+from fxdnat.cli import main
+from fxdnat.repro import (
+    Job,
+    ReproConfig,
+    ReproReporter,
+    aggregate,
+    agreement,
+    jobs,
+    parse_seeds,
+    parse_shard,
+    run_study,
+    shard,
+)
+
+# 64 digits, batch 32: 2 steps an epoch; one architecture epoch, one network epoch
+TINY = dict(recipe="quick", limit=64, batch_size=32, epochs=2, arch_epochs=1, device="cpu")
+
+
+def study(out: Path, **overrides) -> ReproConfig:
+    settings = {"specs": ["zoo:resnet20"], "seeds": [1, 2], "methods": ["original", "cell"]}
+    return ReproConfig(**{**settings, "out": str(out), **TINY, **overrides})
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def summaries(out: Path) -> dict[tuple[str, int], dict]:
+    return {
+        (p.parent.parent.name, int(p.parent.name[4:])): read(p)
+        for p in out.glob("resnet20/*/seed*/summary.json")
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, list]:
+    """A real study: resnet20 × (original, cell) × seeds 1, 2 on 64 digits."""
+    out = tmp_path_factory.mktemp("repro") / "study"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see tests/conftest.py: one thread is faster on busy cores
+    try:
+        results = run_study(study(out))
+    finally:
+        torch.set_num_threads(threads)
+    return out, results
+
+
+@pytest.fixture
+def copy(tiny, tmp_path) -> Path:
+    """A private copy of the tiny study, for tests that change it."""
+    return Path(shutil.copytree(tiny[0], tmp_path / "study"))
+
+
+def test_a_tiny_study_trains_every_run_into_its_folder(tiny):
+    out, results = tiny
+    assert [(r.job.method, r.job.seed, r.status) for r in results] == [
+        ("original", 1, "done"),
+        ("cell", 1, "done"),
+        ("original", 2, "done"),
+        ("cell", 2, "done"),
+    ]
+    for r in results:
+        folder = out / "resnet20" / r.job.method / f"seed{r.job.seed}"
+        summary, record = read(folder / "summary.json"), read(folder / "run.json")
+        assert (folder / "checkpoint.pt").exists() and (folder / "log.txt").exists()
+        assert summary["method"] == ("original" if r.job.method == "original" else "dnat")
+        assert summary["epochs"] == 2 and summary["device"] == "cpu"
+        assert record["status"] == "done" and len(record["attempts"]) == 1
+        assert record["attempts"][0]["device"] == "cpu"
+        # the harness's wall time covers the engine's training time and more
+        assert record["wall_seconds"] >= summary["seconds"] > 0
+    manifest = read(out / "repro.json")
+    assert manifest["specs"] == ["zoo:resnet20"] and manifest["seeds"] == [1, 2]
+    assert manifest["recipes"]["resnet20"]["epochs"] == 2
+
+
+def test_both_tables_hold_the_summaries_numbers(tiny):
+    out, _ = tiny
+    report = aggregate(out)
+    runs = summaries(out)
+    records = {k: read(out / "resnet20" / k[0] / f"seed{k[1]}" / "run.json") for k in runs}
+    table1 = {row["method"]: row for row in read_csv(out / "table1-digits.csv")}
+    for method in ("original", "cell"):
+        accs = [100 * runs[method, seed]["test_acc"] for seed in (1, 2)]
+        hours = sum(records[method, seed]["wall_seconds"] for seed in (1, 2)) / 3600
+        row = table1[method]
+        assert float(row["mean_acc"]) == pytest.approx(statistics.fmean(accs))
+        assert float(row["std_acc"]) == pytest.approx(statistics.stdev(accs))
+        assert float(row["device_hours"]) == pytest.approx(hours)
+        assert (row["seeds"], row["devices"], row["failed"]) == ("2", "cpu", "0")
+        cell = f"{statistics.fmean(accs):.2f} / {statistics.stdev(accs):.2f} / {hours:.3f} cpu"
+        assert cell in report.markdown
+        label = "original" if method == "original" else "DNAT cell"
+        assert f"| resnet20 | {label} | {accs[0]:.2f} | {accs[1]:.2f} |" in report.markdown
+    assert "| model | original | DNAT cell |" in report.markdown
+    table2 = read_csv(out / "table2-digits.csv")
+    assert [(r["method"], r["seed"]) for r in table2] == [
+        ("original", "1"),
+        ("original", "2"),
+        ("cell", "1"),
+        ("cell", "2"),
+    ]
+    for r in table2:
+        summary = runs[r["method"], int(r["seed"])]
+        assert float(r["test_acc"]) == pytest.approx(100 * summary["test_acc"])
+        assert int(r["same"]) == summary["decisions"].get("same", 0)
+    (choices,) = read_csv(out / "choices-digits.csv")  # the original has no edges to choose
+    assert choices["method"] == "cell" and choices["edges"] == "18"
+    assert (out / "accuracy-digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.files[0] == out / "report.md" and all(p.exists() for p in report.files)
+
+
+def test_a_rerun_skips_done_runs_and_redoes_a_deleted_one(copy):
+    kept = {p: p.stat().st_mtime_ns for p in copy.glob("resnet20/*/seed*/summary.json")}
+    shutil.rmtree(copy / "resnet20" / "cell" / "seed2")
+    results = run_study(study(copy))
+    assert [(r.job.method, r.job.seed) for r in results if r.status == "done"] == [("cell", 2)]
+    assert [r.status for r in results].count("skipped") == 3
+    for path, mtime in kept.items():
+        if path.parts[-3:-1] != ("cell", "seed2"):
+            assert path.stat().st_mtime_ns == mtime, path
+    assert (copy / "resnet20" / "cell" / "seed2" / "summary.json").exists()
+
+
+class _KillAfter(ReproReporter):
+    """Stops the study as Ctrl-C would, after `epoch` ended (and before it was saved)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_end(self, job: Job, record: dict) -> None:
+        if record["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_a_killed_run_is_resumed_and_every_attempt_is_costed(tmp_path):
+    config = study(tmp_path / "study", seeds=[1], methods=["cell"])
+    folder = tmp_path / "study" / "resnet20" / "cell" / "seed1"
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, _KillAfter(epoch=2))
+    assert (folder / "checkpoint.pt").exists() and not (folder / "summary.json").exists()
+    assert read(folder / "run.json")["status"] == "interrupted"
+    # as if it had then been killed outright while resuming: an attempt left "running"
+    record = read(folder / "run.json")
+    record["attempts"].append({**record["attempts"][0], "status": "running", "start_time": 0.0})
+    (folder / "run.json").write_text(json.dumps(record))
+
+    (result,) = run_study(config)
+    assert (result.status, result.resumed) == ("done", True)
+    record = read(folder / "run.json")
+    assert [(a["action"], a["status"]) for a in record["attempts"]] == [
+        ("fresh", "interrupted"),
+        ("fresh", "killed"),  # costed up to its folder's last save
+        ("resumed", "done"),
+    ]
+    assert record["wall_seconds"] == pytest.approx(
+        sum(a["wall_seconds"] for a in record["attempts"])
+    )
+    assert engine.CHECKPOINT == "checkpoint.pt"
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+# ----------------------------------------------------------------- without training
+def _fake_transform(fail: set[tuple[str, int]]):
+    """Stands in for the engine: writes a summary (accuracy from the seed) or raises."""
+
+    def transform(config: engine.RunConfig, reporter=None, *, resume: bool = False) -> dict:
+        key = (config.method if config.method == "original" else config.tie, config.seed)
+        if key in fail:
+            raise engine.TrainingError(f"the loss became nan ({key[0]} seed {key[1]})")
+        dnat = config.method == "dnat"
+        changed = {"layer1.0:0": "none"} if dnat and config.seed % 2 else {}
+        summary = {
+            "spec": config.spec,
+            "method": config.method,
+            "data": config.data,
+            "test_acc": 0.9 + 0.01 * config.seed + 0.02 * dnat,
+            "seconds": 1.0,
+            "device": "cpu",
+            "edges": 18 if dnat else 0,
+            "decisions": {"same": 18 - len(changed), "none": len(changed)} if dnat else {},
+            "changed": changed,
+        }
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        (Path(config.out) / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    return transform
+
+
+def test_a_failed_run_is_recorded_reported_and_retried(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    monkeypatch.setattr(engine, "transform", _fake_transform({("cell", 2)}))
+    args = [
+        "repro",
+        "zoo:resnet20",
+        "--seeds",
+        "1-3",
+        "--methods",
+        "original,cell",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "1 of 6 runs failed" in result.output
+    record = read(out / "resnet20" / "cell" / "seed2" / "run.json")
+    assert record["status"] == "failed" and record["error"] == "the loss became nan (cell seed 2)"
+    assert "TrainingError" in record["attempts"][0]["traceback"]
+    report = (out / "report.md").read_text()
+    assert "| resnet20 | 92.00 / 1.00 / " in report  # the original's three seeds
+    assert "(n=2, 1 failed)" in report
+    assert "| resnet20 | DNAT cell | 93.00 | failed | 95.00 |" in report
+    assert "- resnet20 cell seed 2: failed — the loss became nan (cell seed 2)" in report
+
+    monkeypatch.setattr(engine, "transform", _fake_transform(set()))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "6 runs: 5 done, 1 to train" in result.output
+    record = read(out / "resnet20" / "cell" / "seed2" / "run.json")
+    assert [a["status"] for a in record["attempts"]] == ["failed", "done"]
+    # seeds 1 and 3 remove layer1.0:0, seed 2 keeps it: 1 of 3 pairs agree there, 17 edges agree
+    (choices,) = read_csv(out / "choices-digits.csv")
+    assert float(choices["agreement"]) == pytest.approx((17 + 1 / 3) / 18)
+    assert float(choices["unanimous"]) == pytest.approx(17 / 18)
+    assert float(choices["none"]) == pytest.approx(2 / 3)
+
+
+def test_shards_split_the_study_deterministically_and_cover_it(tmp_path, monkeypatch):
+    config = ReproConfig(
+        specs=["zoo:resnet20", "zoo:mobilenetv2"], out=str(tmp_path), seeds=[1, 2, 3]
+    )
+    everything = jobs(config)
+    assert len(everything) == 18 and everything[0] == Job("zoo:resnet20", "original", 1)
+    slices = [shard(everything, i, 4) for i in range(1, 5)]
+    assert slices == [shard(jobs(config), i, 4) for i in range(1, 5)]  # every launcher agrees
+    assert sorted(map(str, itertools.chain(*slices))) == sorted(map(str, everything))
+    assert [len(s) for s in slices] == [5, 5, 4, 4]
+
+    monkeypatch.setattr(engine, "transform", _fake_transform(set()))
+    out = tmp_path / "sharded"
+    for i in (2, 1):  # in any order
+        args = ["repro", "zoo:resnet20", "--seeds", "1-3", "--methods", "cell", "--out", str(out)]
+        result = CliRunner().invoke(main, [*args, "--shard", f"{i}/2"])
+        assert result.exit_code == 0, result.output
+        assert f"{3 - i} run{'s' if i == 1 else ''}: 0 done" in result.output
+    assert sorted(p.name for p in (out / "resnet20" / "cell").iterdir()) == [
+        "seed1",
+        "seed2",
+        "seed3",
+    ]
+
+
+def test_report_reaggregates_a_study(copy):
+    for name in ("report.md", "table1-digits.csv", "accuracy-digits.png"):
+        (copy / name).unlink(missing_ok=True)
+    result = CliRunner().invoke(main, ["repro", "--report", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert "| model | original | DNAT cell |" in result.output
+    assert (copy / "report.md").exists() and (copy / "table1-digits.csv").exists()
+    assert (copy / "accuracy-digits.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--report", "x", "zoo:resnet20"], "--report DIR only re-aggregates; give it no SPEC"),
+        ([], "give SPECs and --out DIR (or --report DIR to re-aggregate a study)"),
+        (["--report", "nowhere"], "no study folder at nowhere; run `fxdnat repro SPEC --out"),
+        (["zoo:resnet20", "--out", "o", "--seeds", "5-1"], "bad seed list '5-1'"),
+        (["zoo:resnet20", "--out", "o", "--methods", "cell,nat"], "unknown method(s) ['nat']"),
+        (["zoo:resnet20", "--out", "o", "--shard", "3/2"], "shard '3/2' does not exist"),
+        (["zoo:resnet2", "--out", "o"], "unknown zoo model 'resnet2'"),
+        (["zoo:resnet20", "--out", "o", "--recipe", "quik"], "unknown recipe 'quik'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["repro", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_rerun_with_other_settings_is_refused(tiny):
+    with pytest.raises(ValueError, match=r"holds runs made with epochs=2 \(the study's settings\)"):
+        run_study(study(tiny[0], epochs=3))
+
+
+def test_seed_lists_and_shards_parse():
+    assert parse_seeds("1-5") == [1, 2, 3, 4, 5]
+    assert parse_seeds("0,3,7-8") == [0, 3, 7, 8]
+    assert parse_shard("2/4") == (2, 4)
+    with pytest.raises(ValueError, match="repeats a seed"):
+        parse_seeds("1-3,2")
+
+
+# --------------------------------------------------------------------------- agreement
+def test_agreement_on_hand_made_decisions():
+    seeds = [
+        {"a": "none", "b": "same", "c": "identity"},
+        {"a": "none", "b": "same", "c": "same"},
+        {"a": "none", "b": "identity", "c": "none"},
+    ]
+    agreed = agreement(seeds)
+    # a: all 3 pairs alike; b: 1 of 3; c: none of 3
+    assert agreed.pairwise == pytest.approx((1 + 1 / 3 + 0) / 3)
+    assert agreed.unanimous == pytest.approx(1 / 3)
+    assert (agreed.edges, agreed.seeds) == (3, 3)
+
+
+def test_agreement_from_changed_edges_only():
+    # summaries list only the edges that changed: 3 more edges stayed "same" in every seed
+    agreed = agreement([{"a": "none"}, {"a": "none"}, {}], edges=4)
+    assert agreed.pairwise == pytest.approx((1 / 3 + 3) / 4)
+    assert agreed.unanimous == pytest.approx(3 / 4)
+    assert agreement([{}, {}], edges=5).pairwise == 1.0
+
+
+def test_agreement_needs_two_seeds_and_a_true_edge_count():
+    assert agreement([{"a": "none"}]) is None
+    with pytest.raises(ValueError, match="2 edges are named but edges=1"):
+        agreement([{"a": "none"}, {"b": "identity"}], edges=1)
+
+
+@pytest.mark.slow
+def test_several_gpus_get_one_run_subprocess_each(tmp_path, monkeypatch):
+    """The parallel path end to end, with two pretend GPUs (the runs fall back to the CPU)."""
+    from fxdnat import repro
+
+    monkeypatch.setattr(repro, "_gpus", lambda device: ["0", "1"])
+    config = study(tmp_path / "study", methods=["original"], epochs=1, arch_epochs=0)
+    results = run_study(config)
+    assert [(r.job.seed, r.status) for r in results] == [(1, "done"), (2, "done")]
+    attempts = [
+        read(tmp_path / "study" / "resnet20" / "original" / f"seed{seed}" / "run.json")["attempts"]
+        for seed in (1, 2)
+    ]
+    assert sorted(a[0]["cuda_visible_devices"] for a in attempts) == ["0", "1"]
+    assert all(a[0]["pid"] != os.getpid() for a in attempts)
+    assert (tmp_path / "study" / "resnet20" / "original" / "seed1" / "output.log").exists()
