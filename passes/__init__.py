@@ -9,7 +9,7 @@ final = finalize(gated, decisions)   # clean GraphModule
 
 from __future__ import annotations
 
-from fxdnat.passes.decide import check_decisions, decide
+from fxdnat.passes.decide import check_decisions, decide, random_decisions
 from fxdnat.passes.discover import GRANULARITIES, discover
 from fxdnat.passes.finalize import finalize
 from fxdnat.passes.gate import TIES, cell_structures, gate
@@ -23,4 +23,5 @@ __all__ = [
     "discover",
     "finalize",
     "gate",
+    "random_decisions",
 ]

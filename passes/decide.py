@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
@@ -72,6 +73,19 @@ def check_decisions(
                     f"{', '.join(e.name for e in members)}); keep at least one"
                 )
     return full
+
+
+def random_decisions(edges: Sequence[Edge], rng: random.Random) -> dict[str, str]:
+    """A random valid decision for every edge, drawn from ``rng``: each edge takes one of its
+    allowed choices, and a join whose edges all drew "none" gets one of them redrawn among the
+    live choices. For testing a compiler or a training loop on architectures DNAT could reach.
+    """
+    decisions = {e.name: rng.choice(e.choices) for e in edges}
+    for members in _joins(edges).values():
+        if all(decisions[e.name] == NONE for e in members):
+            keep = rng.choice(members)
+            decisions[keep.name] = rng.choice([c for c in keep.choices if c != NONE])
+    return decisions
 
 
 def _architecture(gated: fx.GraphModule):  # -> Architecture (lazy import keeps passes light)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import copy
-import random
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-
-from fxdnat import Edge
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -224,20 +221,6 @@ def _flatten(value) -> list[torch.Tensor]:
     if isinstance(value, dict):
         return [t for k in sorted(value) for t in _flatten(value[k])]
     return [t for v in value for t in _flatten(v)]
-
-
-def random_decisions(edges: list[Edge], rng: random.Random) -> dict[str, str]:
-    """A random valid decision for every edge: each join keeps a live operand."""
-    decisions = {e.name: rng.choice(e.choices) for e in edges}
-    joins: dict[str, list[Edge]] = {}
-    for edge in edges:
-        if edge.join is not None:
-            joins.setdefault(edge.join, []).append(edge)
-    for members in joins.values():
-        if all(decisions[e.name] == "none" for e in members):
-            keep = rng.choice(members)
-            decisions[keep.name] = rng.choice([c for c in keep.choices if c != "none"])
-    return decisions
 
 
 def op_signature(gm: fx.GraphModule) -> list[tuple[str, str]]:

@@ -84,3 +84,14 @@ def test_check_decisions_names_the_bad_edge():
         ":1": "none",
         ":2": "same",
     }
+
+
+def test_random_decisions_are_valid_reproducible_and_reach_every_choice():
+    import random
+
+    edges = gated_of("downsample").arch.edges  # one join of two edges that allow none / same
+    drawn = [passes.random_decisions(edges, random.Random(seed)) for seed in range(40)]
+    for decisions in drawn:
+        passes.check_decisions(edges, decisions)  # never a dead join
+    assert {d[":0"] for d in drawn} == {"none", "same"}
+    assert passes.random_decisions(edges, random.Random(7)) == drawn[7]

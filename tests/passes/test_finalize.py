@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from support import CASES, assert_same_function, inputs_for, op_signature, random_decisions
+from support import CASES, assert_same_function, inputs_for, op_signature
 
 import fxdnat
 from fxdnat import passes
@@ -50,7 +50,7 @@ def test_finalize_equals_gated_at_op_granularity(name):
     _, _, edges, gated, inputs = pipeline(name, granularity="op")
     rng = random.Random(1)
     for _ in range(6):
-        decisions = random_decisions(edges, rng)
+        decisions = passes.random_decisions(edges, rng)
         gated.arch.assign(decisions)
         assert_same_function(
             passes.finalize(gated, decisions), gated, inputs, rtol=1e-12, atol=1e-12
@@ -150,7 +150,7 @@ def test_impure_inplace_calls_survive_dead_code_elimination():
 @pytest.mark.parametrize("name", ["nested", "multi_input_dict", "builtin_sum"])
 def test_final_module_exports_with_torch_export(name):
     model, _, edges, gated, inputs = pipeline(name, torch.float32)
-    final = passes.finalize(gated, random_decisions(edges, random.Random(2))).eval()
+    final = passes.finalize(gated, passes.random_decisions(edges, random.Random(2))).eval()
     program = torch.export.export(final, inputs)
     torch.testing.assert_close(program.module()(*inputs), final(*inputs))
 

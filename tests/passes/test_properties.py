@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import assert_same_function, op_signature, random_decisions
+from support import assert_same_function, op_signature
 from torch import nn
 
 import fxdnat
@@ -130,7 +130,7 @@ def test_finalize_equals_gated_with_one_hot_theta(net, granularity, seed):
     if not edges:
         return
     gated = passes.gate(gm, edges)
-    decisions = random_decisions(edges, random.Random(seed))
+    decisions = passes.random_decisions(edges, random.Random(seed))
     gated.arch.assign(decisions)
     final = passes.finalize(gated, decisions)
     final.graph.lint()

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from support import assert_same_function, op_signature, random_decisions
+from support import assert_same_function, op_signature
 
 import fxdnat
 from fxdnat import passes
@@ -80,7 +80,7 @@ def test_gate_at_init_is_the_original(compiled):
 def test_finalize_equals_gated_one_hot_for_random_decisions(compiled):
     _, _, gm, edges, inputs = compiled
     gated = passes.gate(gm, edges)
-    decisions = random_decisions(edges, random.Random(0))
+    decisions = passes.random_decisions(edges, random.Random(0))
     gated.arch.assign(decisions)
     final = passes.finalize(gated, decisions)
     final.graph.lint()

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from support import assert_same_function, random_decisions
+from support import assert_same_function
 
 import fxdnat
 from fxdnat import passes, zoo
@@ -79,7 +79,7 @@ def test_finalize_equals_gated_one_hot(traced):
     _, _, gm, edges, inputs = traced
     gated = passes.gate(gm, edges)
     for seed in range(2):
-        decisions = random_decisions(edges, random.Random(seed))
+        decisions = passes.random_decisions(edges, random.Random(seed))
         gated.arch.assign(decisions)
         final = passes.finalize(gated, decisions)
         assert_same_function(final, gated, inputs, atol=1e-5, rtol=1e-5)
