@@ -197,31 +197,22 @@ def shard(all_jobs: Sequence[Job], i: int, n: int) -> list[Job]:
 
 
 def run_config(config: ReproConfig, job: Job) -> Any:
-    """The engine's RunConfig for one job."""
+    """The engine's RunConfig for one job: the study's settings that the engine shares by name
+    (data, recipe and its overrides, device, ...), and the job's spec, folder, method and seed."""
     from fxdnat.engine import RunConfig
 
+    shared = {f.name for f in dataclasses.fields(RunConfig)} & {
+        f.name for f in dataclasses.fields(ReproConfig)
+    }
+    shared.discard("out")  # the study's folder; the run's is below it
     original = job.method == "original"
     return RunConfig(
+        **{name: getattr(config, name) for name in shared},
         spec=job.spec,
         out=str(job.folder(config.out)),
-        data=config.data,
-        data_dir=config.data_dir,
-        download=config.download,
-        recipe=config.recipe,
         method="original" if original else "dnat",
         tie="cell" if original else job.method,
-        granularity=config.granularity,
-        arch_update=config.arch_update,
-        epochs=config.epochs,
-        arch_epochs=config.arch_epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        theta_lr=config.theta_lr,
         seed=job.seed,
-        deterministic=config.deterministic,
-        device=config.device,
-        workers=config.workers,
-        limit=config.limit,
     )
 
 

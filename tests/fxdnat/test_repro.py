@@ -362,3 +362,24 @@ def test_several_gpus_get_one_run_subprocess_each(tmp_path, monkeypatch):
     assert sorted(a[0]["cuda_visible_devices"] for a in attempts) == ["0", "1"]
     assert all(a[0]["pid"] != os.getpid() for a in attempts)
     assert (tmp_path / "study" / "resnet20" / "original" / "seed1" / "output.log").exists()
+
+
+def test_every_study_setting_reaches_the_runs_config():
+    from fxdnat.repro import run_config
+
+    config = ReproConfig(["zoo:resnet20"], out="study", data_dir="d", download=True,
+                         recipe="quick", granularity="op", arch_update="joint", epochs=3,
+                         arch_epochs=1, batch_size=8, lr=0.1, theta_lr=0.2, limit=16,
+                         deterministic=True, device="cpu", workers=2)  # fmt: skip
+    run = run_config(config, Job("zoo:resnet20", "full", 4))
+    for name in config.settings():  # what the runs compute
+        assert getattr(run, name) == getattr(config, name), name
+    assert (run.device, run.workers, run.data_dir, run.download) == ("cpu", 2, "d", True)
+    assert (run.out, run.method, run.tie, run.seed) == (
+        "study/resnet20/full/seed4",
+        "dnat",
+        "full",
+        4,
+    )
+    original = run_config(config, Job("zoo:resnet20", "original", 1))
+    assert (original.method, original.seed) == ("original", 1)
