@@ -15,29 +15,35 @@ def _benchmarks_importable(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))  # benchmarks/ is a folder of scripts, not installed
 
 
-@pytest.mark.slow
-def test_training_benchmark_runs(capsys):
-    from benchmarks import training
+# script, tiny settings, what its printed report must hold
+SMOKE_RUNS = {
+    "training": (
+        "--models resnet20 --batch 16 --limit 32 --budget 1 --min-rounds 1 --max-rounds 2 "
+        "--warmup 1 --no-write",
+        ["stage 1, alternate", "fxdnat train_epoch"],
+    ),
+    "cuda": (  # the CUDA benchmark's code path, on the CPU
+        "--device cpu --models resnet20 --batch 8 --rounds 1 --warmup 0 --settings fp32 bf16 "
+        "--no-write",
+        ["Largest bf16 forward error"],
+    ),
+    "compiler": (
+        "--models resnet20 --batch 4 --reps 1 --warmup 0 --budget 0 --min-rounds 1 --no-write",
+        ["| resnet20 | 18 |", "gated / original"],
+    ),
+}
 
-    training.main(
-        shlex.split(
-            "--models resnet20 --batch 16 --limit 32 --budget 1 --min-rounds 1 --max-rounds 2 --warmup 1 --no-write"
-        )
-    )
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMOKE_RUNS))
+def test_benchmark_script_runs(script, capsys):
+    import importlib
+
+    args, expected = SMOKE_RUNS[script]
+    importlib.import_module(f"benchmarks.{script}").main(shlex.split(args))
     out = capsys.readouterr().out
-    assert "stage 1, alternate" in out and "fxdnat train_epoch" in out
-
-
-@pytest.mark.slow
-def test_cuda_benchmark_smoke_runs_on_the_cpu(capsys):
-    from benchmarks import cuda
-
-    cuda.main(
-        shlex.split(
-            "--device cpu --models resnet20 --batch 8 --rounds 1 --warmup 0 --settings fp32 bf16 --no-write"
-        )
-    )
-    assert "Largest bf16 forward error" in capsys.readouterr().out
+    for text in expected:
+        assert text in out
 
 
 def test_ratios_are_paired_per_round():
@@ -76,19 +82,6 @@ def test_a_section_replaces_only_its_own_markers(tmp_path):
     text = doc.read_text()
     assert "old" not in text and "<!-- x:begin -->\nnew\n<!-- x:end -->" in text
     assert text.index("by hand") < text.index("new") < text.index("tail") < text.index("other")
-
-
-@pytest.mark.slow
-def test_compiler_benchmark_runs(capsys):
-    from benchmarks import compiler
-
-    compiler.main(
-        shlex.split(
-            "--models resnet20 --batch 4 --reps 1 --warmup 0 --budget 0 --min-rounds 1 --no-write"
-        )
-    )
-    out = capsys.readouterr().out
-    assert "| resnet20 | 18 |" in out and "gated / original" in out
 
 
 @pytest.mark.slow
