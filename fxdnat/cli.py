@@ -222,22 +222,69 @@ def _zoo_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _output_file(help: str) -> Callable:
+    """--out FILE, required; the file's extension picks the format."""
+    return click.option("--out", type=click.Path(dir_okay=False), required=True, help=help)
+
+
+# The run settings `transform` and `repro` share: what one training run computes, and where.
+_TRAINING_OPTIONS = (
+    click.option(
+        "--data",
+        default="digits",
+        show_default=True,
+        help="digits (offline), cifar10, tinyimagenet or imagefolder:PATH.",
+    ),
+    click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Where data sets live [default: $FXDNAT_DATA or ~/.cache/fxdnat/data].",
+    ),
+    click.option("--download", is_flag=True, help="Fetch the data set if it is missing."),
+    click.option(
+        "--recipe", default=None, help="paper or quick [default: the model's, else paper]."
+    ),
+    click.option(
+        "--granularity", type=click.Choice(["branch", "op"]), default="branch", show_default=True
+    ),
+    click.option(
+        "--arch-update",
+        type=click.Choice(["alternate", "joint"]),
+        default="alternate",
+        show_default=True,
+        help="alternate: ω step then θ step per minibatch (the paper); joint: one backward.",
+    ),
+    click.option("--epochs", type=click.IntRange(min=1), default=None, help="Total epochs."),
+    click.option(
+        "--arch-epochs",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Epochs of the architecture stage (ω and θ) within --epochs.",
+    ),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="ω's lr."),
+    click.option("--theta-lr", type=click.FloatRange(min=0, min_open=True), default=None),
+    click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on CUDA)."),
+    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True),
+    click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Use only the first N examples of each split (smoke tests).",
+    ),
+)
+
+
+def _training_options(command: Callable) -> Callable:
+    for option in reversed(_TRAINING_OPTIONS):  # listed in --help in this order
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("spec")
-@click.option(
-    "--data",
-    default="digits",
-    show_default=True,
-    help="digits (offline), cifar10, tinyimagenet or imagefolder:PATH.",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Where data sets live [default: $FXDNAT_DATA or ~/.cache/fxdnat/data].",
-)
-@click.option("--download", is_flag=True, help="Fetch the data set if it is missing.")
-@click.option("--recipe", default=None, help="paper or quick [default: the model's, else paper].")
+@_training_options
 @click.option(
     "--method",
     type=click.Choice(["dnat", "original"]),
@@ -252,41 +299,13 @@ def _zoo_markdown(rows: list[dict]) -> str:
     show_default=True,
     help="Share θ between cells of one structure (cell) or not (full).",
 )
-@click.option(
-    "--granularity", type=click.Choice(["branch", "op"]), default="branch", show_default=True
-)
-@click.option(
-    "--arch-update",
-    type=click.Choice(["alternate", "joint"]),
-    default="alternate",
-    show_default=True,
-    help="alternate: ω step then θ step per minibatch (the paper); joint: one backward.",
-)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Total epochs.")
-@click.option(
-    "--arch-epochs",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Epochs of the architecture stage (ω and θ) within --epochs.",
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="ω's lr.")
-@click.option("--theta-lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on CUDA).")
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on with CUDA].")
 @click.option("--channels-last/--no-channels-last", default=None, help="[default: on with CUDA]")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Use only the first N examples of each split (smoke tests).",
-)
 @click.option("--pretrained", is_flag=True, help="Start from published weights (timm/torchvision).")
 @click.option(
     "--out",
@@ -359,12 +378,7 @@ def eval_(
 
 @main.command()
 @click.argument("source", metavar="CKPT_OR_SPEC")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="Output file; its extension picks the format: .svg, .png or .dot.",
-)
+@_output_file("Output file; its extension picks the format: .svg, .png or .dot.")
 @click.option(
     "--view",
     type=click.Choice(["cell", "net"]),
@@ -406,12 +420,7 @@ def render(source: str, out: str, view: str, cell: str | None, granularity: str)
 
 @main.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="Image file: .png, .svg or .pdf.",
-)
+@_output_file("Image file: .png, .svg or .pdf.")
 @_user_errors
 def plot(checkpoint: str, out: str) -> None:
     """Plot θ of every group over the architecture stage and both stages' learning curves."""
@@ -422,12 +431,7 @@ def plot(checkpoint: str, out: str) -> None:
 
 @main.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help=".pt2 (torch.export), .onnx (needs fxdnat[onnx]) or .pt (TorchScript).",
-)
+@_output_file(".pt2 (torch.export), .onnx (needs fxdnat[onnx]) or .pt (TorchScript).")
 @_user_errors
 def export(checkpoint: str, out: str) -> None:
     """Export the network of CHECKPOINT to run without fxdnat (eval mode, main logits only)."""
@@ -463,31 +467,7 @@ def export(checkpoint: str, out: str) -> None:
     show_default=True,
     help="Comma list: original (the untouched model, same recipe), cell, full (DNAT's θ ties).",
 )
-@click.option(
-    "--data",
-    default="digits",
-    show_default=True,
-    help="digits (offline), cifar10, tinyimagenet or imagefolder:PATH.",
-)
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--download", is_flag=True, help="Fetch the data set if it is missing.")
-@click.option("--recipe", default=None, help="paper or quick [default: the model's, else paper].")
-@click.option(
-    "--granularity", type=click.Choice(["branch", "op"]), default="branch", show_default=True
-)
-@click.option(
-    "--arch-update",
-    type=click.Choice(["alternate", "joint"]),
-    default="alternate",
-    show_default=True,
-)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Total epochs.")
-@click.option("--arch-epochs", type=click.IntRange(min=0), default=None)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="ω's lr.")
-@click.option("--theta-lr", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N examples only.")
-@click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on CUDA).")
+@_training_options
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
@@ -495,7 +475,6 @@ def export(checkpoint: str, out: str) -> None:
     show_default=True,
     help="With GPUs (auto, cuda): one run per GPU in parallel; else one run after another.",
 )
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
