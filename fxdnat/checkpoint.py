@@ -81,6 +81,9 @@ class Restored:
     edges: list[Edge]
     decisions: dict[str, str] | None
     data: dict[str, Any]
+    # the gated module's fxdnat.Architecture: θ's rows and groups (its θ is the stored one only
+    # while `module` is the gated module; the stored history is in data); None without edges
+    arch: Any = None
 
 
 def restore(data: dict[str, Any], *, strict: bool = True) -> Restored:
@@ -100,6 +103,7 @@ def restore(data: dict[str, Any], *, strict: bool = True) -> Restored:
     traced = trace(built.model, example, leaves=model_cfg.get("leaves", ()))
     stored = [Edge.from_dict(e) for e in data["edges"]]
     decisions = data.get("decisions")
+    arch = None
     if not stored:  # the model was trained as it is ("original")
         module = traced
     else:
@@ -111,10 +115,11 @@ def restore(data: dict[str, Any], *, strict: bool = True) -> Restored:
                 "of the model or of fxdnat?"
             )
         module = gate(traced, edges, tie=data["tie"])
+        arch = module.arch
         if decisions is not None:
             module = finalize(module, decisions)
     try:
         module.load_state_dict(data["model_state"], strict=strict)
     except RuntimeError as exc:
         raise CheckpointError(f"weights do not fit the rebuilt network: {exc}") from exc
-    return Restored(module, traced, stored, decisions, data)
+    return Restored(module, traced, stored, decisions, data, arch)

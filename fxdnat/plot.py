@@ -61,11 +61,10 @@ def _history(data: dict) -> torch.Tensor | None:
 
 def _groups(data: dict) -> list[Group]:
     """Rebuild the θ rows of the run (cell mode shares rows between cells of one structure)."""
-    from fxdnat.passes import gate
     from fxdnat.report import op_summary
 
     restored = ckpt.restore(data)
-    arch = gate(restored.traced, restored.edges, tie=data["tie"]).arch
+    arch = restored.arch
     decisions = data.get("decisions") or {}
     groups = []
     for row in range(arch.num_groups):
