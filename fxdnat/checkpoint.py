@@ -8,8 +8,6 @@ loads the weights. ``torch.load(weights_only=True)`` can read every checkpoint.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from fxdnat._files import atomic_file
 from fxdnat.ir import Edge
 
 FORMAT = "fxdnat-checkpoint"
@@ -35,18 +34,9 @@ def save(path: str | Path, data: dict[str, Any]) -> Path:
     file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **data}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        torch.save(payload, f)
     return path
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fxdnat import checkpoint as ckpt
+from fxdnat._files import atomic_file
 from fxdnat.ir import CHOICES, SAME
 
 log = logging.getLogger(__name__)
@@ -238,9 +239,8 @@ class Trainer:
         if self.opt_theta is not None and stored.get("optimizer_theta") is not None:
             self.opt_theta.load_state_dict(stored["optimizer_theta"])
         if self.rank == 0:  # the log holds exactly the epochs of the checkpoint
-            (self.out / METRICS).write_text(
-                "".join(json.dumps(m) + "\n" for m in self.state.metrics)
-            )
+            with atomic_file(self.out / METRICS, "w") as f:
+                f.writelines(json.dumps(m) + "\n" for m in self.state.metrics)
 
     def _place(self) -> None:
         """Move the module to the device (channels-last on CUDA), wrap it for DDP / compile."""
@@ -309,7 +309,8 @@ class Trainer:
         summary = self._summary()
         if self.rank == 0:
             self._draw_cells(summary)
-            (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+            with atomic_file(self.out / SUMMARY, "w") as f:  # `repro` skips a run once it exists
+                f.write(json.dumps(summary, indent=2) + "\n")
         self.reporter.finish(summary)
         if self.world > 1:
             torch.distributed.destroy_process_group()

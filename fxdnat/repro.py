@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fxdnat._files import atomic_file
 from fxdnat.ir import CHOICES, SAME
 
 log = logging.getLogger(__name__)
@@ -675,24 +676,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
-def _read_json(path: Path, partial_ok: bool = False) -> dict:
-    """The file's object, {} when it does not exist (or, if ``partial_ok``, is half written)."""
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        if partial_ok:
-            return {}
-        raise
+def _read_json(path: Path) -> dict:
+    """The file's object, {} when it does not exist (every writer replaces files atomically)."""
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Atomic: a reader (or a report of a study in progress) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as f:  # a report of a study in progress never sees half a file
+        f.write(json.dumps(data, indent=2) + "\n")
 
 
 def _now() -> str:
@@ -795,8 +786,7 @@ def collect(out: str | Path) -> list[RunRow]:
 
 
 def _row(folder: Path, seed: int, default_data: str) -> RunRow | None:
-    # the engine writes summary.json in place: a study still running may show half of one
-    summary = _read_json(folder / SUMMARY, partial_ok=True)
+    summary = _read_json(folder / SUMMARY)
     record = _read_json(folder / RUN_RECORD)
     if not summary and not record:
         return None

@@ -234,3 +234,16 @@ def test_saves_are_atomic(tmp_path, monkeypatch):
         ckpt.save(path, {"a": 2})
     assert ckpt.load(path)["a"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def test_text_files_are_replaced_atomically_too(tmp_path):
+    from fxdnat._files import atomic_file
+
+    path = tmp_path / "summary.json"
+    with atomic_file(path, "w") as f:
+        f.write("old")
+    with pytest.raises(RuntimeError), atomic_file(path, "w") as f:
+        f.write("half of the new")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
