@@ -75,6 +75,16 @@ class Restored:
     # while `module` is the gated module; the stored history is in data); None without edges
     arch: Any = None
 
+    def final(self) -> tuple[fx.GraphModule, dict[str, str], bool]:
+        """The clean network, its decisions, and whether they were made now: a checkpoint of
+        the architecture stage is finalized on the choices its θ prefers at this point."""
+        from fxdnat.passes import decide, finalize
+
+        if self.decisions is not None or not self.edges:
+            return self.module, self.decisions or {}, False
+        decisions = decide(self.module)
+        return finalize(self.module, decisions), decisions, True
+
 
 def restore(data: dict[str, Any], *, strict: bool = True) -> Restored:
     """Rebuild the stored network from its spec and load its weights."""

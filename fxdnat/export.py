@@ -99,20 +99,15 @@ def _final_network(
 ) -> tuple[fx.GraphModule, dict, dict[str, str], bool]:
     """The checkpoint's clean network in eval mode; an architecture-stage checkpoint is
     finalized on the decisions its θ makes now."""
-    from fxdnat.passes import decide, finalize
-
     data = ckpt.load(checkpoint)
-    restored = ckpt.restore(data)
-    gm, decisions, finalized_now = restored.module, restored.decisions, False
-    if decisions is None and restored.edges:
-        decisions = decide(gm)
-        gm, finalized_now = finalize(gm, decisions), True
+    gm, decisions, finalized_now = ckpt.restore(data).final()
+    if finalized_now:
         log.warning(
             "%s is from the architecture stage (epoch %s): exporting its current decisions",
             checkpoint,
             data["state"]["epoch"],
         )
-    return gm.eval(), data, decisions or {}, finalized_now
+    return gm.eval(), data, decisions, finalized_now
 
 
 def main_logits(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:

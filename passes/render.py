@@ -98,23 +98,20 @@ def from_spec(spec: str, *, granularity: str = "branch", num_classes: int = 10) 
 def from_checkpoint(path: str | Path) -> Subject:
     """The network of a checkpoint: its decisions, or, in the architecture stage, argmax θ."""
     from fxdnat import checkpoint as ckpt
-    from fxdnat.passes import decide, finalize
     from fxdnat.report import count_params
 
     data = ckpt.load(path)
     restored = ckpt.restore(data)
-    decisions, final, status = restored.decisions, restored.module, "final"
-    progress = None
-    if decisions is None and restored.edges:  # still searching: show what θ prefers now
-        decisions = decide(restored.module)
-        final, status = finalize(restored.module, decisions), "preferences"
+    final, decisions, searching = restored.final()  # still searching: what θ prefers now
+    status, progress = ("preferences" if searching else "final"), None
+    if searching:
         recipe = data.get("recipe") or {}
         progress = f"epoch {data['state']['epoch']} of {recipe.get('arch_epochs', '?')}"
     metrics = data["state"].get("metrics") or []
     return Subject(
         gm=restored.traced,
         edges=restored.edges,
-        decisions=decisions or {},
+        decisions=decisions,
         spec=data["model"]["spec"],
         status=status,
         tie=data.get("tie"),
