@@ -313,7 +313,7 @@ def _run_compiler(model_key: str, held: dict, x, seed: int, result: Result, ente
 
 def _check_clean(final: fx.GraphModule) -> None:
     for node in final.graph.nodes:
-        if node.target is fxdnat.arch.dnat_gate or (
+        if node.target is fxdnat.arch.dnat_mix or (
             node.op == "call_module" and node.target == "arch"
         ):
             raise RuntimeError(f"node {node.name} still calls the gate or θ after finalize")

@@ -1,26 +1,159 @@
-"""θ: the architecture parameters, and the gate op that mixes an edge's three candidates."""
+"""θ: the architecture parameters, and the op that mixes the candidates of a join's edges."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import fx, nn
+from torch.autograd.function import once_differentiable
 
 from fxdnat.ir import CHOICES, SAME, Edge
 
+Tree = int | None | tuple["Tree", "Tree", float]
+"""How a join's operands are summed: a term index, None for the literal 0 that builtin ``sum``
+starts from, or ``(left, right, alpha)`` for ``left + alpha·right``; the association of the
+original adds, kept for bit-exactness."""
+Term = tuple[int, tuple[int, ...], float]
+"""``(tensor index, flat θ indices, scale)``: adds ``scale·(Σ θ[indices])·tensors[index]``."""
+Spec = tuple[Tree, tuple[Term, ...]]
+"""A gated place: terms ``0..k`` are the leaves of the tree (the edges' operands), later terms
+are added after it (the inputs ``x`` of edges offered the identity)."""
+
 
 @fx.wrap
-def dnat_gate(weights: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
-    """One edge's output, DNAT eq. 1: ``θ_none·0 + θ_identity·x + θ_same·op(x)``.
+def dnat_mix(weights: torch.Tensor, spec: Spec, *tensors: torch.Tensor) -> torch.Tensor:
+    """A join (or an op edge) with every edge's candidates mixed by θ, DNAT eq. 1.
 
-    ``weights`` is the edge's row of masked θ, columns in :data:`CHOICES` order; ``x`` is None
-    where the edge does not allow the identity. Wrapped for FX so that a gated module re-traces
-    (and ``torch.compile``s) with the gate as a single call.
+    Each edge contributes ``θ_none·0 + θ_identity·x + θ_same·op(x)``; the join sums them. With
+    θ = (0, 0, 1) on every row this is the original sum, bit for bit (see :data:`Tree`).
+
+    ``weights`` is the masked θ, (groups, 3); ``spec`` (:data:`Spec`) says which entries scale
+    which of ``tensors``. Wrapped for FX so that a gated module re-traces (and
+    ``torch.compile``s) with one call per join.
+
+    On the CPU, outside ``torch.compile``, it runs as one autograd function that reads the
+    coefficients as Python numbers: it multiplies only where a coefficient is not exactly 1,
+    skips terms whose coefficient is exactly 0, and computes θ's gradient as one dot product
+    per input tensor. Elsewhere (CUDA, where reading θ would synchronise; under
+    ``torch.compile``, which fuses the plain ops) it is composed of plain differentiable ops.
     """
-    if x is None:
-        return weights[2] * y
-    return torch.addcmul(weights[2] * y, weights[1], x)
+    if _cpu_function_applies(weights):
+        return _CpuMix.apply(weights, spec, *tensors)
+    return _mix_ops(weights, spec, tensors)
+
+
+def _cpu_function_applies(weights: torch.Tensor) -> bool:
+    return weights.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _mix_ops(weights: torch.Tensor, spec: Spec, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    tree, terms = spec
+    flat = weights.reshape(-1)
+
+    def coefficient(term: Term) -> torch.Tensor:
+        _, entries, _ = term
+        total = flat[entries[0]]
+        for entry in entries[1:]:
+            total = total + flat[entry]
+        return total
+
+    out = _sum_tree(tree, lambda i: tensors[terms[i][0]] * coefficient(terms[i]))
+    for term in terms[_leaf_count(tree) :]:
+        out = torch.addcmul(out, tensors[term[0]], coefficient(term), value=term[2])
+    return out
+
+
+class _CpuMix(torch.autograd.Function):
+    """``dnat_mix`` with Python-number coefficients: the fewest passes over the activations."""
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, spec: Spec, *tensors: torch.Tensor) -> torch.Tensor:
+        tree, terms = spec
+        flat = weights.detach().reshape(-1).tolist()
+        coefs = [sum(flat[e] for e in entries) for _, entries, _ in terms]
+
+        def leaf(i: int) -> torch.Tensor | None:
+            c, t = coefs[i], tensors[terms[i][0]]
+            return None if c == 0 else t if c == 1 else t * c
+
+        out = _sum_tree(tree, leaf)
+        fresh = out is not None and all(out is not t for t in tensors)
+        leaves = _leaf_count(tree)
+        for (index, _, scale), c in zip(terms[leaves:], coefs[leaves:], strict=True):
+            if c == 0:
+                continue
+            if out is None:
+                out, fresh = tensors[index] * (scale * c), True
+            elif fresh:
+                out.add_(tensors[index], alpha=scale * c)
+            else:
+                out, fresh = torch.add(out, tensors[index], alpha=scale * c), True
+        if out is None:  # every candidate is "none": the join adds nothing
+            out = torch.zeros_like(tensors[0])
+        elif not fresh:  # never hand out an input itself: an in-place op after us would alias
+            out = out.clone()
+        ctx.spec, ctx.coefs = spec, coefs
+        ctx.theta_like = (weights.shape, weights.dtype, weights.device)
+        ctx.save_for_backward(*tensors)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        _, terms = ctx.spec
+        tensors = ctx.saved_tensors
+        scale_of = [0.0] * len(tensors)  # d out / d tensor, a number
+        for (index, _, scale), c in zip(terms, ctx.coefs, strict=True):
+            scale_of[index] += scale * c
+        grads = [
+            None if not needed or k == 0 else grad if k == 1 else grad * k
+            for needed, k in zip(ctx.needs_input_grad[2:], scale_of, strict=True)
+        ]
+        theta_grad = None
+        if ctx.needs_input_grad[0]:
+            shape, dtype, device = ctx.theta_like
+            dots: dict[int, torch.Tensor] = {}
+            entries, values = [], []
+            for index, indices, scale in terms:
+                if index not in dots:
+                    dots[index] = _dot(grad, tensors[index])
+                entries += indices
+                values += [dots[index] if scale == 1 else dots[index] * scale] * len(indices)
+            theta_grad = torch.zeros(shape.numel(), dtype=dtype, device=device)
+            theta_grad.index_add_(
+                0, torch.tensor(entries, device=device), torch.stack(values).to(dtype)
+            )
+            theta_grad = theta_grad.view(shape)
+        return (theta_grad, None, *grads)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ a·b in one read of each, without the product tensor where the layouts allow."""
+    if a.is_contiguous() and b.is_contiguous():
+        return torch.dot(a.reshape(-1), b.reshape(-1))
+    return (a * b).sum()
+
+
+def _sum_tree(tree: Tree, leaf: Callable[[int], torch.Tensor | None]) -> torch.Tensor | None:
+    """Evaluate ``tree`` with the original association; a None leaf is a term that vanished."""
+    if tree is None:
+        return None
+    if isinstance(tree, int):
+        return leaf(tree)
+    left, right, alpha = tree
+    a, b = _sum_tree(left, leaf), _sum_tree(right, leaf)
+    if a is None or b is None:
+        if b is None:
+            return a
+        return b if alpha == 1 else b * alpha
+    return a + b if alpha == 1 else torch.add(a, b, alpha=alpha)
+
+
+def _leaf_count(tree: Tree) -> int:
+    if tree is None:
+        return 0
+    return 1 if isinstance(tree, int) else _leaf_count(tree[0]) + _leaf_count(tree[1])
 
 
 class Architecture(nn.Module):

@@ -1,8 +1,9 @@
 """finalize: compile decisions into a clean GraphModule with no gate, θ or fxdnat left in it.
 
-Each gate becomes its chosen candidate: ``same`` reads the op's output, ``identity`` reads the
-edge's input, ``none`` drops the operand from its join (an add with a missing operand becomes
-its other operand). Then whatever has become dead goes: nodes, submodules and parameters.
+Each ``dnat_mix`` becomes the sum of its edges' chosen candidates, in the original adds' order:
+``same`` reads the op's output, ``identity`` the edge's input, ``none`` drops the operand (an add
+with a missing operand becomes its other operand). Then whatever has become dead goes: nodes,
+submodules and parameters.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ import copy
 import operator
 from collections.abc import Mapping
 
-import torch
 from torch import fx
 
-from fxdnat.arch import dnat_gate
-from fxdnat.ir import NONE, SAME
+from fxdnat.arch import Tree, dnat_mix
+from fxdnat.ir import IDENTITY, SAME
 from fxdnat.passes import _graph
 from fxdnat.passes.decide import _architecture, check_decisions
-from fxdnat.passes.gate import ARCH, EDGE_META
+from fxdnat.passes.gate import ARCH, EDGES_META
 from fxdnat.tracing import META_KEY
 
 
@@ -33,32 +33,37 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     final = copy.deepcopy(gated)
     graph = final.graph
     before = _graph.used_tensor_names(final)
-    # What each in-place add mutated in the original network (a gate stands for its op's output).
+    mixes = [n for n in graph.nodes if is_mix(n)]
+    # What each in-place add mutated in the original network (an op's mix stands for the op).
     inplace_targets = {
         node: _resolve(node.args[0]) for node in graph.nodes if _graph.is_inplace_add(node)
     }
     # Code that was dead before stays (finalize removes only what it makes dead), but not the gates.
-    gates = [n for n in graph.nodes if n.op == "call_function" and n.target is dnat_gate]
-    machinery = {n for g in gates for n in (g, g.args[0])} | set(
-        graph.find_nodes(op="call_module", target=ARCH)
-    )
-    dead_before = set(graph.nodes) - _graph.live_nodes(graph) - machinery
-    zeros: set[fx.Node] = set()
-    for node in list(graph.nodes):
-        if node in gates:
-            _, x, y = node.args
-            choice = decisions[node.meta[EDGE_META]]
-            if choice == NONE:
-                zeros.add(node)
-            else:
-                node.replace_all_uses_with(y if choice == SAME else x)
-        elif _graph.is_add(node) and any(arg in zeros for arg in node.args):
-            _drop_zero_operand(graph, node, zeros)
+    machinery = set(mixes) | set(graph.find_nodes(op="call_module", target=ARCH))
+    live = _graph.live_nodes(graph)
+    dead_before = set(graph.nodes) - live - machinery
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    named = {node.name: node for node in order}
+    for mix in mixes:
+        (tree, _), tensors = mix.args[1], mix.args[2:]
+        chosen = {SAME: 1, IDENTITY: 2}  # position in (name, same, identity); "none" reads nothing
+        values = [
+            tensors[leaf[chosen[decisions[leaf[0]]]]] if decisions[leaf[0]] in chosen else None
+            for leaf in mix.meta[EDGES_META]["edges"]
+        ]
+        written = _Sum(mix, order, named)
+        value = written.emit(tree, values)
+        if mix not in live:  # a join nobody read: its adds were dead code, which stays
+            dead_before |= written.created
+        if value is None:
+            raise RuntimeError(f"every operand of {mix.name} is 'none'; please report this")
+        mix.replace_all_uses_with(value)
+        graph.erase_node(mix)
     remaining = set(graph.nodes)
     for node, target in inplace_targets.items():
         if node in remaining and node.args[0] is not target:  # x += y would now mutate x
             _make_out_of_place(node)
-    _graph.eliminate_dead_code(final, keep=dead_before - zeros)
+    _graph.eliminate_dead_code(final, keep=dead_before)
     if any(node.op == "call_module" and node.target == ARCH for node in graph.nodes):
         raise RuntimeError("the architecture is still read after finalize; please report this")
     final.delete_submodule(ARCH)
@@ -68,38 +73,67 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     return _graph.finish(final)
 
 
+def is_mix(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target is dnat_mix
+
+
 def _resolve(value: object) -> object:
-    """The original value a gate stands in for (its op's output)."""
-    is_gate = (
-        isinstance(value, fx.Node) and value.op == "call_function" and (value.target is dnat_gate)
-    )
-    return value.args[2] if is_gate else value
+    """The original value a mix stands in for: an op edge's mix stands for the op's output."""
+    if isinstance(value, fx.Node) and is_mix(value) and value.meta[EDGES_META]["kind"] == "op":
+        ((_, same, _),) = value.meta[EDGES_META]["edges"]
+        return value.args[2 + same]
+    return value
 
 
-def _drop_zero_operand(graph: fx.Graph, add: fx.Node, zeros: set[fx.Node]) -> None:
-    """Rewrite ``a + 0`` to ``a``; an add of zeros is itself zero (a chain's inner add)."""
-    a, b = add.args
-    alpha = add.kwargs.get("alpha", 1)
-    live = [arg for arg in (a, b) if arg not in zeros and not _is_literal_zero(arg)]
-    if not live:
-        zeros.add(add)
-        return
-    if len(live) == 2:
-        raise RuntimeError(f"node {add.name} has a zero operand but two live ones")
-    value = live[0]
-    if value is b and alpha != 1:  # torch.add(a, b, alpha=k) without a is k·b
-        with graph.inserting_before(add):
-            value = graph.call_function(torch.mul, (b, alpha))
-    add.replace_all_uses_with(value)
-    graph.erase_node(add)
+_ZERO = object()  # the literal 0 of builtin sum, while it is still added to something
 
 
-def _is_literal_zero(arg: object) -> bool:
-    return isinstance(arg, int) and not isinstance(arg, bool) and arg == 0
+class _Sum:
+    """Writes a mix's sum back as adds, each with its original op where that stays correct."""
+
+    def __init__(self, mix: fx.Node, order: dict[fx.Node, int], named: dict[str, fx.Node]):
+        self.graph, self.mix, self.order, self.named = mix.graph, mix, order, named
+        self.adds = iter(mix.meta[EDGES_META]["adds"])  # in pre-order, as gate wrote them
+        self.created: set[fx.Node] = set()
+
+    def emit(self, tree: Tree, values: list[fx.Node | None]) -> fx.Node | None:
+        """Adds of the live ``values`` in ``tree``'s association; None where nothing is left."""
+        if tree is None:
+            return _ZERO
+        if isinstance(tree, int):
+            return values[tree]
+        op, target, mutated, anchor = next(self.adds)
+        left, right, alpha = tree
+        a, b = self.emit(left, values), self.emit(right, values)
+        if a is None or b is None or (a is _ZERO and b is _ZERO):
+            if b is None or b is _ZERO:
+                return None if a is _ZERO else a
+            if a is None:
+                if alpha == 1:
+                    return b
+                return self._create(anchor, "call_function", operator.mul, (b, alpha))
+        if a is _ZERO or b is _ZERO:  # builtin sum's `0 + x`: kept, as the original has it
+            a, b = (0 if a is _ZERO else a), (0 if b is _ZERO else b)
+            return self._create(anchor, op, target, (a, b))
+        # x += y stays in place only on the value it mutated before (nobody else reads that one)
+        if mutated is not None and not (a.name == mutated or isinstance(left, tuple)):
+            target = _OUT_OF_PLACE[target]
+        return self._create(anchor, op, target, (a, b), {} if alpha == 1 else {"alpha": alpha})
+
+    def _create(self, anchor: str | None, op: str, target, args: tuple, kwargs=None) -> fx.Node:
+        """A node where the original add stood, if that is still before the mix; else just
+        before the mix."""
+        where = self.named.get(anchor) if anchor else None
+        if where is None or self.order[where] > self.order[self.mix]:
+            where = self.mix
+        with self.graph.inserting_before(where):
+            node = self.graph.create_node(op, target, args, kwargs)
+        self.created.add(node)
+        return node
+
+
+_OUT_OF_PLACE = {"add_": "add", operator.iadd: operator.add}
 
 
 def _make_out_of_place(node: fx.Node) -> None:
-    if node.op == "call_method":
-        node.target = "add"
-    else:
-        node.target = operator.add
+    node.target = _OUT_OF_PLACE[node.target]

@@ -1,29 +1,34 @@
 """gate: put a θ-weighted mix of (none, identity, same) on every edge, starting as the original.
 
-The gate replaces the edge's *use* in its join (or, for op edges, every use of the op's output)
-with ``dnat_gate(θ_row, x, op(x))``. All rows live in one ``Architecture`` module, ``gated.arch``,
-called once per forward; with θ = (0, 0, 1) the gated module computes the original function.
+Each join (an add, or a chain of adds, of its edges' operands) becomes one call
+``dnat_mix(θ, spec, ...)`` that sums ``θ_identity·x + θ_same·op(x)`` over its edges in the
+original adds' order; an op edge's output becomes ``dnat_mix`` of its ``x`` and ``op(x)``. All
+rows live in one ``Architecture`` module, ``gated.arch``, called once per forward; with
+θ = (0, 0, 1) the gated module computes the original function.
 """
 
 from __future__ import annotations
 
 import copy
-import operator
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
 from torch import fx
 
-from fxdnat.arch import Architecture, dnat_gate
-from fxdnat.ir import IDENTITY, Edge
+from fxdnat.arch import Architecture, Spec, Term, Tree, dnat_mix
+from fxdnat.ir import CHOICES, IDENTITY, SAME, Edge
 from fxdnat.passes import _graph
 from fxdnat.tracing import META_KEY
 
 TIES = ("full", "cell")
 ARCH = "arch"
 """Name of the Architecture submodule on a gated GraphModule."""
-EDGE_META = "fxdnat_edge"
-"""``node.meta`` key naming the edge that a gate node belongs to."""
+EDGES_META = "fxdnat_edges"
+"""``node.meta`` key of a ``dnat_mix`` node, what finalize needs to write the join back:
+``kind`` ("join" or "op"); ``edges``, one ``(edge name, index of op(x), index of x or None)`` per
+tree leaf (indices into the mix's tensors); ``adds``, the original add of each inner tree node in
+pre-order, as ``(op, target, name of the value it added to in place or None, name of the
+node it stood before or None)``."""
 
 
 def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.GraphModule:
@@ -51,33 +56,135 @@ def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.Gra
     first = next(n for n in graph.nodes if n.op != "placeholder")
     with graph.inserting_before(first):
         weights = graph.call_module(ARCH)  # masked θ, (groups, 3): one call per forward
-    # Join gates first: an op gate then also gates the op's value where a join gate reads it.
-    for edge in sorted(edges, key=lambda e: e.kind == "op"):
-        _insert_gate(graph, nodes, weights, edge, gated.arch.group_of[edge.name])
+    row = gated.arch.group_of
+    by_join: dict[str, list[Edge]] = defaultdict(list)
+    for edge in edges:
+        if edge.kind != "op":
+            by_join[edge.join].append(edge)
+    plans = [_plan_join(nodes, nodes[join], members, row) for join, members in by_join.items()]
+    removed = {add for _, _, chain in plans for add in chain}
+    mixes = []
+    for mix, tree, chain in plans:
+        # Where each inner add stood: before the first node that stays (finalize puts it back).
+        for i, add in enumerate(chain[1:], start=1):
+            anchor = add.next
+            while anchor in removed:
+                anchor = anchor.next
+            mix.adds[i] = (*mix.adds[i], anchor.name)
+        mix.adds[0] = (*mix.adds[0], None)  # the join itself: where its mix is
+        with graph.inserting_before(chain[0]):
+            mixes.append(mix.emit(graph, weights, tree, "join"))
+    # Only now replace the joins: a mix made earlier reads a later-replaced join until then.
+    for (_, _, chain), node in zip(plans, mixes, strict=True):
+        chain[0].replace_all_uses_with(node)
+        nodes[chain[0].name] = node  # op edges that start at or read the join read the mix
+    for _, _, chain in plans:
+        for add in chain:  # the join first: each inner add is read by the add before it only
+            graph.erase_node(add)
+    for edge in edges:  # op edges last: their mix then also feeds the joins' mixes
+        if edge.kind == "op":
+            _gate_op(graph, nodes, weights, edge, row[edge.name])
     return _graph.finish(gated)
 
 
-def _insert_gate(graph: fx.Graph, nodes: dict, weights: fx.Node, edge: Edge, group: int) -> None:
+_SAME, _IDENTITY = CHOICES.index(SAME), CHOICES.index(IDENTITY)
+
+
+class _MixBuilder:
+    """Collects a mix's input tensors and terms; equal inputs are passed once."""
+
+    def __init__(self) -> None:
+        self.tensors: list[fx.Node] = []
+        self.terms: list[list] = []  # [tensor index, [flat θ indices], scale]
+        self.leaves: list[tuple[str, int, int | None]] = []
+        self.adds: list[tuple] = []
+
+    def tensor(self, node: fx.Node) -> int:
+        if node not in self.tensors:
+            self.tensors.append(node)
+        return self.tensors.index(node)
+
+    def leaf(self, edge: Edge, operand: fx.Node, group: int, scale: float) -> int:
+        self.terms.append([self.tensor(operand), [len(CHOICES) * group + _SAME], scale])
+        self.leaves.append((edge.name, self.terms[-1][0], None))
+        return len(self.terms) - 1
+
+    def identities(self, edges: dict[int, Edge], nodes: dict, group_of: dict[str, int]) -> None:
+        """Add ``θ_identity·x`` for each leaf's edge that allows it, merged into a term on x."""
+        for leaf, edge in edges.items():
+            if IDENTITY not in edge.choices:
+                continue
+            x, scale = self.tensor(nodes[edge.source]), self.terms[leaf][2]
+            entry = len(CHOICES) * group_of[edge.name] + _IDENTITY
+            term = next((t for t in self.terms if t[0] == x and t[2] == scale), None)
+            if term is None:
+                self.terms.append([x, [entry], scale])
+            else:
+                term[1].append(entry)
+            name, same, _ = self.leaves[leaf]
+            self.leaves[leaf] = (name, same, x)
+
+    def emit(self, graph: fx.Graph, weights: fx.Node, tree: Tree, kind: str) -> fx.Node:
+        terms: tuple[Term, ...] = tuple((t, tuple(e), s) for t, e, s in self.terms)
+        spec: Spec = (tree, terms)
+        node = graph.call_function(dnat_mix, (weights, spec, *self.tensors))
+        node.meta[EDGES_META] = {
+            "kind": kind,
+            "edges": tuple(self.leaves),
+            "adds": tuple(self.adds),
+        }
+        node.meta["is_wrapped"] = True  # FX then emits wrap(...) so that re-tracing keeps it
+        return node
+
+
+def _plan_join(nodes, join: fx.Node, edges: list[Edge], group_of) -> tuple:
+    """The mix that replaces a join's adds: its builder, its tree, and the adds (join first)."""
+    by_use = {(e.user, e.index): e for e in edges}
+    mix = _MixBuilder()
+    leaf_edges: dict[int, Edge] = {}
+    chain: list[fx.Node] = []
+
+    def tree_of(add: fx.Node, scale: float) -> Tree:
+        chain.append(add)
+        alpha = add.kwargs.get("alpha", 1)
+        mutated = add.args[0].name if _graph.is_inplace_add(add) else None
+        mix.adds.append((add.op, add.target, mutated))
+        parts: list[Tree] = []
+        for index, arg in enumerate(add.args):
+            inner_scale = scale * (alpha if index == 1 else 1)
+            edge = by_use.get((add.name, index))
+            if edge is not None:
+                if arg is not nodes[edge.operand]:
+                    raise RuntimeError(
+                        f"edge {edge.name}: node {add.name} does not read {edge.operand} at "
+                        f"argument {index}; were the edges discovered on this graph?"
+                    )
+                leaf = mix.leaf(edge, arg, group_of[edge.name], inner_scale)
+                leaf_edges[leaf] = edge
+                parts.append(leaf)
+            elif isinstance(arg, fx.Node) and _graph.is_add(arg):
+                parts.append(tree_of(arg, inner_scale))
+            else:  # the literal 0 that builtin sum starts with
+                parts.append(None)
+        left, right = parts
+        return (left, right, alpha)
+
+    tree = tree_of(join, 1)
+    if len(leaf_edges) != len(edges):
+        raise RuntimeError(f"join {join.name}: its adds do not read its {len(edges)} edges")
+    mix.identities(leaf_edges, nodes, group_of)
+    return mix, tree, chain
+
+
+def _gate_op(graph, nodes, weights, edge: Edge, group: int) -> None:
+    """Every use of the op's output reads ``dnat_mix`` of ``x`` and ``op(x)`` instead."""
     operand = nodes[edge.operand]
-    source = nodes[edge.source] if IDENTITY in edge.choices else None
-    if edge.kind == "op":
-        anchor = operand.next
-    else:
-        anchor = nodes[edge.user]
-        if anchor.args[edge.index] is not operand:
-            raise RuntimeError(
-                f"edge {edge.name}: node {anchor.name} does not read {operand.name} at argument "
-                f"{edge.index}; were the edges discovered on this graph?"
-            )
-    with graph.inserting_before(anchor):
-        row = graph.call_function(operator.getitem, (weights, group))
-        gate_node = graph.call_function(dnat_gate, (row, source, operand))
-    gate_node.meta[EDGE_META] = edge.name
-    gate_node.meta["is_wrapped"] = True  # FX then emits wrap(...) so that re-tracing keeps it
-    if edge.kind == "op":
-        operand.replace_all_uses_with(gate_node, delete_user_cb=lambda user: user is not gate_node)
-    else:
-        anchor.update_arg(edge.index, gate_node)
+    mix = _MixBuilder()
+    leaf = mix.leaf(edge, operand, group, 1)
+    mix.identities({leaf: edge}, nodes, {edge.name: group})
+    with graph.inserting_after(operand):
+        node = mix.emit(graph, weights, leaf, "op")
+    operand.replace_all_uses_with(node, delete_user_cb=lambda user: user is not node)
 
 
 def group_count(gm: fx.GraphModule, edges: Sequence[Edge], tie: str) -> int:

@@ -8,7 +8,7 @@ from support import CASES, assert_same_function, inputs_for
 
 import fxdnat
 from fxdnat import passes
-from fxdnat.arch import dnat_gate
+from fxdnat.arch import dnat_mix
 
 
 def traced(name: str, dtype=torch.float32):
@@ -41,8 +41,10 @@ def test_theta_is_one_parameter_rows_by_group_columns_in_choices_order():
     torch.testing.assert_close(arch.theta[:, fxdnat.CHOICES.index("same")], torch.ones(len(edges)))
     allowed = [[c in e.choices for c in fxdnat.CHOICES] for e in edges]
     assert arch.mask.tolist() == allowed
-    gates = [n for n in gated.graph.nodes if n.target is dnat_gate]
-    assert len(gates) == len(edges)
+    mixes = [n for n in gated.graph.nodes if n.target is dnat_mix]
+    assert len(mixes) == len({e.join for e in edges})  # one per join
+    leaves = [leaf[0] for n in mixes for leaf in n.meta["fxdnat_edges"]["edges"]]
+    assert sorted(leaves) == sorted(e.name for e in edges)
 
 
 def test_gate_copies_and_leaves_the_input_module_untouched():
@@ -87,8 +89,8 @@ def test_gated_module_retraces_with_the_gate_as_one_call():
     _, gm, edges, inputs = traced("nested")
     gated = passes.gate(gm, edges)
     retraced = torch.fx.symbolic_trace(gated)
-    calls = [n for n in retraced.graph.nodes if n.op == "call_function" and n.target is dnat_gate]
-    assert len(calls) == len(edges)
+    calls = [n for n in retraced.graph.nodes if n.op == "call_function" and n.target is dnat_mix]
+    assert len(calls) == len({e.join for e in edges})
     torch.testing.assert_close(retraced(*inputs), gated(*inputs))
 
 
@@ -97,6 +99,76 @@ def test_gated_module_compiles_with_dynamo():
     gated = passes.gate(gm, edges).eval()
     compiled = torch.compile(gated, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(*inputs), gated(*inputs))
+
+
+def _grads(gated, inputs):
+    gated.zero_grad(set_to_none=True)
+    out = _flatten_outputs(gated(*inputs))
+    sum(o.sum() * (i + 1) for i, o in enumerate(out)).backward()
+    return out, {n: p.grad for n, p in gated.named_parameters() if p.grad is not None}
+
+
+def _flatten_outputs(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    values = value.values() if isinstance(value, dict) else value
+    return [t for v in values for t in _flatten_outputs(v)]
+
+
+@pytest.mark.parametrize(
+    ("name", "granularity"),
+    [
+        ("nested", "branch"),
+        ("builtin_sum", "branch"),
+        ("alpha_add", "branch"),
+        ("method_adds", "op"),
+        ("multi_input_dict", "branch"),
+    ],
+)
+def test_cpu_mix_equals_the_plain_ops_it_stands_for(name, granularity, monkeypatch):
+    """dnat_mix's CPU function (Python coefficients, dot products) against the composed ops
+    that CUDA and torch.compile run: same outputs and gradients, at init and at random θ."""
+    model = CASES[name]().double()
+    inputs = inputs_for(model, dtype=torch.float64)
+    gm = fxdnat.trace(model, inputs)
+    gated = passes.gate(gm, passes.discover(gm, granularity)).double()  # θ too
+    for theta in ("init", "random", "one-hot with zeros"):
+        with torch.no_grad():
+            if theta == "random":
+                gated.arch.theta.copy_(torch.randn_like(gated.arch.theta))
+            elif theta != "init":
+                gated.arch.theta.copy_(torch.randint(0, 2, gated.arch.theta.shape))
+        fast_out, fast = _grads(gated, inputs)
+        with monkeypatch.context() as m:
+            m.setattr(fxdnat.arch, "_cpu_function_applies", lambda weights: False)
+            plain_out, plain = _grads(gated, inputs)
+        for a, b in zip(fast_out, plain_out, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert "arch.theta" in fast
+        for key in fast.keys() | plain.keys():  # an edge weighted exactly 0 gives no gradient
+            zero = torch.zeros_like(fast[key] if key in fast else plain[key])
+            got, want = fast.get(key, zero), plain.get(key, zero)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_the_mix_never_hands_out_an_input_that_an_inplace_op_then_changes():
+    """At init an op edge's mix equals op(x); were it op(x) itself, the in-place ReLU after it
+    would overwrite the tensor θ's gradient needs."""
+
+    class ConvReluInplace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu_(self.conv(x)) + x
+
+    model = ConvReluInplace()
+    inputs = inputs_for(model)
+    gm = fxdnat.trace(model, inputs)
+    gated = passes.gate(gm, passes.discover(gm, "op"))
+    gated(*inputs).sum().backward()  # raises if a saved tensor was modified in place
+    assert torch.isfinite(gated.arch.theta.grad).all()
 
 
 def test_no_edge_and_bad_tie_are_rejected():
