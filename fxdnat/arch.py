@@ -15,7 +15,9 @@ Tree = int | None | tuple["Tree", "Tree", float]
 starts from, or ``(left, right, alpha)`` for ``left + alpha·right``; the association of the
 original adds, kept for bit-exactness."""
 Term = tuple[int, tuple[int, ...], float]
-"""``(tensor index, flat θ indices, scale)``: adds ``scale·(Σ θ[indices])·tensors[index]``."""
+"""``(tensor index, flat θ indices, scale)``: contributes ``scale·(Σ θ[indices])·tensors[index]``;
+``scale`` is the product of the adds' alphas above the term (the tree applies them to its leaves,
+terms after the tree are added with it)."""
 Spec = tuple[Tree, tuple[Term, ...]]
 """A gated place: terms ``0..k`` are the leaves of the tree (the edges' operands), later terms
 are added after it (the inputs ``x`` of edges offered the identity)."""
@@ -37,6 +39,8 @@ def dnat_mix(weights: torch.Tensor, spec: Spec, *tensors: torch.Tensor) -> torch
     skips terms whose coefficient is exactly 0, and computes θ's gradient as one dot product
     per input tensor. Elsewhere (CUDA, where reading θ would synchronise; under
     ``torch.compile``, which fuses the plain ops) it is composed of plain differentiable ops.
+    One difference shows: a branch whose every coefficient is exactly 0 is not in the CPU
+    function's autograd graph, so its parameters get no gradient (None rather than zeros).
     """
     if _cpu_function_applies(weights):
         return _CpuMix.apply(weights, spec, *tensors)

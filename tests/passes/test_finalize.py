@@ -123,6 +123,31 @@ def test_inplace_add_becomes_out_of_place_when_its_target_changes():
     torch.testing.assert_close(x, x_before)
 
 
+def test_adds_come_back_in_their_original_order_and_dead_joins_stay():
+    """A chain's inner add written before other ops goes back there; a join nobody reads was
+    dead code in the original and stays, like all code that was dead before."""
+
+    class Interleaved(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = (torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(3))
+
+        def forward(self, x):
+            s = self.a(x) + self.b(x)
+            t = self.c(x)
+            _unused = self.a(t) + self.b(t)  # a dead join
+            return s + t
+
+    model = Interleaved().double()
+    inputs = inputs_for(model, dtype=torch.float64)
+    gm = fxdnat.trace(model, inputs)
+    edges = passes.discover(gm)
+    assert len({e.join for e in edges}) == 2
+    final = passes.finalize(passes.gate(gm, edges), {})
+    assert op_signature(final) == op_signature(gm)
+    assert_same_function(final, model, inputs, exact=True)
+
+
 def test_impure_inplace_calls_survive_dead_code_elimination():
     class Mutate(torch.nn.Module):
         def __init__(self):
