@@ -42,16 +42,14 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     machinery = set(mixes) | set(graph.find_nodes(op="call_module", target=ARCH))
     live = _graph.live_nodes(graph)
     dead_before = set(graph.nodes) - live - machinery
-    order = {node: i for i, node in enumerate(graph.nodes)}
-    named = {node.name: node for node in order}
+    named = {node.name: node for node in graph.nodes}
     for mix in mixes:
         (tree, _), tensors = mix.args[1], mix.args[2:]
-        chosen = {SAME: 1, IDENTITY: 2}  # position in (name, same, identity); "none" reads nothing
         values = [
-            tensors[leaf[chosen[decisions[leaf[0]]]]] if decisions[leaf[0]] in chosen else None
-            for leaf in mix.meta[EDGES_META]["edges"]
+            _chosen(decisions[name], tensors[same], None if identity is None else tensors[identity])
+            for name, same, identity in mix.meta[EDGES_META]["edges"]
         ]
-        written = _Sum(mix, order, named)
+        written = _Sum(mix, named)
         value = written.emit(tree, values)
         if mix not in live:  # a join nobody read: its adds were dead code, which stays
             dead_before |= written.created
@@ -77,9 +75,14 @@ def is_mix(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target is dnat_mix
 
 
+def _chosen(choice: str, op_x: fx.Node, x: fx.Node | None) -> fx.Node | None:
+    """What an edge delivers: op(x), x, or nothing for "none"."""
+    return op_x if choice == SAME else x if choice == IDENTITY else None
+
+
 def _resolve(value: object) -> object:
-    """The original value a mix stands in for: an op edge's mix stands for the op's output."""
-    if isinstance(value, fx.Node) and is_mix(value) and value.meta[EDGES_META]["kind"] == "op":
+    """The original value a mix stands in for: an op edge's mix (one leaf) stands for op(x)."""
+    if isinstance(value, fx.Node) and is_mix(value) and isinstance(value.args[1][0], int):
         ((_, same, _),) = value.meta[EDGES_META]["edges"]
         return value.args[2 + same]
     return value
@@ -91,8 +94,8 @@ _ZERO = object()  # the literal 0 of builtin sum, while it is still added to som
 class _Sum:
     """Writes a mix's sum back as adds, each with its original op where that stays correct."""
 
-    def __init__(self, mix: fx.Node, order: dict[fx.Node, int], named: dict[str, fx.Node]):
-        self.graph, self.mix, self.order, self.named = mix.graph, mix, order, named
+    def __init__(self, mix: fx.Node, named: dict[str, fx.Node]):
+        self.graph, self.mix, self.named = mix.graph, mix, named
         self.adds = iter(mix.meta[EDGES_META]["adds"])  # in pre-order, as gate wrote them
         self.created: set[fx.Node] = set()
 
@@ -105,13 +108,13 @@ class _Sum:
         op, target, mutated, anchor = next(self.adds)
         left, right, alpha = tree
         a, b = self.emit(left, values), self.emit(right, values)
-        if a is None or b is None or (a is _ZERO and b is _ZERO):
-            if b is None or b is _ZERO:
-                return None if a is _ZERO else a
-            if a is None:
-                if alpha == 1:
-                    return b
+        if a is None or b is None:  # one side went: the other alone (`0 +` nothing is nothing)
+            kept = b if a is None else a
+            if kept is _ZERO:
+                return None
+            if kept is b and alpha != 1:
                 return self._create(anchor, "call_function", operator.mul, (b, alpha))
+            return kept
         if a is _ZERO or b is _ZERO:  # builtin sum's `0 + x`: kept, as the original has it
             a, b = (0 if a is _ZERO else a), (0 if b is _ZERO else b)
             return self._create(anchor, op, target, (a, b))
@@ -121,12 +124,8 @@ class _Sum:
         return self._create(anchor, op, target, (a, b), {} if alpha == 1 else {"alpha": alpha})
 
     def _create(self, anchor: str | None, op: str, target, args: tuple, kwargs=None) -> fx.Node:
-        """A node where the original add stood, if that is still before the mix; else just
-        before the mix."""
-        where = self.named.get(anchor) if anchor else None
-        if where is None or self.order[where] > self.order[self.mix]:
-            where = self.mix
-        with self.graph.inserting_before(where):
+        """A node where the original add stood (see gate's ``_anchor``)."""
+        with self.graph.inserting_before(self.named[anchor] if anchor else self.mix):
             node = self.graph.create_node(op, target, args, kwargs)
         self.created.add(node)
         return node

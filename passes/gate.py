@@ -25,10 +25,10 @@ ARCH = "arch"
 """Name of the Architecture submodule on a gated GraphModule."""
 EDGES_META = "fxdnat_edges"
 """``node.meta`` key of a ``dnat_mix`` node, what finalize needs to write the join back:
-``kind`` ("join" or "op"); ``edges``, one ``(edge name, index of op(x), index of x or None)`` per
-tree leaf (indices into the mix's tensors); ``adds``, the original add of each inner tree node in
-pre-order, as ``(op, target, name of the value it added to in place or None, name of the
-node it stood before or None)``."""
+``edges``, one ``(edge name, index of op(x), index of x or None)`` per tree leaf (indices into
+the mix's tensors); ``adds``, the original add of each inner tree node in pre-order, as ``(op,
+target, name of the value it added to in place or None, name of the node it stood before or
+None for the mix's place)``. An op edge's mix has one leaf and no adds."""
 
 
 def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.GraphModule:
@@ -63,17 +63,12 @@ def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.Gra
             by_join[edge.join].append(edge)
     plans = [_plan_join(nodes, nodes[join], members, row) for join, members in by_join.items()]
     removed = {add for _, _, chain in plans for add in chain}
+    for mix, _, chain in plans:  # before any mix is inserted: anchors are original nodes
+        mix.anchors = [_anchor(add, chain[0], removed) for add in chain]
     mixes = []
     for mix, tree, chain in plans:
-        # Where each inner add stood: before the first node that stays (finalize puts it back).
-        for i, add in enumerate(chain[1:], start=1):
-            anchor = add.next
-            while anchor in removed:
-                anchor = anchor.next
-            mix.adds[i] = (*mix.adds[i], anchor.name)
-        mix.adds[0] = (*mix.adds[0], None)  # the join itself: where its mix is
         with graph.inserting_before(chain[0]):
-            mixes.append(mix.emit(graph, weights, tree, "join"))
+            mixes.append(mix.emit(graph, weights, tree))
     # Only now replace the joins: a mix made earlier reads a later-replaced join until then.
     for (_, _, chain), node in zip(plans, mixes, strict=True):
         chain[0].replace_all_uses_with(node)
@@ -90,6 +85,15 @@ def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.Gra
 _SAME, _IDENTITY = CHOICES.index(SAME), CHOICES.index(IDENTITY)
 
 
+def _anchor(add: fx.Node, join: fx.Node, removed: set[fx.Node]) -> str | None:
+    """Where an add of a join stood: the name of the first node after it that stays, or None
+    where that is the join itself (finalize then writes the add where the mix is)."""
+    node = add.next
+    while node in removed and node is not join:
+        node = node.next
+    return None if node is join else node.name
+
+
 class _MixBuilder:
     """Collects a mix's input tensors and terms; equal inputs are passed once."""
 
@@ -97,7 +101,8 @@ class _MixBuilder:
         self.tensors: list[fx.Node] = []
         self.terms: list[list] = []  # [tensor index, [flat θ indices], scale]
         self.leaves: list[tuple[str, int, int | None]] = []
-        self.adds: list[tuple] = []
+        self.adds: list[tuple] = []  # (op, target, mutated) of each add, in pre-order
+        self.anchors: list[str | None] = []  # and where it stood
 
     def tensor(self, node: fx.Node) -> int:
         if node not in self.tensors:
@@ -124,15 +129,12 @@ class _MixBuilder:
             name, same, _ = self.leaves[leaf]
             self.leaves[leaf] = (name, same, x)
 
-    def emit(self, graph: fx.Graph, weights: fx.Node, tree: Tree, kind: str) -> fx.Node:
+    def emit(self, graph: fx.Graph, weights: fx.Node, tree: Tree) -> fx.Node:
         terms: tuple[Term, ...] = tuple((t, tuple(e), s) for t, e, s in self.terms)
         spec: Spec = (tree, terms)
         node = graph.call_function(dnat_mix, (weights, spec, *self.tensors))
-        node.meta[EDGES_META] = {
-            "kind": kind,
-            "edges": tuple(self.leaves),
-            "adds": tuple(self.adds),
-        }
+        adds = tuple((*add, anchor) for add, anchor in zip(self.adds, self.anchors, strict=True))
+        node.meta[EDGES_META] = {"edges": tuple(self.leaves), "adds": adds}
         node.meta["is_wrapped"] = True  # FX then emits wrap(...) so that re-tracing keeps it
         return node
 
@@ -183,7 +185,7 @@ def _gate_op(graph, nodes, weights, edge: Edge, group: int) -> None:
     leaf = mix.leaf(edge, operand, group, 1)
     mix.identities({leaf: edge}, nodes, {edge.name: group})
     with graph.inserting_after(operand):
-        node = mix.emit(graph, weights, leaf, "op")
+        node = mix.emit(graph, weights, leaf)
     operand.replace_all_uses_with(node, delete_user_cb=lambda user: user is not node)
 
 

@@ -148,6 +148,36 @@ def test_adds_come_back_in_their_original_order_and_dead_joins_stay():
     assert_same_function(final, model, inputs, exact=True)
 
 
+def test_an_inner_add_goes_back_before_a_join_that_became_a_mix_too():
+    """The add `a + b` stood right before the join `c + d`: its place is no mix's."""
+
+    class Adjacent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.d = (torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(4))
+
+        def forward(self, x):
+            c, d, a, b = self.c(x), self.d(x), self.a(x), self.b(x)
+            s = a + b
+            t = c + d
+            return s + t, t  # t is read twice: a join of its own, and an operand of the last
+
+    model = Adjacent().double()
+    inputs = inputs_for(model, dtype=torch.float64)
+    gm = fxdnat.trace(model, inputs)
+    edges = passes.discover(gm)
+    assert len({e.join for e in edges}) == 2
+    gated = passes.gate(gm, edges)
+    final = passes.finalize(gated, {})
+    assert op_signature(final) == op_signature(gm)
+    assert_same_function(final, model, inputs, exact=True)
+    for decisions in all_valid_decisions(edges):
+        gated.arch.assign(decisions)
+        assert_same_function(
+            passes.finalize(gated, decisions), gated, inputs, rtol=1e-12, atol=1e-12
+        )
+
+
 def test_impure_inplace_calls_survive_dead_code_elimination():
     class Mutate(torch.nn.Module):
         def __init__(self):
