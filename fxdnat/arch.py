@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -48,7 +49,23 @@ def dnat_mix(weights: torch.Tensor, spec: Spec, *tensors: torch.Tensor) -> torch
 
 
 def _cpu_function_applies(weights: torch.Tensor) -> bool:
-    return weights.device.type == "cpu" and not torch.compiler.is_compiling()
+    return weights.is_cpu and not torch.compiler.is_compiling()
+
+
+def _theta_values(weights: torch.Tensor) -> list[float]:
+    """θ's entries as Python numbers, read once per forward: every mix of a forward gets the
+    same ``weights`` tensor (``arch()`` runs once), so the list is kept on it."""
+    cached = getattr(weights, "_fxdnat_values", None)
+    if cached is None or cached[0] != weights._version:
+        cached = (weights._version, weights.detach().reshape(-1).tolist())
+        weights._fxdnat_values = cached
+    return cached[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _theta_entries(terms: tuple[Term, ...]) -> torch.Tensor:
+    """The flat θ index of each entry of ``terms``, in order: where θ's gradient goes."""
+    return torch.tensor([e for _, entries, _ in terms for e in entries], dtype=torch.long)
 
 
 def _mix_ops(weights: torch.Tensor, spec: Spec, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -74,7 +91,7 @@ class _CpuMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weights: torch.Tensor, spec: Spec, *tensors: torch.Tensor) -> torch.Tensor:
         tree, terms = spec
-        flat = weights.detach().reshape(-1).tolist()
+        flat = _theta_values(weights)
         coefs = [sum(flat[e] for e in entries) for _, entries, _ in terms]
 
         def leaf(i: int) -> torch.Tensor | None:
@@ -98,7 +115,7 @@ class _CpuMix(torch.autograd.Function):
         elif not fresh:  # never hand out an input itself: an in-place op after us would alias
             out = out.clone()
         ctx.spec, ctx.coefs = spec, coefs
-        ctx.theta_like = (weights.shape, weights.dtype, weights.device)
+        ctx.theta_like = (weights.shape, weights.dtype)
         ctx.save_for_backward(*tensors)
         return out
 
@@ -116,18 +133,15 @@ class _CpuMix(torch.autograd.Function):
         ]
         theta_grad = None
         if ctx.needs_input_grad[0]:
-            shape, dtype, device = ctx.theta_like
+            shape, dtype = ctx.theta_like
             dots: dict[int, torch.Tensor] = {}
-            entries, values = [], []
+            values = []
             for index, indices, scale in terms:
                 if index not in dots:
                     dots[index] = _dot(grad, tensors[index])
-                entries += indices
                 values += [dots[index] if scale == 1 else dots[index] * scale] * len(indices)
-            theta_grad = torch.zeros(shape.numel(), dtype=dtype, device=device)
-            theta_grad.index_add_(
-                0, torch.tensor(entries, device=device), torch.stack(values).to(dtype)
-            )
+            theta_grad = torch.zeros(shape.numel(), dtype=dtype)
+            theta_grad.index_add_(0, _theta_entries(terms), torch.stack(values).to(dtype))
             theta_grad = theta_grad.view(shape)
         return (theta_grad, None, *grads)
 
