@@ -4,6 +4,7 @@ either the old file or the new one, never a torn one, whenever the process dies.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -27,3 +28,9 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """``data`` as indented JSON, atomically: a reader never sees half a file."""
+    with atomic_file(path, "w") as f:
+        f.write(json.dumps(data, indent=2) + "\n")

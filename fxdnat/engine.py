@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fxdnat import checkpoint as ckpt
-from fxdnat._files import atomic_file
+from fxdnat._files import atomic_file, write_json
 from fxdnat.ir import CHOICES, SAME
 
 log = logging.getLogger(__name__)
@@ -309,8 +309,7 @@ class Trainer:
         summary = self._summary()
         if self.rank == 0:
             self._draw_cells(summary)
-            with atomic_file(self.out / SUMMARY, "w") as f:  # `repro` skips a run once it exists
-                f.write(json.dumps(summary, indent=2) + "\n")
+            write_json(self.out / SUMMARY, summary)  # `repro` skips a run once it exists
         self.reporter.finish(summary)
         if self.world > 1:
             torch.distributed.destroy_process_group()

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fxdnat._files import atomic_file
+from fxdnat._files import write_json
 from fxdnat.ir import CHOICES, SAME
 
 log = logging.getLogger(__name__)
@@ -365,7 +365,7 @@ def _claim(config: ReproConfig) -> None:
             v for v in values if v not in manifest.get(key, [])
         ]
     manifest["fxdnat"] = _version()
-    _write_json(path, manifest)
+    write_json(path, manifest)
 
 
 def _has_runs(folder: Path) -> bool:
@@ -634,7 +634,7 @@ def _store_record(folder: Path, record: dict) -> None:
     record["status"] = attempts[-1]["status"]
     record["wall_seconds"] = sum(a["wall_seconds"] for a in attempts)
     record["error"] = attempts[-1].get("error")
-    _write_json(folder / RUN_RECORD, record)
+    write_json(folder / RUN_RECORD, record)
 
 
 def _last_save(folder: Path) -> float:
@@ -679,11 +679,6 @@ def _cpu_name() -> str:
 def _read_json(path: Path) -> dict:
     """The file's object, {} when it does not exist (every writer replaces files atomically)."""
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_file(path, "w") as f:  # a report of a study in progress never sees half a file
-        f.write(json.dumps(data, indent=2) + "\n")
 
 
 def _now() -> str:
