@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import fx, nn
@@ -62,12 +63,6 @@ def _theta_values(weights: torch.Tensor) -> list[float]:
     return cached[1]
 
 
-@functools.lru_cache(maxsize=4096)
-def _theta_entries(terms: tuple[Term, ...]) -> torch.Tensor:
-    """The flat θ index of each entry of ``terms``, in order: where θ's gradient goes."""
-    return torch.tensor([e for _, entries, _ in terms for e in entries], dtype=torch.long)
-
-
 def _mix_ops(weights: torch.Tensor, spec: Spec, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     tree, terms = spec
     flat = weights.reshape(-1)
@@ -85,23 +80,57 @@ def _mix_ops(weights: torch.Tensor, spec: Spec, tensors: Sequence[torch.Tensor])
     return out
 
 
+class _Plan:
+    """A spec unpacked once for the CPU function: what its forward and backward look up."""
+
+    __slots__ = ("_scatter", "entries", "leaves", "rest", "terms", "tree")
+
+    def __init__(self, spec: Spec) -> None:
+        self.tree, self.terms = spec
+        self.leaves = _leaf_count(self.tree)
+        self.rest = self.terms[self.leaves :]  # terms added after the tree
+        self.entries = tuple(entries for _, entries, _ in self.terms)
+        self._scatter: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
+
+    def scatter(self, tensors: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """(tensors, θ entries): θ's gradient is the inputs' dot products with ``grad`` times
+        this, each entry getting the dots of the terms it scales, by their scale."""
+        key = (tensors, numel, dtype)
+        matrix = self._scatter.get(key)
+        if matrix is None:
+            matrix = torch.zeros(tensors, numel, dtype=dtype)
+            for index, entries, scale in self.terms:
+                for entry in entries:
+                    matrix[index, entry] += scale
+            self._scatter[key] = matrix
+        return matrix
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(spec: Spec) -> _Plan:
+    return _Plan(spec)
+
+
 class _CpuMix(torch.autograd.Function):
-    """``dnat_mix`` with Python-number coefficients: the fewest passes over the activations."""
+    """``dnat_mix`` with Python-number coefficients: the fewest passes over the activations.
+
+    Every Python line here runs twice per join and step, between convolutions that have just
+    flushed the caches, so the work is planned once per spec (:class:`_Plan`)."""
 
     @staticmethod
     def forward(ctx, weights: torch.Tensor, spec: Spec, *tensors: torch.Tensor) -> torch.Tensor:
-        tree, terms = spec
+        plan = _plan(spec)
         flat = _theta_values(weights)
-        coefs = [sum(flat[e] for e in entries) for _, entries, _ in terms]
+        coefs = [sum([flat[e] for e in entries]) for entries in plan.entries]
+        terms = plan.terms
 
         def leaf(i: int) -> torch.Tensor | None:
             c, t = coefs[i], tensors[terms[i][0]]
             return None if c == 0 else t if c == 1 else t * c
 
-        out = _sum_tree(tree, leaf)
+        out = _sum_tree(plan.tree, leaf)
         fresh = out is not None and all(out is not t for t in tensors)
-        leaves = _leaf_count(tree)
-        for (index, _, scale), c in zip(terms[leaves:], coefs[leaves:], strict=True):
+        for (index, _, scale), c in zip(plan.rest, coefs[plan.leaves :], strict=True):
             if c == 0:
                 continue
             if out is None:
@@ -114,35 +143,28 @@ class _CpuMix(torch.autograd.Function):
             out = torch.zeros_like(tensors[0])
         elif not fresh:  # never hand out an input itself: an in-place op after us would alias
             out = out.clone()
-        ctx.spec, ctx.coefs = spec, coefs
-        ctx.theta_like = (weights.shape, weights.dtype)
-        ctx.save_for_backward(*tensors)
+        scales = [0.0] * len(tensors)  # d out / d tensor, a number
+        for (index, _, scale), c in zip(terms, coefs, strict=True):
+            scales[index] += scale * c
+        ctx.plan, ctx.scales, ctx.theta_like = plan, scales, (weights.shape, weights.dtype)
+        if ctx.needs_input_grad[0]:  # only θ's gradient reads the activations
+            ctx.save_for_backward(*tensors)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        _, terms = ctx.spec
-        tensors = ctx.saved_tensors
-        scale_of = [0.0] * len(tensors)  # d out / d tensor, a number
-        for (index, _, scale), c in zip(terms, ctx.coefs, strict=True):
-            scale_of[index] += scale * c
+        needs = ctx.needs_input_grad
         grads = [
             None if not needed or k == 0 else grad if k == 1 else grad * k
-            for needed, k in zip(ctx.needs_input_grad[2:], scale_of, strict=True)
+            for needed, k in zip(needs[2:], ctx.scales, strict=True)
         ]
         theta_grad = None
-        if ctx.needs_input_grad[0]:
+        if needs[0]:
             shape, dtype = ctx.theta_like
-            dots: dict[int, torch.Tensor] = {}
-            values = []
-            for index, indices, scale in terms:
-                if index not in dots:
-                    dots[index] = _dot(grad, tensors[index])
-                values += [dots[index] if scale == 1 else dots[index] * scale] * len(indices)
-            theta_grad = torch.zeros(shape.numel(), dtype=dtype)
-            theta_grad.index_add_(0, _theta_entries(terms), torch.stack(values).to(dtype))
-            theta_grad = theta_grad.view(shape)
+            saved = ctx.saved_tensors
+            dots = torch.stack([_dot(grad, t) for t in saved]).to(dtype)
+            theta_grad = (dots @ ctx.plan.scatter(len(saved), shape.numel(), dtype)).view(shape)
         return (theta_grad, None, *grads)
 
 
@@ -199,6 +221,17 @@ class Architecture(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.theta * self.mask
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """θ is a constant for forwards run inside: ω's step of the alternating update needs no
+        gradient of θ, and the mixes then keep no activations for one and compute none."""
+        was = self.theta.requires_grad
+        self.theta.requires_grad_(False)
+        try:
+            yield
+        finally:
+            self.theta.requires_grad_(was)
 
     @property
     def num_groups(self) -> int:
