@@ -4,13 +4,15 @@ dnat = fxdnat.DNAT(model, example_inputs, tie="cell")
 opt_w = torch.optim.SGD(dnat.weights(), lr=0.05, momentum=0.9)
 opt_theta = dnat.theta_optimizer()
 for x, y in loader:
-    dnat.weight_step(F.cross_entropy(dnat.module(x), y), opt_w)     # ω first,
+    with dnat.theta_frozen():  # ω first (θ a constant: no work for its gradient),
+        dnat.weight_step(F.cross_entropy(dnat.module(x), y), opt_w)
     dnat.theta_step(F.cross_entropy(dnat.module(x), y), opt_theta)  # then θ, same batch
 final = dnat.finalize()  # a clean GraphModule; keep training its weights
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,6 +54,10 @@ class DNAT:
     @property
     def arch(self) -> Architecture:
         return self.module.arch
+
+    def theta_frozen(self) -> contextlib.AbstractContextManager[None]:
+        """θ a constant inside the block (:meth:`Architecture.frozen`): run ω's forward here."""
+        return self.arch.frozen()
 
     def weights(self) -> list[nn.Parameter]:
         """ω: every trainable parameter but θ."""

@@ -404,17 +404,19 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         clip = self.recipe.grad_clip
         searching = self.state.stage == "arch"
-        loss, logits = self._loss(self.model, x, y)
-        if searching and self.config.arch_update == "joint":  # one backward for ω and θ
+        alternate = searching and self.config.arch_update != "joint"
+        # ω's step of the alternating update needs no gradient of θ: with θ a constant the joins
+        # keep nothing for it. Not under DDP, whose reducer expects every parameter it was given.
+        frozen = alternate and self.world == 1
+        with self.module.arch.frozen() if frozen else contextlib.nullcontext():
+            loss, logits = self._loss(self.model, x, y)
+        if searching and not alternate:  # joint: one backward for ω and θ
             loss.backward()
             self._clip_and_step(clip)
             self.opt_theta.step()
             self.opt_theta.zero_grad(set_to_none=True)
-        elif searching:
-            if self.world > 1:  # DDP reduces ω's gradients in backward; θ's is recomputed below
-                loss.backward()
-            else:
-                loss.backward(inputs=self.weights)
+        elif searching:  # under DDP θ's gradient is computed here too, unused: recomputed below
+            loss.backward()
             self._clip_and_step(clip)
             self._theta_step(x, y)
         else:

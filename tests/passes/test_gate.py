@@ -151,6 +151,43 @@ def test_cpu_mix_equals_the_plain_ops_it_stands_for(name, granularity, monkeypat
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=key)
 
 
+@pytest.mark.parametrize("name", ["nested", "builtin_sum", "alpha_add", "multi_input_dict"])
+def test_frozen_theta_keeps_nothing_for_its_gradient_and_leaves_the_weights_gradients(name):
+    """ω's step runs with θ frozen: the gated forward then saves exactly the tensors the
+    original's does (none for θ), gives the same weight gradients, and θ none."""
+    model = CASES[name]().double()
+    inputs = inputs_for(model, dtype=torch.float64)
+    gm = fxdnat.trace(model, inputs)
+    gated = passes.gate(gm, passes.discover(gm)).double()
+    with torch.no_grad():
+        gated.arch.theta.copy_(torch.rand_like(gated.arch.theta))  # not at init: scaled terms
+
+    def saved_count(module):
+        count = 0
+
+        def pack(tensor):
+            nonlocal count
+            count += 1
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            _flatten_outputs(module(*inputs))
+        return count
+
+    _, live = _grads(gated, inputs)
+    with gated.arch.frozen():
+        assert not gated.arch.theta.requires_grad
+        _, frozen = _grads(gated, inputs)
+        gated_saves = saved_count(gated)
+    assert gated.arch.theta.requires_grad  # restored on leaving
+    assert "arch.theta" in live and "arch.theta" not in frozen
+    live.pop("arch.theta")
+    assert live.keys() == frozen.keys()
+    for key in live:
+        torch.testing.assert_close(frozen[key], live[key], rtol=1e-12, atol=1e-12, msg=key)
+    assert gated_saves == saved_count(gm)
+
+
 def test_the_mix_never_hands_out_an_input_that_an_inplace_op_then_changes():
     """At init an op edge's mix equals op(x); were it op(x) itself, the in-place ReLU after it
     would overwrite the tensor θ's gradient needs."""
