@@ -5,7 +5,8 @@
     one warm-up, the two interleaved);
 (b) train step (forward, backward, SGD step on ω) and inference (eval, no_grad) of the original
     eager model, the traced module (the control: FX alone, no gate), the gated module at init
-    (θ requires grad and is in the backward, but has no optimiser step) and finalize(all same),
+    (θ requires grad and is in the backward, but has no optimiser step), the gated module with
+    θ frozen (ω's step of the alternating update: no gradient of θ), and finalize(all same),
     timed in interleaved rounds (see benchmarks/_timing.py).
 
 Run from the repository root; writes its section of docs/performance.md:
@@ -17,6 +18,7 @@ Run from the repository root; writes its section of docs/performance.md:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -38,7 +40,8 @@ from benchmarks import _report, _timing
 from fxdnat import passes
 
 SECTION = "compiler"
-VARIANTS = ("original", "traced", "gated", "final")
+VARIANTS = ("original", "traced", "gated", "frozen", "final")
+TRAIN_ONLY = ("frozen",)  # θ frozen changes nothing without a backward
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,11 @@ def time_compile(model: nn.Module, example: torch.Tensor, reps: int) -> tuple[di
 # --- (b) train step and inference -----------------------------------------------------------
 
 
-def train_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """Forward, backward and an SGD step on ω; θ (if any) gets its gradient but no step."""
+def train_step(
+    module: nn.Module, x: torch.Tensor, y: torch.Tensor, frozen: bool = False
+) -> Callable[[], None]:
+    """Forward, backward and an SGD step on ω; θ (if any) gets its gradient but no step, or
+    with ``frozen`` none (``arch.frozen()``, as the engine runs ω's step in alternate mode)."""
     theta = [p for n, p in module.named_parameters() if n == "arch.theta"]
     omega = [p for n, p in module.named_parameters() if n != "arch.theta"]
     opt = torch.optim.SGD(omega, lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -141,7 +147,9 @@ def train_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[
         opt.zero_grad(set_to_none=True)
         for p in theta:
             p.grad = None
-        F.cross_entropy(module(x), y).backward()
+        with module.arch.frozen() if frozen else contextlib.nullcontext():
+            loss = F.cross_entropy(module(x), y)
+        loss.backward()
         opt.step()
 
     return step
@@ -176,10 +184,12 @@ def time_steps(modules: dict[str, nn.Module], args: argparse.Namespace, size: in
     for kind in ("train", "inference"):
         for module in modules.values():
             module.train(kind == "train")
-        fns = {
-            name: train_step(m, x, y) if kind == "train" else inference(m, x)
-            for name, m in modules.items()
-        }
+        if kind == "train":
+            fns = {name: train_step(m, x, y) for name, m in modules.items()}
+            fns["frozen"] = train_step(modules["gated"], x, y, frozen=True)
+            fns = {name: fns[name] for name in VARIANTS}  # the tables' order
+        else:
+            fns = {name: inference(m, x) for name, m in modules.items()}
         samples = _timing.interleave(
             fns,
             rounds=args.max_rounds,
@@ -227,8 +237,9 @@ def compile_table(results: list[dict]) -> str:
 
 
 def step_table(results: list[dict], kind: str) -> str:
+    variants = [v for v in VARIANTS[1:] if kind == "train" or v not in TRAIN_ONLY]
     header = ["model", "input", "rounds", "original ms (IQR)"] + [
-        f"{v} / original [95% CI]" for v in VARIANTS[1:]
+        f"{v} / original [95% CI]" for v in variants
     ]
     rows = []
     for r in results:
@@ -236,9 +247,9 @@ def step_table(results: list[dict], kind: str) -> str:
         first = stats["original"]
         rows.append(
             [r["label"], f"{r['batch']}×3×{r['size']}²", str(first.n), _ms(first)]
-            + [_ratio(stats[v]) for v in VARIANTS[1:]]
+            + [_ratio(stats[v]) for v in variants]
         )
-    return _report.markdown_table(header, rows, "llrrrrr")
+    return _report.markdown_table(header, rows, "ll" + "r" * (len(header) - 2))
 
 
 def section(results: list[dict], args: argparse.Namespace, load: tuple[str, str]) -> str:
@@ -256,7 +267,9 @@ the two pipelines alternating; example input of batch {args.example_batch}.
 
 {compile_table(results)}
 
-**(b) Train step** (forward + backward + SGD step on ω; θ gets its gradient, no step), batch
+**(b) Train step** (forward + backward + SGD step on ω; `gated`: θ gets its gradient, no step,
+as in the joint update; `frozen`: the gated module with θ frozen, ω's step of the alternating
+update), batch
 {args.batch}, {clock}. `original ms`: median (interquartile range) over rounds; the other
 columns: median over rounds of the variant's time divided by the original's time in the same
 round, with a 95 % percentile-bootstrap interval. {args.warmup} untimed rounds, then rounds

@@ -29,7 +29,7 @@ SMOKE_RUNS = {
     ),
     "compiler": (
         "--models resnet20 --batch 4 --reps 1 --warmup 0 --budget 0 --min-rounds 1 --no-write",
-        ["| resnet20 | 18 |", "gated / original"],
+        ["| resnet20 | 18 |", "gated / original", "frozen / original"],
     ),
 }
 
