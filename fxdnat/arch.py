@@ -36,17 +36,22 @@ def dnat_mix(weights: torch.Tensor, spec: Spec, *tensors: torch.Tensor) -> torch
     which of ``tensors``. Wrapped for FX so that a gated module re-traces (and
     ``torch.compile``s) with one call per join.
 
-    On the CPU, outside ``torch.compile``, it runs as one autograd function that reads the
-    coefficients as Python numbers: it multiplies only where a coefficient is not exactly 1,
-    skips terms whose coefficient is exactly 0, and computes θ's gradient as one dot product
-    per input tensor. Elsewhere (CUDA, where reading θ would synchronise; under
-    ``torch.compile``, which fuses the plain ops) it is composed of plain differentiable ops.
-    One difference shows: a branch whose every coefficient is exactly 0 is not in the CPU
-    function's autograd graph, so its parameters get no gradient (None rather than zeros).
+    On the CPU, outside ``torch.compile``, it reads the coefficients as Python numbers: it
+    multiplies only where a coefficient is not exactly 1 and skips terms whose coefficient is
+    exactly 0. When θ needs a gradient this is one autograd function that computes it as one
+    dot product per input tensor; when θ is a constant (``Architecture.frozen()``, no_grad)
+    the sum is plain tensor ops, whose backward autograd runs without Python. Elsewhere (CUDA,
+    where reading θ would synchronise; under ``torch.compile``, which fuses the plain ops) it
+    is composed of plain differentiable ops. One difference shows: a branch whose every
+    coefficient is exactly 0 is not in the CPU form's autograd graph, so its parameters get no
+    gradient (None rather than zeros).
     """
-    if _cpu_function_applies(weights):
+    if not _cpu_function_applies(weights):
+        return _mix_ops(weights, spec, tensors)
+    if weights.requires_grad and torch.is_grad_enabled():
         return _CpuMix.apply(weights, spec, *tensors)
-    return _mix_ops(weights, spec, tensors)
+    plan = _plan(spec)
+    return _sum_numbers(plan, plan.coefficients(_theta_values(weights)), tensors)
 
 
 def _cpu_function_applies(weights: torch.Tensor) -> bool:
@@ -92,6 +97,10 @@ class _Plan:
         self.entries = tuple(entries for _, entries, _ in self.terms)
         self._scatter: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
 
+    def coefficients(self, theta: Sequence[float]) -> list[float]:
+        """Each term's coefficient, Σ θ over its entries, from θ's flat values."""
+        return [sum([theta[e] for e in entries]) for entries in self.entries]
+
     def scatter(self, tensors: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
         """(tensors, θ entries): θ's gradient is the inputs' dot products with ``grad`` times
         this, each entry getting the dots of the terms it scales, by their scale."""
@@ -112,7 +121,8 @@ def _plan(spec: Spec) -> _Plan:
 
 
 class _CpuMix(torch.autograd.Function):
-    """``dnat_mix`` with Python-number coefficients: the fewest passes over the activations.
+    """``dnat_mix`` with Python-number coefficients and θ's gradient: the fewest passes over
+    the activations.
 
     Every Python line here runs twice per join and step, between convolutions that have just
     flushed the caches, so the work is planned once per spec (:class:`_Plan`)."""
@@ -120,35 +130,13 @@ class _CpuMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weights: torch.Tensor, spec: Spec, *tensors: torch.Tensor) -> torch.Tensor:
         plan = _plan(spec)
-        flat = _theta_values(weights)
-        coefs = [sum([flat[e] for e in entries]) for entries in plan.entries]
-        terms = plan.terms
-
-        def leaf(i: int) -> torch.Tensor | None:
-            c, t = coefs[i], tensors[terms[i][0]]
-            return None if c == 0 else t if c == 1 else t * c
-
-        out = _sum_tree(plan.tree, leaf)
-        fresh = out is not None and all(out is not t for t in tensors)
-        for (index, _, scale), c in zip(plan.rest, coefs[plan.leaves :], strict=True):
-            if c == 0:
-                continue
-            if out is None:
-                out, fresh = tensors[index] * (scale * c), True
-            elif fresh:
-                out.add_(tensors[index], alpha=scale * c)
-            else:
-                out, fresh = torch.add(out, tensors[index], alpha=scale * c), True
-        if out is None:  # every candidate is "none": the join adds nothing
-            out = torch.zeros_like(tensors[0])
-        elif not fresh:  # never hand out an input itself: an in-place op after us would alias
-            out = out.clone()
+        coefs = plan.coefficients(_theta_values(weights))
+        out = _sum_numbers(plan, coefs, tensors)
         scales = [0.0] * len(tensors)  # d out / d tensor, a number
-        for (index, _, scale), c in zip(terms, coefs, strict=True):
+        for (index, _, scale), c in zip(plan.terms, coefs, strict=True):
             scales[index] += scale * c
         ctx.plan, ctx.scales, ctx.theta_like = plan, scales, (weights.shape, weights.dtype)
-        if ctx.needs_input_grad[0]:  # only θ's gradient reads the activations
-            ctx.save_for_backward(*tensors)
+        ctx.save_for_backward(*tensors)  # for θ's gradient; used only when θ needs one
         return out
 
     @staticmethod
@@ -166,6 +154,32 @@ class _CpuMix(torch.autograd.Function):
             dots = torch.stack([_dot(grad, t) for t in saved]).to(dtype)
             theta_grad = (dots @ ctx.plan.scatter(len(saved), shape.numel(), dtype)).view(shape)
         return (theta_grad, None, *grads)
+
+
+def _sum_numbers(plan: _Plan, coefs: Sequence[float], tensors: Sequence[torch.Tensor]):
+    """The mix with Python-number coefficients: no pass for a coefficient of exactly 1, no term
+    for one of exactly 0, and never an input itself as the result (an in-place op after the
+    join would change a tensor that other readers, or θ's gradient, still need)."""
+    terms = plan.terms
+
+    def leaf(i: int) -> torch.Tensor | None:
+        c, t = coefs[i], tensors[terms[i][0]]
+        return None if c == 0 else t if c == 1 else t * c
+
+    out = _sum_tree(plan.tree, leaf)
+    fresh = out is not None and all(out is not t for t in tensors)
+    for (index, _, scale), c in zip(plan.rest, coefs[plan.leaves :], strict=True):
+        if c == 0:
+            continue
+        if out is None:
+            out, fresh = tensors[index] * (scale * c), True
+        elif fresh:
+            out.add_(tensors[index], alpha=scale * c)
+        else:
+            out, fresh = torch.add(out, tensors[index], alpha=scale * c), True
+    if out is None:  # every candidate is "none": the join adds nothing
+        return torch.zeros_like(tensors[0])
+    return out if fresh else out.clone()
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -153,8 +153,9 @@ def test_cpu_mix_equals_the_plain_ops_it_stands_for(name, granularity, monkeypat
 
 @pytest.mark.parametrize("name", ["nested", "builtin_sum", "alpha_add", "multi_input_dict"])
 def test_frozen_theta_keeps_nothing_for_its_gradient_and_leaves_the_weights_gradients(name):
-    """ω's step runs with θ frozen: the gated forward then saves exactly the tensors the
-    original's does (none for θ), gives the same weight gradients, and θ none."""
+    """ω's step runs with θ frozen: the gated forward is then plain ops with θ's values as
+    numbers, computes the same outputs, saves exactly the tensors the original's does (none
+    for θ), gives the same weight gradients, and θ none."""
     model = CASES[name]().double()
     inputs = inputs_for(model, dtype=torch.float64)
     gm = fxdnat.trace(model, inputs)
@@ -174,11 +175,13 @@ def test_frozen_theta_keeps_nothing_for_its_gradient_and_leaves_the_weights_grad
             _flatten_outputs(module(*inputs))
         return count
 
-    _, live = _grads(gated, inputs)
+    live_out, live = _grads(gated, inputs)
     with gated.arch.frozen():
         assert not gated.arch.theta.requires_grad
-        _, frozen = _grads(gated, inputs)
+        frozen_out, frozen = _grads(gated, inputs)
         gated_saves = saved_count(gated)
+    for a, b in zip(frozen_out, live_out, strict=True):  # the same ops, in the same order
+        assert torch.equal(a, b)
     assert gated.arch.theta.requires_grad  # restored on leaving
     assert "arch.theta" in live and "arch.theta" not in frozen
     live.pop("arch.theta")
