@@ -136,27 +136,26 @@ class _CpuMix(torch.autograd.Function):
         for (index, _, scale), c in zip(plan.terms, coefs, strict=True):
             scales[index] += scale * c
         ctx.plan, ctx.scales, ctx.theta_like = plan, scales, (weights.shape, weights.dtype)
-        ctx.save_for_backward(*tensors)  # for θ's gradient; used only when θ needs one
+        ctx.save_for_backward(*tensors)  # for θ's gradient (dnat_mix comes here only for one)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        needs = ctx.needs_input_grad
         grads = [
             None if not needed or k == 0 else grad if k == 1 else grad * k
-            for needed, k in zip(needs[2:], ctx.scales, strict=True)
+            for needed, k in zip(ctx.needs_input_grad[2:], ctx.scales, strict=True)
         ]
-        theta_grad = None
-        if needs[0]:
-            shape, dtype = ctx.theta_like
-            saved = ctx.saved_tensors
-            dots = torch.stack([_dot(grad, t) for t in saved]).to(dtype)
-            theta_grad = (dots @ ctx.plan.scatter(len(saved), shape.numel(), dtype)).view(shape)
+        shape, dtype = ctx.theta_like
+        saved = ctx.saved_tensors
+        dots = torch.stack([_dot(grad, t) for t in saved]).to(dtype)
+        theta_grad = (dots @ ctx.plan.scatter(len(saved), shape.numel(), dtype)).view(shape)
         return (theta_grad, None, *grads)
 
 
-def _sum_numbers(plan: _Plan, coefs: Sequence[float], tensors: Sequence[torch.Tensor]):
+def _sum_numbers(
+    plan: _Plan, coefs: Sequence[float], tensors: Sequence[torch.Tensor]
+) -> torch.Tensor:
     """The mix with Python-number coefficients: no pass for a coefficient of exactly 1, no term
     for one of exactly 0, and never an input itself as the result (an in-place op after the
     join would change a tensor that other readers, or θ's gradient, still need)."""
