@@ -22,6 +22,7 @@ _LAZY: dict[str, str] = {
     "transform": "fxdnat.engine",
     "RunConfig": "fxdnat.engine",
     "load_network": "fxdnat.engine",
+    "tune_cpu_allocator": "fxdnat.allocator",
 }
 
 __all__ = [
@@ -36,9 +37,11 @@ __all__ = [
     "load_network",
     "trace",
     "transform",
+    "tune_cpu_allocator",
 ]
 
 if TYPE_CHECKING:
+    from fxdnat.allocator import tune_cpu_allocator
     from fxdnat.arch import Architecture
     from fxdnat.dnat import DNAT
     from fxdnat.engine import RunConfig, load_network, transform

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from fxdnat import __version__
+from fxdnat.allocator import tune_cpu_allocator
 
 EXIT_USER_ERROR = 2
 
@@ -74,6 +75,7 @@ def main(verbose: int, debug: bool) -> None:
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
     )
+    tune_cpu_allocator()  # the command owns its process: CPU steps ~30 % faster, see allocator.py
 
 
 def _model_options(command: Callable) -> Callable:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fxdnat._files import write_json
+from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.ir import CHOICES, SAME
 
 log = logging.getLogger(__name__)
@@ -535,6 +536,7 @@ def _child_main(payload: str) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    tune_cpu_allocator()
     data = json.loads(payload)
     try:
         run_one(ReproConfig(**data["config"]), Job(**data["job"]))

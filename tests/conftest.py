@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fxdnat.allocator import tune_cpu_allocator
+
+# as the fxdnat command does: freed CPU memory stays in the process instead of being faulted in
+# again by every forward (see fxdnat/allocator.py)
+tune_cpu_allocator()
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
