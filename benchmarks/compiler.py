@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import fxdnat
 from benchmarks import _report, _timing
 from fxdnat import passes
+from fxdnat.allocator import tune_cpu_allocator
 
 SECTION = "compiler"
 VARIANTS = ("original", "traced", "gated", "frozen", "final")
@@ -340,6 +341,7 @@ def run_model(spec: Spec, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.clock = args.clock or ("cpu" if args.threads == 1 else "wall")
+    tune_cpu_allocator()  # as the fxdnat command does; the eager baselines gain from it as much
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     table = specs(args)

@@ -27,6 +27,10 @@ SMOKE_RUNS = {
         "--no-write",
         ["Largest bf16 forward error"],
     ),
+    "allocator": (
+        "--models resnet20 --batch 4 --rounds 1 --steps 1 --warmup 0 --no-write",
+        ["| resnet20 |", "page faults / step"],
+    ),
     "compiler": (
         "--models resnet20 --batch 4 --reps 1 --warmup 0 --budget 0 --min-rounds 1 --no-write",
         ["| resnet20 | 18 |", "gated / original", "frozen / original"],
