@@ -92,3 +92,10 @@ def write_section(name: str, body: str, path: Path = DOC) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def publish(name: str, body: str, write: bool) -> None:
+    """Print a benchmark's section, and write it into docs/performance.md unless ``--no-write``."""
+    print(body)
+    if write:
+        write_section(name, body)

@@ -137,10 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(*args.child, args)))
         return
     results = {model: measure(model, args) for model in args.models}
-    body = section(results, args)
-    print(body)
-    if not args.no_write:
-        _report.write_section("allocator", body)
+    _report.publish("allocator", section(results, args), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -358,9 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.samples:
         keep = ("label", "edges", "compile", "train samples", "inference samples")
         args.samples.write_text(json.dumps([{k: r[k] for k in keep} for r in results], indent=1))
-    print(text)
-    if not args.no_write:
-        _report.write_section(SECTION, text)
+    _report.publish(SECTION, text, write=not args.no_write)
 
 
 if __name__ == "__main__":

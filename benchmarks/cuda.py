@@ -116,10 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure(model, args, Path(tmp) / model) for model in args.models]
-    body = section(results, args)
-    print(body)
-    if not args.no_write:
-        _report.write_section("cuda", body)
+    _report.publish("cuda", section(results, args), write=not args.no_write)
 
 
 if __name__ == "__main__":

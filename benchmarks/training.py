@@ -189,9 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure(model, args, Path(tmp) / model) for model in args.models]
     body = section(results, args, (load_before, _report.load_average()))
-    print(body)
-    if not args.no_write:
-        _report.write_section("training", body)
+    _report.publish("training", body, write=not args.no_write)
 
 
 if __name__ == "__main__":
