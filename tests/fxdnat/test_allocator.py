@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -24,13 +25,12 @@ import json, resource, sys
 import torch
 from fxdnat.allocator import tune_cpu_allocator
 tuned = tune_cpu_allocator() if sys.argv[1] == "tune" else False
-for _ in range(8):  # torch's aligned allocations settle into reusable heap blocks in a few rounds
+faults = []
+for _ in range(24):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.empty(2**24).fill_(1.0)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    torch.empty(2**24).fill_(1.0)
-print(json.dumps({"tuned": tuned,
-                  "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"tuned": tuned, "faults": faults}))
 """
 
 
@@ -48,14 +48,17 @@ def _faults(mode: str, **env: str) -> dict:
 def test_tuned_allocator_reuses_freed_memory():
     plain, tuned = _faults("plain"), _faults("tune")
     assert not plain["tuned"] and tuned["tuned"]
-    assert plain["faults"] > 5 * 16_000  # every round maps and faults its 64 MiB again
-    assert tuned["faults"] < 1_000  # the freed blocks are reused
+    assert min(plain["faults"]) > 16_000  # every round maps and faults its 64 MiB again
+    # torch's aligned allocations take a few rounds to settle into a reusable heap block; from
+    # then on a round faults nothing
+    assert statistics.median(tuned["faults"]) < 1_000
+    assert sum(tuned["faults"]) < sum(plain["faults"]) / 2
 
 
 @glibc_only
 def test_the_environment_wins():
     kept = _faults("tune", MALLOC_TRIM_THRESHOLD_="131072")
-    assert not kept["tuned"] and kept["faults"] > 5 * 16_000
+    assert not kept["tuned"] and min(kept["faults"]) > 16_000
 
 
 @pytest.mark.parametrize(
