@@ -75,7 +75,8 @@ def main(verbose: int, debug: bool) -> None:
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
     )
-    tune_cpu_allocator()  # the command owns its process: CPU steps ~30 % faster, see allocator.py
+    # the command owns its process: a MobileNetV2 CPU step takes 0.73× as long (allocator.py)
+    tune_cpu_allocator()
 
 
 def _model_options(command: Callable) -> Callable:

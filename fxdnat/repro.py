@@ -536,7 +536,7 @@ def _child_main(payload: str) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    tune_cpu_allocator()
+    tune_cpu_allocator()  # a process of its own, as the fxdnat command
     data = json.loads(payload)
     try:
         run_one(ReproConfig(**data["config"]), Job(**data["job"]))
