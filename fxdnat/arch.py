@@ -46,7 +46,7 @@ def dnat_mix(weights: torch.Tensor, spec: Spec, *tensors: torch.Tensor) -> torch
     coefficient is exactly 0 is not in the CPU form's autograd graph, so its parameters get no
     gradient (None rather than zeros).
     """
-    if not _cpu_function_applies(weights):
+    if not _reads_theta_as_numbers(weights):
         return _mix_ops(weights, spec, tensors)
     if weights.requires_grad and torch.is_grad_enabled():
         return _CpuMix.apply(weights, spec, *tensors)
@@ -54,7 +54,9 @@ def dnat_mix(weights: torch.Tensor, spec: Spec, *tensors: torch.Tensor) -> torch
     return _sum_numbers(plan, plan.coefficients(_theta_values(weights)), tensors)
 
 
-def _cpu_function_applies(weights: torch.Tensor) -> bool:
+def _reads_theta_as_numbers(weights: torch.Tensor) -> bool:
+    """The CPU forms (the function, the plain sum with numbers) apply: reading θ costs no sync
+    and no compiler is tracing."""
     return weights.is_cpu and not torch.compiler.is_compiling()
 
 
