@@ -47,7 +47,7 @@ from torch import fx, nn
 
 import fxdnat
 import fxdnat.arch
-import fxdnat.tracing
+import fxdnat.frontend
 from fxdnat import passes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,7 +277,7 @@ def _run_compiler(model_key: str, held: dict, x, seed: int, result: Result, ente
     model, want = held.pop("model"), held.pop("want")
     enter("trace")
     gm = fxdnat.trace(model, (x,))
-    result.leaves = dict(gm.meta[fxdnat.tracing.META_KEY]["leaves"])
+    result.leaves = dict(gm.meta[fxdnat.frontend.META_KEY]["leaves"])
     enter("trace-eq")
     torch.testing.assert_close(_eager(gm, x), want, equal_nan=True, **TOLERANCE)
     enter("discover")

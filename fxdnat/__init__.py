@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (loaded on first use)
 _LAZY: dict[str, str] = {
-    "trace": "fxdnat.tracing",
-    "TraceError": "fxdnat.tracing",
+    "trace": "fxdnat.frontend",
+    "TraceError": "fxdnat.frontend",
     "Architecture": "fxdnat.arch",
     "DNAT": "fxdnat.dnat",
     "transform": "fxdnat.engine",
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from fxdnat.arch import Architecture
     from fxdnat.dnat import DNAT
     from fxdnat.engine import RunConfig, load_network, transform
-    from fxdnat.tracing import TraceError, trace
+    from fxdnat.frontend import TraceError, trace
 
 
 def __getattr__(name: str) -> Any:

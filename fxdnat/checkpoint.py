@@ -88,9 +88,9 @@ class Restored:
 
 def restore(data: dict[str, Any], *, strict: bool = True) -> Restored:
     """Rebuild the stored network from its spec and load its weights."""
+    from fxdnat.frontend import trace
     from fxdnat.passes import discover, finalize, gate
     from fxdnat.specs import build_model
-    from fxdnat.tracing import trace
 
     model_cfg = data["model"]
     built = build_model(

@@ -20,8 +20,8 @@ import torch
 from torch import fx, nn
 
 from fxdnat.arch import Architecture
+from fxdnat.frontend import trace
 from fxdnat.passes import decide, discover, finalize, gate
-from fxdnat.tracing import trace
 
 # DARTS's architecture optimiser (Liu et al. 2019, `arch_learning_rate` etc.), DESIGN.md's default
 THETA_LR, THETA_BETAS, THETA_WEIGHT_DECAY = 3e-4, (0.5, 0.999), 1e-3

@@ -171,9 +171,9 @@ class Trainer:
     def _setup(self, stored: dict | None) -> None:
         from fxdnat import zoo
         from fxdnat.data import make_loaders
+        from fxdnat.frontend import trace
         from fxdnat.passes import discover, gate
         from fxdnat.specs import build_model
-        from fxdnat.tracing import trace
 
         c = self.config
         self.recipe = _resolve_recipe(c)

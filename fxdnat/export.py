@@ -112,6 +112,7 @@ def _final_network(
 
 def main_logits(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
     """``gm`` returning its main logits only: an auxiliary head's output and code are dropped."""
+    from fxdnat.frontend import memory
     from fxdnat.passes import _graph
 
     with torch.no_grad():
@@ -127,7 +128,7 @@ def main_logits(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
         with gm.graph.inserting_before(output):
             main = gm.graph.call_function(operator.getitem, (value, 0))
     output.args = (main,)
-    _graph.eliminate_dead_code(gm)
+    memory.eliminate_dead_code(gm)
     gm.delete_all_unused_submodules()
     return _graph.finish(gm)
 

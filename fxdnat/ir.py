@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+META_KEY = "fxdnat"
+"""Key of the dict that fxdnat keeps in ``GraphModule.meta`` (leaves, input shapes, decisions)."""
+
 CHOICES: tuple[str, ...] = ("none", "identity", "same")
 """Candidate operations of every edge, in θ's column order (DNAT, Kim & Lee 2020, eq. 1)."""
 

@@ -150,10 +150,10 @@ def inspect_edges(
     spec: str, *, num_classes: int = 10, input_size: int | None = None, granularity: str = "branch"
 ) -> EdgeListing:
     """Build ``spec``, trace it and report its edges with their cost and θ group counts."""
+    from fxdnat.frontend import trace
     from fxdnat.passes import discover
     from fxdnat.passes.gate import group_count
     from fxdnat.specs import build_model
-    from fxdnat.tracing import trace
 
     built = build_model(spec, num_classes=num_classes, input_size=input_size)
     inputs = (torch.randn(1, 3, built.input_size, built.input_size),)

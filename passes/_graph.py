@@ -1,60 +1,56 @@
-"""Graph helpers shared by the passes: activations, dominators, adds, in-place ops, dead code."""
+"""Graph helpers shared by the passes: data flow, exclusive regions, adds, parameters."""
 
 from __future__ import annotations
 
+import builtins
+import copy
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import networkx as nx
 import torch
 from torch import fx
 
+from fxdnat.frontend.memory import live_nodes, write_dependencies
+
 ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 ADD_METHODS = ("add", "add_")
 INPLACE_ADDS = (operator.iadd, "add_")
-_VIEW_METHODS = {
-    "view",
-    "view_as",
-    "reshape",
-    "reshape_as",
-    "permute",
-    "transpose",
-    "t",
-    "expand",
-    "expand_as",
-    "narrow",
-    "select",
-    "squeeze",
-    "unsqueeze",
-    "flatten",
-    "unflatten",
-    "unbind",
-    "split",
-    "chunk",
-    "as_strided",
-    "diagonal",
-    "movedim",
-    "unfold",
-    "detach",
-    "contiguous",
-}
-_VIEW_FUNCTIONS = {
-    operator.getitem,
-    torch.reshape,
-    torch.flatten,
-    torch.transpose,
-    torch.permute,
-    torch.squeeze,
-    torch.unsqueeze,
-    torch.narrow,
-    torch.select,
-    torch.split,
-    torch.chunk,
-    torch.unbind,
-    torch.movedim,
-    torch.detach,
-}
-_ROOT = "<root>"  # virtual entry of the activation graph, joined to every model input
+_EXIT = "<exit>"  # virtual end of the data-flow graph, reached from the output and side effects
+# Calls whose result depends on their input's shape, dtype or device but not on its values.
+_METADATA_METHODS = frozenset(
+    [
+        "size",
+        "dim",
+        "ndimension",
+        "numel",
+        "nelement",
+        "element_size",
+        "stride",
+        "get_device",
+        "is_contiguous",
+        "is_floating_point",
+        "is_complex",
+        "new_empty",
+        "new_zeros",
+        "new_ones",
+        "new_full",
+        "new_tensor",
+    ]
+)
+_METADATA_FUNCTIONS = frozenset(
+    {
+        builtins.len,
+        torch.numel,
+        torch.empty_like,
+        torch.zeros_like,
+        torch.ones_like,
+        torch.full_like,
+        torch.rand_like,
+        torch.randn_like,
+        torch.randint_like,
+    }
+)
 
 
 def shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -82,44 +78,93 @@ def common_module(paths: Iterable[str]) -> str:
     return ".".join(common)
 
 
-def activations(graph: fx.Graph) -> set[fx.Node]:
-    """Nodes whose value depends on a tensor input of the model (the activation graph)."""
+def dependencies(graph: fx.Graph) -> dict[fx.Node, set[fx.Node]]:
+    """What each node reads: its arguments, and every in-place write to memory it reads that
+    happened before it (``c[0] = x`` then ``y = c * 2``: y depends on the write)."""
+    deps = {node: set(node.all_input_nodes) for node in graph.nodes}
+    for write, readers in write_dependencies(graph).items():
+        for reader in readers:
+            deps[reader].add(write)
+    return deps
+
+
+def activations(graph: fx.Graph, deps: dict[fx.Node, set[fx.Node]] | None = None) -> set[fx.Node]:
+    """Nodes whose value depends on the values of a tensor input of the model (the activation
+    graph). A value computed from an input's shape only (``x.size(1)``, ``torch.zeros_like(x)``,
+    a position table built from a length) is not an activation."""
+    deps = dependencies(graph) if deps is None else deps
     active: set[fx.Node] = set()
     for node in graph.nodes:
         if node.op == "placeholder":
             if shape(node) is not None:
                 active.add(node)
-        elif node.op != "output" and any(arg in active for arg in node.all_input_nodes):
+        elif node.op != "output" and not _reads_metadata(node) and deps[node] & active:
             active.add(node)
     return active
 
 
-def immediate_dominators(graph: fx.Graph, active: set[fx.Node]) -> dict[fx.Node, fx.Node | None]:
-    """Immediate dominator of every activation node (None for the model inputs)."""
-    dag = nx.DiGraph()
-    dag.add_node(_ROOT)
-    for node in graph.nodes:
-        if node not in active:
-            continue
-        dag.add_node(node)
-        if node.op == "placeholder":
-            dag.add_edge(_ROOT, node)
-        for arg in node.all_input_nodes:
-            if arg in active:
-                dag.add_edge(arg, node)
-    idom = nx.immediate_dominators(dag, _ROOT)
-    return {node: (None if dom == _ROOT else dom) for node, dom in idom.items() if node != _ROOT}
+_METADATA_ATTRIBUTES = frozenset(
+    ["shape", "dtype", "device", "ndim", "layout", "is_cuda", "requires_grad"]
+)
 
 
-def between(entry: fx.Node, exit_: fx.Node, active: set[fx.Node]) -> set[fx.Node]:
-    """Nodes on paths from ``entry`` (excluded) to ``exit_`` (included); ``entry`` must dominate."""
-    found = {exit_}
-    stack = [exit_]
+def _reads_metadata(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target is builtins.getattr:
+        return node.args[1] in _METADATA_ATTRIBUTES  # x.shape, not x.T
+    return (node.op == "call_method" and node.target in _METADATA_METHODS) or (
+        node.op == "call_function" and node.target in _METADATA_FUNCTIONS
+    )
+
+
+def exclusive_regions(graph: fx.Graph, deps: dict[fx.Node, set[fx.Node]]) -> dict:
+    """For every live node o: the nodes whose every path to the output (or to a side effect)
+    passes through o — what exists only to compute o, o included. Dead code is in none.
+
+    These are o's post-dominated nodes (networkx' ``immediate_dominators`` on the reversed
+    data-flow graph), returned as the children lists of the post-dominator tree.
+    """
+    live = live_nodes(graph, modules=True, random=True)
+    readers: dict[fx.Node, list[fx.Node]] = {node: [] for node in live}
+    for node in live:
+        for dep in deps[node]:
+            if dep in live:
+                readers[dep].append(node)
+    flow = nx.DiGraph()
+    flow.add_node(_EXIT)
+    for node in live:
+        flow.add_node(node)
+        if not readers[node]:  # the output, or a side effect nobody reads (a state write)
+            flow.add_edge(_EXIT, node)
+        for dep in deps[node]:
+            if dep in live:
+                flow.add_edge(node, dep)
+    ipdom = nx.immediate_dominators(flow, _EXIT)
+    children: dict[fx.Node, list[fx.Node]] = {}
+    for node, parent in ipdom.items():
+        if node is not _EXIT and parent is not _EXIT:
+            children.setdefault(parent, []).append(node)
+    return children
+
+
+def subtree(children: dict, root: fx.Node) -> set[fx.Node]:
+    """``root`` and everything below it in a tree given as children lists."""
+    found, stack = {root}, [root]
     while stack:
-        for arg in stack.pop().all_input_nodes:
-            if arg in active and arg is not entry and arg not in found:
-                found.add(arg)
-                stack.append(arg)
+        for child in children.get(stack.pop(), ()):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def ancestors(node: fx.Node, deps: dict[fx.Node, set[fx.Node]], within: set[fx.Node]) -> set:
+    """The nodes of ``within`` that ``node`` depends on, directly or not."""
+    found: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        for dep in deps[stack.pop()]:
+            if dep in within and dep not in found:
+                found.add(dep)
+                stack.append(dep)
     return found
 
 
@@ -148,76 +193,6 @@ def _count(args: object, node: fx.Node) -> int:
     return 0
 
 
-def is_inplace(node: fx.Node) -> bool:
-    """Calls that mutate their first argument (``x.relu_()``, ``x += y``, ``F.relu(x, True)``)."""
-    if node.op == "call_method":
-        return node.target.endswith("_") and not node.target.startswith("_")
-    if node.op != "call_function":
-        return False
-    name = getattr(node.target, "__name__", "")
-    if node.target is operator.setitem or name.startswith("__i") or node.kwargs.get("inplace"):
-        return True
-    return (
-        getattr(node.target, "__module__", "") in ("_operator", "operator") and name.startswith("i")
-    ) or (name.endswith("_") and not name.startswith("_"))
-
-
-def is_view(node: fx.Node) -> bool:
-    return (node.op == "call_method" and node.target in _VIEW_METHODS) or (
-        node.op == "call_function" and node.target in _VIEW_FUNCTIONS
-    )
-
-
-def _mutated_roots(node: fx.Node) -> Iterator[fx.Node]:
-    """The tensor an in-place call mutates, and every tensor it is a view of."""
-    target = node.args[0] if node.args else None
-    while isinstance(target, fx.Node):
-        yield target
-        target = target.args[0] if is_view(target) and target.args else None
-
-
-def live_nodes(graph: fx.Graph, keep: Iterable[fx.Node] = ()) -> set[fx.Node]:
-    """Nodes whose value or side effect can reach the output (``keep`` counts as reaching it).
-
-    FX's own ``eliminate_dead_code`` treats every ``call_method`` as pure, so it would drop
-    ``x.relu_()`` whose result is unused but whose mutation is read later. Here an in-place call
-    is live while the tensor it mutates (or any tensor that is a view of) is live.
-    """
-    live: set[fx.Node] = set(keep)
-    changed = True
-    while changed:
-        changed = False
-        for node in reversed(graph.nodes):
-            if node in live:
-                continue
-            inplace = is_inplace(node)
-            if (
-                node.op in ("placeholder", "output")
-                or any(user in live for user in node.users)
-                or (inplace and any(_mutated_live(r, live) for r in _mutated_roots(node)))
-                or (
-                    not inplace and node.op != "call_module" and node.is_impure(impure_random=False)
-                )
-            ):
-                live.add(node)
-                changed = True
-    return live
-
-
-def eliminate_dead_code(gm: fx.GraphModule, keep: Iterable[fx.Node] = ()) -> int:
-    """Remove the nodes that are not live (see :func:`live_nodes`); returns how many went."""
-    live = live_nodes(gm.graph, keep)
-    dead = [node for node in gm.graph.nodes if node not in live]
-    for node in reversed(dead):
-        gm.graph.erase_node(node)
-    return len(dead)
-
-
-def _mutated_live(target: fx.Node, live: set[fx.Node]) -> bool:
-    # Inputs and attributes outlive the call: mutating them is a visible side effect.
-    return target in live or target.op in ("placeholder", "get_attr")
-
-
 def used_tensor_names(gm: fx.GraphModule) -> set[str]:
     """Qualified names of the parameters and buffers the graph reads (directly or via a leaf)."""
     names: set[str] = set()
@@ -244,6 +219,18 @@ def delete_tensors(gm: fx.GraphModule, names: Iterable[str]) -> None:
             del module._parameters[attr]
         elif attr in module._buffers:
             del module._buffers[attr]
+
+
+def copy_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A deep copy of ``gm``. A tensor that a forward hook stores as a plain attribute (the
+    weight that hook-based ``weight_norm`` and ``spectral_norm`` recompute before every call) is
+    copied detached: autograd cannot deep-copy a non-leaf tensor, and the hook recomputes it."""
+    memo: dict[int, object] = {}
+    for module in gm.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(gm, memo)
 
 
 def finish(gm: fx.GraphModule) -> fx.GraphModule:

@@ -1,9 +1,11 @@
 """discover: find the edges of an architecture (residual branches, skips, ops) in a traced graph.
 
 A join is an add of two or more activations of equal shape; each of its operands is one edge. The
-branch of an edge is the largest single-entry single-exit region of the activation graph that ends
-at the operand, found by climbing the operand's immediate dominators (see docs/architecture.md).
-The pass reads the graph and its shape metadata only; it never runs the model.
+branch of an edge is what exists only to compute its operand: the nodes the operand
+post-dominates in the data-flow graph (every path from them to the output passes through it).
+Its source x is the activation the branch reads from outside; a branch that also reads side
+inputs (a mask, a position table, conditioning) keeps the trunk value as its source (see
+docs/architecture.md). The pass reads the graph and its metadata only; it never runs the model.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from torch import fx, nn
 
+from fxdnat.frontend import memory
 from fxdnat.ir import IDENTITY, NONE, SAME, Edge
 from fxdnat.passes import _graph
 
@@ -41,14 +44,15 @@ def discover(gm: fx.GraphModule, granularity: str = "branch") -> list[Edge]:
         raise ValueError(f"unknown granularity {granularity!r}; expected one of {GRANULARITIES}")
     if not any(_graph.shape(n) for n in gm.graph.nodes if n.op == "placeholder"):
         raise ValueError(
-            "the graph carries no shapes; trace the model with `fxdnat.trace(model, inputs)`"
+            "no input of the graph carries a shape (node.meta['tensor_meta']); trace the model "
+            "with `fxdnat.trace(model, example_inputs)`"
         )
-    active = _graph.activations(gm.graph)
-    idom = _graph.immediate_dominators(gm.graph, active)
+    flow = _Flow(gm.graph)
+    active = flow.active
     found: list[tuple[str, Edge]] = []  # (cell, edge without name/role)
     for join, uses in _joins(gm.graph, active):
         for use in uses:
-            found.append(_join_edge(join, use, active, idom))
+            found.append(_join_edge(join, use, [u.operand for u in uses if u is not use], flow))
     if granularity == "op":
         found += _op_edges(gm, active, {e.operand for _, e in found if e.nodes == (e.operand,)})
     return _name(found)
@@ -77,9 +81,14 @@ def _is_join_add(node: fx.Node, active: set[fx.Node]) -> bool:
         return False
     if not all(isinstance(a, fx.Node) and a in active and _graph.shape(a) == out for a in operands):
         return False
-    # x += y mutates x: if x is read elsewhere, gating the use would change what they read.
+    # x += y writes x: if x, or memory x shares, is read elsewhere (the front end leaves such
+    # writes in place), a gate on the use would change what those readers see.
     target = node.args[0]
-    return not (_graph.is_inplace_add(node) and _graph.use_count(target) > 1)
+    return not _graph.is_inplace_add(node) or (
+        _graph.use_count(target) == 1
+        and not memory.aliased_inputs(target)
+        and not memory.is_state(target)
+    )
 
 
 def _is_zero(arg: object) -> bool:
@@ -106,8 +115,19 @@ def _flatten(node: fx.Node, active: set[fx.Node], absorbed: set[fx.Node]) -> lis
     return uses
 
 
-def _join_edge(join: fx.Node, use: _Use, active: set, idom: dict) -> tuple[str, Edge]:
-    source, region = _branch(use.operand, active, idom)
+class _Flow:
+    """The graph's data flow, computed once: activations, what each node reads, and the
+    post-dominator tree that gives every node the region that exists only for it."""
+
+    def __init__(self, graph: fx.Graph) -> None:
+        self.deps = _graph.dependencies(graph)
+        self.active = _graph.activations(graph, self.deps)
+        self.regions = _graph.exclusive_regions(graph, self.deps)
+        self.position = {node: i for i, node in enumerate(graph.nodes)}
+
+
+def _join_edge(join: fx.Node, use: _Use, others: list[fx.Node], flow: _Flow) -> tuple[str, Edge]:
+    source, region = _branch(use.operand, others, flow)
     nodes = tuple(n.name for n in use.operand.graph.nodes if n in region)
     is_skip = all(_is_identity_call(n) for n in region)
     same_shape = _graph.shape(source) == _graph.shape(use.operand)
@@ -129,21 +149,40 @@ def _join_edge(join: fx.Node, use: _Use, active: set, idom: dict) -> tuple[str, 
     return cell, edge
 
 
-def _branch(operand: fx.Node, active: set, idom: dict) -> tuple[fx.Node, set[fx.Node]]:
-    """The source x of the branch ending at ``operand``, and the branch's nodes.
+def _branch(operand: fx.Node, others: list[fx.Node], flow: _Flow) -> tuple[fx.Node, set]:
+    """The source x of the branch ending at ``operand``, and the branch's activation nodes.
 
     An operand read elsewhere too is itself a state of the architecture (a fork), as DARTS'
     ``skip_connect`` from a preprocessed cell input: its edge is a skip.
     """
     if operand.op == "placeholder" or _graph.use_count(operand) > 1:
         return operand, set()
-    source, region = operand, set()
-    while (dom := idom.get(source)) is not None:
-        grown = region | _graph.between(dom, source, active)
-        if any(u not in grown for n in grown - {operand} for u in n.users):
-            break  # a value of the region would leave it: the region is no longer single-exit
-        source, region = dom, grown
-    return source, region
+    region = {
+        n
+        for n in _graph.subtree(flow.regions, operand)
+        if n in flow.active and n.op != "placeholder"
+    }
+    inputs = {d for n in region for d in flow.deps[n] if d in flow.active and d not in region}
+    return _source(inputs, operand, others, flow), region
+
+
+def _source(inputs: set[fx.Node], operand: fx.Node, others: list[fx.Node], flow: _Flow):
+    """Which activation read by a branch is its source, the rest being side inputs.
+
+    Not one that another input is computed from (a mask every block reads is an ancestor of
+    the block input); then one the join's other operands come from (the residual trunk); then
+    one of the operand's shape; then the latest.
+    """
+    if len(inputs) == 1:
+        return next(iter(inputs))
+    upstream = {i: _graph.ancestors(i, flow.deps, flow.active) for i in inputs}
+    latest = [i for i in inputs if not any(i in upstream[j] for j in inputs if j is not i)]
+    trunk = set(others).union(*(_graph.ancestors(o, flow.deps, flow.active) for o in others))
+    shape = _graph.shape(operand)
+    return max(
+        latest or inputs,
+        key=lambda i: (i in trunk, _graph.shape(i) == shape, flow.position[i]),
+    )
 
 
 def _is_identity_call(node: fx.Node) -> bool:

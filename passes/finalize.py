@@ -8,18 +8,17 @@ submodules and parameters.
 
 from __future__ import annotations
 
-import copy
 import operator
 from collections.abc import Mapping
 
 from torch import fx
 
 from fxdnat.arch import Tree, dnat_mix
-from fxdnat.ir import IDENTITY, SAME
+from fxdnat.frontend import memory
+from fxdnat.ir import IDENTITY, META_KEY, SAME
 from fxdnat.passes import _graph
 from fxdnat.passes.decide import _architecture, check_decisions
 from fxdnat.passes.gate import ARCH, EDGES_META
-from fxdnat.tracing import META_KEY
 
 
 def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphModule:
@@ -30,7 +29,7 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     """
     arch = _architecture(gated)
     decisions = check_decisions(arch.edges, decisions)
-    final = copy.deepcopy(gated)
+    final = _graph.copy_module(gated)
     graph = final.graph
     before = _graph.used_tensor_names(final)
     mixes = [n for n in graph.nodes if is_mix(n)]
@@ -40,28 +39,20 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     }
     # Code that was dead before stays (finalize removes only what it makes dead), but not the gates.
     machinery = set(mixes) | set(graph.find_nodes(op="call_module", target=ARCH))
-    live = _graph.live_nodes(graph)
+    live = memory.live_nodes(graph)
     dead_before = set(graph.nodes) - live - machinery
+    groups = memory.AliasGroups(graph)
+    written = {groups.find(t) for n in graph.nodes if (t := memory.written(n)) is not None}
     named = {node.name: node for node in graph.nodes}
     for mix in mixes:
-        (tree, _), tensors = mix.args[1], mix.args[2:]
-        values = [
-            _chosen(decisions[name], tensors[same], None if identity is None else tensors[identity])
-            for name, same, identity in mix.meta[EDGES_META]["edges"]
-        ]
-        written = _Sum(mix, named)
-        value = written.emit(tree, values)
+        created = _write_back(mix, decisions, named, fresh=groups.find(mix) in written)
         if mix not in live:  # a join nobody read: its adds were dead code, which stays
-            dead_before |= written.created
-        if value is None:
-            raise RuntimeError(f"every operand of {mix.name} is 'none'; please report this")
-        mix.replace_all_uses_with(value)
-        graph.erase_node(mix)
+            dead_before |= created
     remaining = set(graph.nodes)
     for node, target in inplace_targets.items():
         if node in remaining and node.args[0] is not target:  # x += y would now mutate x
             _make_out_of_place(node)
-    _graph.eliminate_dead_code(final, keep=dead_before)
+    memory.eliminate_dead_code(final, keep=dead_before)
     if any(node.op == "call_module" and node.target == ARCH for node in graph.nodes):
         raise RuntimeError("the architecture is still read after finalize; please report this")
     final.delete_submodule(ARCH)
@@ -69,6 +60,29 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     _graph.delete_tensors(final, before - _graph.used_tensor_names(final))
     final.meta[META_KEY] = {**final.meta.get(META_KEY, {}), "decisions": dict(decisions)}
     return _graph.finish(final)
+
+
+def _write_back(mix: fx.Node, decisions: dict, named: dict, fresh: bool) -> set[fx.Node]:
+    """Replace ``mix`` by the sum of its edges' choices; returns the nodes created.
+
+    ``fresh``: the mix's result is written in place later (by a call the front end could not
+    make functional), so where the sum collapses to an existing value it gets a copy, as the
+    mix's result was one.
+    """
+    (tree, _), tensors = mix.args[1], mix.args[2:]
+    values = [
+        _chosen(decisions[name], tensors[same], None if identity is None else tensors[identity])
+        for name, same, identity in mix.meta[EDGES_META]["edges"]
+    ]
+    writer = _Sum(mix, named)
+    value = writer.emit(tree, values)
+    if value is None:
+        raise RuntimeError(f"every operand of {mix.name} is 'none'; please report this")
+    if fresh and value not in writer.created:
+        value = writer.copy(value)
+    mix.replace_all_uses_with(value)
+    mix.graph.erase_node(mix)
+    return writer.created
 
 
 def is_mix(node: fx.Node) -> bool:
@@ -122,6 +136,10 @@ class _Sum:
         if mutated is not None and not (a.name == mutated or isinstance(left, tuple)):
             target = _OUT_OF_PLACE[target]
         return self._create(anchor, op, target, (a, b), {} if alpha == 1 else {"alpha": alpha})
+
+    def copy(self, value: fx.Node) -> fx.Node:
+        """``value.clone()`` where the mix stood."""
+        return self._create(None, "call_method", "clone", (value,))
 
     def _create(self, anchor: str | None, op: str, target, args: tuple, kwargs=None) -> fx.Node:
         """A node where the original add stood (see gate's ``_anchor``)."""

@@ -9,16 +9,14 @@ rows live in one ``Architecture`` module, ``gated.arch``, called once per forwar
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
 from torch import fx
 
 from fxdnat.arch import Architecture, Spec, Term, Tree, dnat_mix
-from fxdnat.ir import CHOICES, IDENTITY, SAME, Edge
+from fxdnat.ir import CHOICES, IDENTITY, META_KEY, SAME, Edge
 from fxdnat.passes import _graph
-from fxdnat.tracing import META_KEY
 
 TIES = ("full", "cell")
 ARCH = "arch"
@@ -49,7 +47,7 @@ def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.Gra
         )
     if hasattr(gm, ARCH):
         raise ValueError(f"the module already has an attribute {ARCH!r}; is it gated already?")
-    gated = copy.deepcopy(gm)
+    gated = _graph.copy_module(gm)
     gated.add_submodule(ARCH, Architecture(edges, _groups(gm, edges, tie), tie))
     graph = gated.graph
     nodes = {node.name: node for node in graph.nodes}

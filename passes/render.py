@@ -83,10 +83,10 @@ def from_spec(spec: str, *, granularity: str = "branch", num_classes: int = 10) 
     """The untransformed model of ``spec``: every edge "same"."""
     import torch
 
+    from fxdnat.frontend import trace
     from fxdnat.passes import discover
     from fxdnat.report import count_params
     from fxdnat.specs import build_model
-    from fxdnat.tracing import trace
 
     built = build_model(spec, num_classes=num_classes)
     gm = trace(built.model, torch.zeros(1, 3, built.input_size, built.input_size))

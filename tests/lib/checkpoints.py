@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from fxdnat import checkpoint as ckpt
+from fxdnat.frontend import trace
 from fxdnat.passes import discover, finalize, gate
 from fxdnat.specs import build_model
-from fxdnat.tracing import trace
 
 ARCH_EPOCHS = 2
 

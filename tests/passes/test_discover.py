@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from messy import DictInput, MBConvSE, ToyDropPath, Transformer, transformer_inputs
 from support import CASES, inputs_for
 
 import fxdnat
@@ -138,5 +139,73 @@ def test_unknown_granularity_and_untraced_graph_are_rejected():
     ):
         passes.discover(gm, "ops")
     plain = torch.fx.symbolic_trace(CASES["chain"]())
-    with pytest.raises(ValueError, match="the graph carries no shapes; trace the model with"):
+    with pytest.raises(
+        ValueError,
+        match=r"no input of the graph carries a shape \(node.meta\[.tensor_meta.\]\); trace the model with `fxdnat.trace\(model, example_inputs\)`",
+    ):
         passes.discover(plain)
+
+
+# --------------------------------------------------------- models as people write them (#13)
+def test_size_reads_nobody_uses_never_shape_an_edge():
+    """``b, c, _, _ = x.size()`` leaves two unused reads: the same edges as ``x.size(0)``."""
+    found = {}
+    for unpack in (True, False):
+        model = MBConvSE(unpack=unpack)
+        gm = fxdnat.trace(model, torch.randn(2, 8, 5, 5))
+        found[unpack] = [(e.kind, e.source, e.choices, e.nodes) for e in passes.discover(gm)]
+    assert found[True] == found[False]
+    assert [edge[:3] for edge in found[True]] == [
+        ("skip", "x", ("none", "same")),
+        ("branch", "x", ("none", "identity", "same")),
+    ]
+    assert found[True][1][3][:3] == ("expand_0", "expand_1", "expand_2")  # from the block input
+
+
+def test_a_branch_that_reads_a_side_input_keeps_the_block_input_as_its_source():
+    edges = {}
+    for masked in (True, False):
+        gm = fxdnat.trace(Transformer(masked=masked), transformer_inputs())
+        edges[masked] = passes.discover(gm)
+    strip = [(e.name, e.kind, e.source, e.choices) for e in edges[True]]
+    assert strip == [(e.name, e.kind, e.source, e.choices) for e in edges[False]]
+    attention = edges[True][1]
+    assert (attention.name, attention.source) == ("blocks.0:1", "x")
+    assert attention.choices == ("none", "identity", "same")
+    assert "blocks_0_mha" in attention.nodes and "blocks_0_ln1" in attention.nodes
+
+
+def test_structured_inputs_give_the_edges_of_the_plain_model():
+    class Plain(DictInput):
+        def forward(self, x):
+            return super().forward({"image": x, "scale": torch.tensor(1.0)})
+
+    x = torch.randn(2, 4, 5, 5)
+    plain = passes.discover(fxdnat.trace(Plain(), x))
+    structured = passes.discover(
+        fxdnat.trace(DictInput(), {"image": x, "scale": torch.tensor(1.0)})
+    )
+    assert [(e.name, e.kind, e.choices, len(e.nodes)) for e in structured] == [
+        (e.name, e.kind, e.choices, len(e.nodes)) for e in plain
+    ]
+
+
+@pytest.mark.parametrize("name, count", [("resnet18", 16), ("convnext_atto", 24)])
+def test_drop_path_hides_no_block(name, count):
+    import timm
+
+    found = []
+    for rate in (0.0, 0.1):
+        model = timm.create_model(name, num_classes=10, drop_path_rate=rate)
+        gm = fxdnat.trace(model, torch.randn(2, 3, 64, 64))
+        found.append([(e.name, e.kind, e.choices) for e in passes.discover(gm)])
+        leaves = gm.meta["fxdnat"]["leaves"]
+        assert all(path.endswith("drop_path") for path in leaves), leaves
+    assert len(found[0]) == count and found[1] == found[0]
+
+
+def test_a_toy_drop_path_residual_is_one_join():
+    gm = fxdnat.trace(ToyDropPath(p=0.1), torch.randn(2, 4, 5, 5))
+    edges = passes.discover(gm)
+    assert [(e.kind, e.source) for e in edges] == [("skip", "x"), ("branch", "x")]
+    assert edges[1].nodes == ("f_0", "f_1", "drop_path")

@@ -60,6 +60,8 @@ def compiled(request):
 def test_traced_equals_eager_in_train_and_eval(compiled):
     _, model, gm, _, inputs = compiled
     assert gm.meta["fxdnat"]["leaves"] == {}
+    # timm keeps its BatchNormAct2d opaque (it counts batches in place): parameters of norms only
+    assert gm.meta["fxdnat"]["opaque_params"] < 0.02 * gm.meta["fxdnat"]["params"]
     assert_same_function(gm, model, inputs)
 
 

@@ -18,9 +18,9 @@ from support import BuiltinSum, InplaceAdd
 
 from fxdnat.cli import main
 from fxdnat.engine import Trainer
+from fxdnat.frontend import trace
 from fxdnat.passes import discover
 from fxdnat.specs import build_model
-from fxdnat.tracing import trace
 
 # the module, whatever fxdnat.passes exports under the pass's name
 rendering = importlib.import_module("fxdnat.passes.render")

@@ -1,0 +1,150 @@
+"""One graph for train and eval mode, or the submodules that stop it.
+
+torch.fx traces a forward once, so ``if self.training:`` bakes one mode into the graph. The
+tracer therefore traces in both modes and compares: traces that differ only in constants equal to
+the mode flag (``F.dropout(x, p, training=self.training)``) merge into one graph that reads the
+flag at run time; otherwise the innermost submodules whose own code traced differently must become
+leaves (a DropPath, not the residual block around it).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import fx
+
+
+def merge(train: fx.Graph, eval_: fx.Graph) -> fx.Graph | None:
+    """``train`` with the mode flags read at run time, when the two traces differ only in
+    constants equal to the mode flag; None when they differ in any other way."""
+    pairs = list(zip(train.nodes, eval_.nodes, strict=False))
+    if len(train.nodes) != len(eval_.nodes) or any(
+        (a.op, a.target, a.name) != (b.op, b.target, b.name) for a, b in pairs
+    ):
+        return None
+    if not all(_differs_only_by_mode(a, b) for a, b in pairs):
+        return None
+    slots = [(a, b) for a, b in pairs if _has_mode_flag((a.args, a.kwargs), (b.args, b.kwargs))]
+    if slots:
+        first = next(n for n in train.nodes if n.op != "placeholder")
+        with train.inserting_before(first), warnings.catch_warnings():
+            # FX warns that `training` is no parameter, buffer or module; it is a plain attribute
+            # that every module has, which is exactly what must be read
+            warnings.simplefilter("ignore", UserWarning)
+            flag = train.get_attr("training")
+        for a, b in slots:
+            a.args = _swap_mode(a.args, b.args, flag)
+            a.kwargs = _swap_mode(a.kwargs, b.kwargs, flag)
+    return train
+
+
+def random_constants(train: fx.GraphModule, eval_: fx.GraphModule) -> list[str]:
+    """Modules whose forward made a tensor constant that differs between the two traces: it was
+    drawn at random while tracing, and a traced graph would replay that one draw forever."""
+    found = []
+    for a, b in zip(train.graph.nodes, eval_.graph.nodes, strict=False):
+        if a.op != "get_attr" or a.target != b.target:
+            continue
+        x, y = getattr(train, a.target, None), getattr(eval_, b.target, None)
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and not _equal(x, y):
+            found.append(owner(a))
+    return sorted(set(found))
+
+
+def _equal(x: torch.Tensor, y: torch.Tensor) -> bool:
+    return x.shape == y.shape and x.dtype == y.dtype and bool(torch.equal(x, y))
+
+
+def dependent_modules(train: fx.Graph, eval_: fx.Graph) -> list[str]:
+    """Innermost modules whose own code traced differently in train and eval mode ("" for the
+    root). A module whose difference comes from a child's (a DropPath that returns its input in
+    eval mode changes what its parent's add reads) is left for the next round: once the child is
+    a leaf, the parent traces alike in both modes.
+
+    Each module's signature lists the nodes its forward created, with arguments normalised to
+    positions inside the module (or the owning module's path, for values made elsewhere), so a
+    difference in one submodule does not spill into its neighbours.
+    """
+    signatures = [_module_signatures(g) for g in (train, eval_)]
+    differing = {
+        path
+        for path in set(signatures[0]) | set(signatures[1])
+        if signatures[0].get(path) != signatures[1].get(path)
+    }
+    return sorted(p for p in differing if not any(q != p and _is_ancestor(p, q) for q in differing))
+
+
+def owner(node: fx.Node) -> str:
+    """The module whose forward created ``node`` ("" for the root)."""
+    stack = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+    if node.op == "call_module":  # the stack ends with the called leaf itself
+        stack = stack[:-1]
+    return stack[-1] if stack else ""
+
+
+def _is_ancestor(parent: str, child: str) -> bool:
+    return parent == "" or child.startswith(parent + ".")
+
+
+def _differs_only_by_mode(a: fx.Node, b: fx.Node) -> bool:
+    def same(x: Any, y: Any) -> bool:
+        if isinstance(x, bool) and isinstance(y, bool):
+            return x == y or (x is True and y is False)
+        if isinstance(x, fx.Node) or isinstance(y, fx.Node):
+            return isinstance(x, fx.Node) and isinstance(y, fx.Node) and x.name == y.name
+        if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+            return len(x) == len(y) and all(same(i, j) for i, j in zip(x, y, strict=True))
+        if isinstance(x, dict) and isinstance(y, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        return type(x) is type(y) and x == y
+
+    return same(a.args, b.args) and same(a.kwargs, b.kwargs)
+
+
+def _has_mode_flag(x: Any, y: Any) -> bool:
+    if x is True and y is False:
+        return True
+    if isinstance(x, (list, tuple)):
+        return any(_has_mode_flag(i, j) for i, j in zip(x, y, strict=True))
+    if isinstance(x, dict):
+        return any(_has_mode_flag(x[k], y[k]) for k in x)
+    return False
+
+
+def _swap_mode(x: Any, y: Any, flag: fx.Node) -> Any:
+    if x is True and y is False:
+        return flag
+    if isinstance(x, (list, tuple)):
+        return type(x)(_swap_mode(i, j, flag) for i, j in zip(x, y, strict=True))
+    if isinstance(x, dict):
+        return {k: _swap_mode(x[k], y[k], flag) for k in x}
+    return x
+
+
+def _module_signatures(graph: fx.Graph) -> dict[str, list]:
+    local_index: dict[fx.Node, tuple[str, int]] = {}
+    signatures: dict[str, list] = defaultdict(list)
+
+    def normalise(arg: Any) -> Any:
+        if isinstance(arg, fx.Node):
+            source, index = local_index[arg]
+            return (source, index) if source == current else (source,)
+        if isinstance(arg, (list, tuple)):
+            return tuple(normalise(a) for a in arg)
+        if isinstance(arg, dict):
+            return tuple((k, normalise(v)) for k, v in arg.items())
+        if isinstance(arg, (int, float, bool, str, type(None), slice, torch.dtype, torch.device)):
+            return repr(arg)
+        return type(arg).__name__
+
+    for node in graph.nodes:
+        current = owner(node)
+        local_index[node] = (current, len(signatures[current]))
+        target = (
+            node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        )
+        signatures[current].append((node.op, target, normalise(node.args), normalise(node.kwargs)))
+    return signatures

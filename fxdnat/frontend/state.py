@@ -1,0 +1,145 @@
+"""Keep a model exactly as it was while fxdnat traces and runs it.
+
+Tracing runs a module's Python code: code that is not traced symbolically runs for real.
+``self.bn.num_batches_tracked += 1`` increments the real buffer (FX hands out buffers as plain
+tensors), ``self.cache = x`` stores a tracer Proxy on the module, ``torch.randn`` draws from the
+global generator. :func:`preserved` undoes all of that on exit: module attributes, parameters and
+buffers (by copy-on-write, so a large model is not copied) and the random number generators. It
+also reports which module's code wrote to a tensor the model keeps — a traced graph would
+silently drop such a write, so that module must stay opaque.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+@dataclass
+class Writes:
+    """Tensors of the model written while :func:`preserved` was active, by the module whose code
+    was running (the tracer's innermost module, "" for the root or outside a trace)."""
+
+    modules: dict[str, str] = field(default_factory=dict)  # module path -> tensor name
+
+
+@contextlib.contextmanager
+def preserved(*modules: nn.Module, tracer=None) -> Iterator[Writes]:
+    """Restore ``modules`` (and their submodules) and the RNG state on exit.
+
+    Args:
+        modules: every module whose state must not change.
+        tracer: the ``torch.fx.Tracer`` running inside, to attribute writes to its current module.
+    """
+    attributes = _snapshot(modules)
+    rng = _rng_state()
+    named = [pair for m in modules for pair in _tensor_attributes(m)]
+    tensors = {_key(t): (name, t) for name, t in named if _key(t) is not None}
+    writes = Writes()
+    guard = _CopyOnWrite(tensors, writes, tracer)
+    try:
+        with guard:
+            yield writes
+    finally:
+        with torch.no_grad():
+            for key, saved in guard.saved.items():
+                tensors[key][1].untyped_storage().copy_(saved)
+        _restore(attributes)
+        _set_rng_state(rng)
+
+
+def _tensor_attributes(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters, buffers and plain tensor attributes of ``module`` and its submodules."""
+    found = []
+    for path, m in module.named_modules(remove_duplicate=False):
+        prefix = path + "." if path else ""
+        values = [*m._parameters.items(), *m._buffers.items(), *vars(m).items()]
+        found += [(prefix + k, v) for k, v in values if isinstance(v, torch.Tensor)]
+    return found
+
+
+def _snapshot(modules: tuple[nn.Module, ...]) -> list[tuple[nn.Module, dict]]:
+    """Each module's attribute dict, one level deep: the containers in it are copied too, so
+    that a value appended to a list or stored into a dict is undone as well."""
+    seen, saved = set(), []
+    for root in modules:
+        for m in root.modules():
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            state = {k: _shallow(v) for k, v in vars(m).items()}
+            saved.append((m, state))
+    return saved
+
+
+def _shallow(value: object) -> object:
+    return copy.copy(value) if isinstance(value, (dict, list, set)) else value
+
+
+def _restore(saved: list[tuple[nn.Module, dict]]) -> None:
+    for m, state in saved:
+        for name in set(vars(m)) - set(state):
+            delattr(m, name)
+        for name, value in state.items():
+            current = vars(m).get(name)
+            if isinstance(value, (dict, list, set)) and type(current) is type(value):
+                current.clear()  # keep the object: others may hold it (OrderedDict _modules)
+                current.update(value) if isinstance(value, (dict, set)) else current.extend(value)
+            else:
+                object.__setattr__(m, name, value)
+
+
+def _key(t: torch.Tensor) -> tuple | None:
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+    return (storage.data_ptr(), t.device) if storage.nbytes() else None
+
+
+class _CopyOnWrite(TorchDispatchMode):
+    """Before the first write to a watched tensor's memory, keep a copy of it to restore."""
+
+    def __init__(self, tensors: dict, writes: Writes, tracer) -> None:
+        super().__init__()
+        self.tensors, self.writes, self.tracer = tensors, writes, tracer
+        self.saved: dict[tuple, torch.UntypedStorage] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for i, argument in enumerate(func._schema.arguments):
+            if argument.alias_info is None or not argument.alias_info.is_write:
+                continue
+            value = args[i] if i < len(args) else kwargs.get(argument.name)
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, torch.Tensor):
+                    self._before_write(t)
+        return func(*args, **kwargs)
+
+    def _before_write(self, t: torch.Tensor) -> None:
+        key = _key(t)
+        if key not in self.tensors:
+            return
+        name, watched = self.tensors[key]
+        if key not in self.saved:
+            self.saved[key] = watched.untyped_storage().clone()
+        stack = list((getattr(self.tracer, "module_stack", None) or {}).values())
+        self.writes.modules.setdefault(stack[-1][0] if stack else "", name)
+
+
+def _rng_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,353 @@
+"""trace: lift any nn.Module to a functional torch.fx GraphModule with shapes and memory facts.
+
+torch.fx traces Python code once, so two things break it: code that cannot run on proxies
+(control flow on tensor values, ``len(proxy)``, ...) and code that can but bakes something into
+the graph that eager mode recomputes on every call (``if self.training:``, a counter incremented
+in place, a tensor drawn at random). Such a submodule becomes a leaf — a single opaque call that
+runs eagerly — and tracing retries, innermost module first, so that leaves stay as small as
+possible. Then one eager run records shapes and memory facts, in-place calls are rewritten out of
+place (:mod:`fxdnat.frontend.functionalize`), and dead code goes. The user's model is never
+changed (:mod:`fxdnat.frontend.state`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from fxdnat.frontend import modes
+from fxdnat.frontend.errors import TraceError, describe
+from fxdnat.frontend.facts import FactsError, record_facts
+from fxdnat.frontend.functionalize import functionalize_
+from fxdnat.frontend.inputs import bind, drop_fixed_arguments, unwrap
+from fxdnat.frontend.memory import eliminate_dead_code
+from fxdnat.frontend.state import preserved
+from fxdnat.ir import META_KEY
+
+log = logging.getLogger(__name__)
+
+_CONSTANT_PREFIX = "_tensor_constant"  # what torch.fx names the tensors a forward creates
+
+
+class _NeedsLeaf(Exception):
+    """Raised through the tracer when the forward of the module at ``path`` cannot be traced."""
+
+    def __init__(self, path: str, cause: BaseException) -> None:
+        super().__init__(path)
+        self.path = path
+        self.cause = cause
+
+
+def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
+    """timm's registries of modules and functions that it keeps opaque to FX."""
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:  # timm is optional for the tracer itself
+        return (), ()
+    return tuple(timm_fx.get_notrace_modules()), tuple(timm_fx.get_notrace_functions())
+
+
+class _LeafingTracer(fx.Tracer):
+    """An FX tracer with extra leaves, that reports which submodule's forward failed."""
+
+    def __init__(self, leaf_types: tuple, leaf_paths: set[str], autowrap: tuple) -> None:
+        super().__init__(autowrap_functions=autowrap)
+        self.leaf_types = leaf_types
+        self.leaf_paths = leaf_paths
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return (
+            module_qualified_name in self.leaf_paths
+            or isinstance(m, self.leaf_types)
+            or super().is_leaf_module(m, module_qualified_name)
+        )
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except _NeedsLeaf:
+            raise
+        except Exception as exc:  # the innermost failing module is the one to make a leaf
+            raise _NeedsLeaf(self.path_of_module(m), exc) from exc
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    leaves: Iterable[str | type] = (),
+    autowrap_functions: Sequence[Callable] = (),
+    max_leaves: int = 200,
+) -> fx.GraphModule:
+    """Trace ``model`` into a functional GraphModule whose nodes carry shapes and memory facts.
+
+    Args:
+        model: any module; a DataParallel, DistributedDataParallel or ``torch.compile`` wrapper
+            is unwrapped.
+        example_inputs: a tensor, or a tuple with one value per argument of ``forward``. A
+            dict, list or tuple of tensors is traced as structured input; non-tensor values and
+            arguments left out (which must have defaults) are fixed at their values. Used to
+            record shapes only.
+        leaves: extra module paths (``"blocks.3.attn"``) or classes to keep opaque.
+        autowrap_functions: extra functions to keep as single calls (like ``torch.fx.wrap``).
+        max_leaves: give up after making this many submodules leaves.
+
+    Returns:
+        The GraphModule (sharing parameters with ``model``, in ``model``'s train/eval mode). In
+        ``gm.meta["fxdnat"]``: ``leaves`` (submodules made opaque, with the reason),
+        ``opaque_params`` and ``params`` (parameters inside opaque submodules, and in all).
+
+    Raises:
+        TraceError: naming the model, the submodule and the reason, with what to try.
+    """
+    model = unwrap(model)
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    registry, registry_functions = _timm_notrace()
+    # timm keeps these modules opaque for FX's sake. Those without parameterised children (a
+    # DropPath whose rate changes after tracing, a padded conv) stay so; inside the others
+    # (whole blocks) fxdnat's own leaf rules may do without, which keeps their residual joins
+    # visible: they are traced inside and kept opaque only where that is not exact.
+    listed = {type(m) for m in model.modules() if isinstance(m, registry)}
+    blocks = tuple(sorted((t for t in listed if _holds_blocks(model, t)), key=str))
+    search = _Search(
+        model=model,
+        inputs=inputs,
+        concrete=bind(model, inputs),
+        autowrap=tuple(autowrap_functions) + registry_functions,
+        leaf_types=tuple(x for x in leaves if isinstance(x, type))
+        + tuple(t for t in listed if t not in blocks),
+        leaf_paths={x for x in leaves if isinstance(x, str)},
+        max_leaves=max_leaves,
+    )
+    if not blocks:
+        return search.build()
+    try:
+        gm = search.copy().build()
+        if _matches_eager(model, gm, inputs):
+            return gm
+        why = "traced inside, it does not compute what the eager model does"
+    except TraceError as exc:
+        why = f"traced inside, {exc}"
+    log.info("keeping timm's no-trace modules opaque (%s)", why)
+    search.leaf_types += blocks
+    search.listed = (blocks, f"timm lists it as not traceable ({why})")
+    return search.build()
+
+
+def _holds_blocks(model: nn.Module, kind: type) -> bool:
+    """Instances of ``kind`` in ``model`` have children with parameters of their own."""
+    return any(
+        any(next(child.parameters(), None) is not None for child in m.children())
+        for m in model.modules()
+        if type(m) is kind
+    )
+
+
+@dataclass
+class _Search:
+    """Tracing with the leaves found so far; each retry adds the leaves the last one needed."""
+
+    model: nn.Module
+    inputs: tuple
+    concrete: dict
+    autowrap: tuple
+    leaf_types: tuple
+    leaf_paths: set[str]
+    max_leaves: int
+    reasons: dict[str, str] = field(default_factory=dict)
+    listed: tuple[tuple[type, ...], str] = ((), "")  # timm's blocks kept opaque, and why
+
+    def copy(self) -> _Search:
+        return _Search(**{**vars(self), "leaf_paths": set(self.leaf_paths), "reasons": {}})
+
+    def build(self) -> fx.GraphModule:
+        gm, constants = self._trace()
+        gm.training = self.model.training
+        gm.graph._tracer_cls = None  # a pickled module must not need fxdnat to load
+        gm._tracer_cls = None
+        gm.recompile()
+        self._facts(gm)
+        if functionalize_(gm, constants) + eliminate_dead_code(gm, modules=True, random=True):
+            gm.graph.lint()
+            gm.recompile()
+            self._facts(gm)
+        gm.meta[META_KEY] = self._meta()
+        for path, reason in self.reasons.items():
+            log.info("leaf %s: %s", path, reason)
+        return gm
+
+    def _trace(self) -> tuple[fx.GraphModule, frozenset[str]]:
+        while True:
+            if len(self.reasons) > self.max_leaves:
+                raise TraceError(
+                    f"gave up tracing {self._name}: over {self.max_leaves} submodules needed "
+                    f"to be leaves (first {', '.join(list(self.reasons)[:3])}); raise "
+                    "max_leaves or name leaves yourself"
+                )
+            runs = {mode: self._trace_in_mode(mode) for mode in (True, False)}
+            if any(isinstance(r, _NeedsLeaf) for r in runs.values()):
+                failure = next(r for r in runs.values() if isinstance(r, _NeedsLeaf))
+                cause = describe(failure.cause)
+                self._add(failure.path, cause, root=f"cannot be traced ({cause})")
+                continue
+            (train, writes), (eval_, _) = runs[True], runs[False]
+            if writes:
+                for path, tensor in writes.items():
+                    self._add(
+                        path,
+                        f"writes {tensor!r} in place, which tracing cannot replay",
+                        root=f"writes the tensor {tensor!r} in place (a counter or running "
+                        "statistic), which a traced graph would drop",
+                    )
+                continue
+            if modes.merge(train.graph, eval_.graph) is not None:
+                random = modes.random_constants(train, eval_)
+                for path in random:
+                    self._add(
+                        path,
+                        "draws a random tensor in forward, which tracing would freeze",
+                        root="draws a random tensor that depends on no input (torch.rand(...)), "
+                        "which a traced graph would replay on every call",
+                    )
+                if not random:
+                    return train, _constants(train)
+                continue
+            differing = modes.dependent_modules(train.graph, eval_.graph)
+            if not differing:  # the traces differ in names only
+                return train, _constants(train)
+            for path in differing:
+                self._add(
+                    path,
+                    "its traced form depends on train/eval mode",
+                    root="branches on train/eval mode (self.training)",
+                )
+
+    def _trace_in_mode(self, training: bool):
+        tracer = _LeafingTracer(self.leaf_types, self.leaf_paths, self.autowrap)
+        with preserved(self.model, tracer=tracer) as writes:
+            self.model.train(training)
+            # different draws in the two traces, so that a tensor drawn while tracing shows
+            # (see modes.random_constants); `preserved` puts the caller's generator back
+            torch.manual_seed(int(training))
+            try:
+                graph = tracer.trace(self.model, concrete_args=self.concrete or None)
+            except _NeedsLeaf as failure:
+                return failure
+            except TraceError:
+                raise
+            except Exception as exc:
+                reason = f"cannot be traced ({describe(exc)})"
+                raise TraceError(_root_failure(self.model, reason)) from exc
+            drop_fixed_arguments(graph, self.concrete)
+            gm = fx.GraphModule(tracer.root, graph, class_name=self._name)
+        return gm, dict(writes.modules)
+
+    def _add(self, path: str, reason: str, root: str) -> None:
+        """Make the module at ``path`` a leaf for ``reason``; ``root`` says the same of the
+        model's own forward, which cannot become a leaf."""
+        if path == "":
+            raise TraceError(_root_failure(self.model, root))
+        if path in self.leaf_paths:  # a leaf that still fails cannot be fixed by leafing it again
+            module = type(self.model.get_submodule(path)).__name__
+            raise TraceError(
+                f"cannot trace {self._name}: submodule '{path}' ({module}) fails even as an "
+                f"opaque leaf: {reason}; check that the model runs on the example inputs"
+            )
+        self.leaf_paths.add(path)
+        self.reasons[path] = reason
+
+    def _facts(self, gm: fx.GraphModule) -> None:
+        with preserved(self.model, gm):
+            try:
+                record_facts(gm, self.inputs)
+            except FactsError as exc:
+                raise TraceError(_run_failure(self._name, self.inputs, exc)) from exc
+
+    def _meta(self) -> dict:
+        opaque = set(self.leaf_paths) | {
+            path for path, m in self.model.named_modules() if isinstance(m, self.leaf_types)
+        }
+        kinds, why = self.listed
+        for path, m in self.model.named_modules():
+            if isinstance(m, kinds):
+                self.reasons.setdefault(path, why)
+        return {
+            "leaves": dict(self.reasons),
+            # GraphModule keeps only the modules it calls, so keep the cell names declared by
+            # modules that were traced through (see passes.gate: `fxdnat_cell`).
+            "cells": {
+                path: m.fxdnat_cell
+                for path, m in self.model.named_modules()
+                if isinstance(getattr(m, "fxdnat_cell", None), str)
+            },
+            "input_shapes": [
+                tuple(x.shape) if isinstance(x, torch.Tensor) else None for x in self.inputs
+            ],
+            "opaque_params": _params_inside(self.model, opaque),
+            "params": sum(p.numel() for p in self.model.parameters()),
+        }
+
+    @property
+    def _name(self) -> str:
+        return type(self.model).__name__
+
+
+def _constants(gm: fx.GraphModule) -> frozenset[str]:
+    return frozenset(
+        n.target
+        for n in gm.graph.nodes
+        if n.op == "get_attr" and n.target.startswith(_CONSTANT_PREFIX)
+    )
+
+
+def _params_inside(model: nn.Module, paths: set[str]) -> int:
+    """Parameters of the modules at ``paths`` (each counted once, nested leaves too)."""
+    inside = {id(p) for path in paths for p in model.get_submodule(path).parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) in inside)
+
+
+def _matches_eager(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> bool:
+    """``gm`` computes what ``model`` does on ``inputs`` in eval mode (within float noise)."""
+    with preserved(model, gm), torch.no_grad():
+        model.eval()
+        gm.eval()
+        want = torch.utils._pytree.tree_leaves(model(*inputs))
+        got = torch.utils._pytree.tree_leaves(gm(*inputs))
+    return len(want) == len(got) and all(
+        not isinstance(w, torch.Tensor)
+        or (isinstance(g, torch.Tensor) and w.shape == g.shape and torch.allclose(w, g, 1e-4, 1e-5))
+        for w, g in zip(want, got, strict=True)
+    )
+
+
+def _root_failure(model: nn.Module, reason: str) -> str:
+    """What to say when the model's own forward, which cannot become a leaf, is the problem;
+    the advice names the submodule that holds most of the parameters."""
+    children = sorted(
+        model.named_children(), key=lambda c: -sum(p.numel() for p in c[1].parameters())
+    )
+    part = (
+        f" or trace the part that holds its blocks: `fxdnat.trace(model.{children[0][0]}, ...)`"
+        if children
+        else ""
+    )
+    return (
+        f"cannot trace {type(model).__name__}: its own forward {reason}; only submodules can "
+        "be made opaque, so build the model without that feature (a constructor flag, e.g. a "
+        f"drop or noise rate of 0){part}"
+    )
+
+
+def _run_failure(name: str, inputs: tuple, exc: FactsError) -> str:
+    where = modes.owner(exc.node) if exc.node.op != "call_module" else exc.node.target
+    shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
+    place = f"in submodule '{where}'" if where else "in its own forward"
+    return (
+        f"{name} does not run on inputs of shapes {shapes}: {place} at {exc.node.name}: "
+        f"{describe(exc.cause)}; check --input-size or the example inputs"
+    )
