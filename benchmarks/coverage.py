@@ -1,15 +1,18 @@
 """Coverage sweep: run the whole compiler over a seeded sample of timm and all torchvision models.
 
 For every model: build it with random weights, run it eagerly, ``fxdnat.trace`` it, check traced ≡
-eager, ``discover`` its edges, ``gate`` them (tie="full") and check gated-at-init ≡ eager, draw
-random valid decisions, ``arch.assign`` them, check ``decide`` reads them back, ``finalize`` and
-check final ≡ gated, ``final.graph.lint()`` and that no gate or θ is left. Each model runs in a
-forked process with one torch thread, under a time and a memory limit, so that one crash or hang
-does not stop the sweep. The script writes the whole of docs/coverage.md.
+eager in eval and in train mode, ``discover`` its edges, ``gate`` them (tie="full") and check
+gated-at-init ≡ eager, draw random valid decisions, ``arch.assign`` them, check ``decide`` reads
+them back, ``finalize`` and check final ≡ gated, ``final.graph.lint()`` and that no gate or θ is
+left; record the share of its parameters inside opaque submodules. Each model runs in a forked
+process with one torch thread, under a time and a memory limit, so that one crash or hang does not
+stop the sweep. ``--train-config`` sweeps the models a second time as people train them, with
+drop-path / stochastic depth on. The script writes the whole of docs/coverage.md
+(benchmarks/coverage_report.py).
 
-    python benchmarks/coverage.py --sample 300 --seed 0 --out docs/coverage.md \
-        --timeout-per-model 300 --jobs 2
-    python benchmarks/coverage.py --models 'timm:resnet*,torchvision:vgg11' --out /tmp/re.md
+    python -m benchmarks.coverage --sample 300 --seed 0 --out docs/coverage.md \
+        --timeout-per-model 300 --jobs 2 --train-config
+    python -m benchmarks.coverage --models 'timm:resnet*,torchvision:vgg11' --out /tmp/re.md
 """
 
 from __future__ import annotations
@@ -21,13 +24,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse
-import datetime
 import fnmatch
 import gc
 import hashlib
 import json
 import multiprocessing as mp
-import platform
 import random
 import shlex
 import subprocess
@@ -48,14 +49,16 @@ from torch import fx, nn
 import fxdnat
 import fxdnat.arch
 import fxdnat.frontend
+from benchmarks.coverage_report import write_report
 from fxdnat import passes
+from fxdnat.frontend.state import preserved
 
 ROOT = Path(__file__).resolve().parents[1]
 FXDNAT_DIR = Path(fxdnat.__file__).resolve().parent
 PASSES_DIR = Path(passes.__file__).resolve().parent
 STAGES = (
-    "build", "eager", "trace", "trace-eq", "discover", "gate", "init-eq", "decide", "finalize",
-    "final-eq", "lint",
+    "build", "eager", "trace", "trace-eq", "train-eq", "discover", "gate", "init-eq", "decide",
+    "finalize", "final-eq", "lint",
 )  # fmt: skip
 COMPILER_STAGES = STAGES[2:]
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
@@ -68,6 +71,8 @@ TORCHVISION_KWARGS = {  # models whose default form cannot be traced at all, see
     "inception_v3": {"aux_logits": False, "init_weights": True},
 }
 TORCHVISION_SIDES = {"inception_v3": 299}
+# --train-config: the regularisers people train with, for every constructor that takes them
+TRAIN_KWARGS = {"timm": {"drop_path_rate": 0.1}, "torchvision": {"stochastic_depth_prob": 0.1}}
 # The pipeline holds two copies of the weights at once (model + gated, then gated + final) on top
 # of the process itself: a model whose weights alone make that exceed the limit is skipped.
 WEIGHT_COPIES = 2
@@ -82,6 +87,7 @@ warnings.filterwarnings("ignore")
 @dataclass
 class Result:
     model: str  # "timm:name" or "torchvision:name"
+    config: str = "plain"  # plain (as built) | train (drop-path / stochastic depth on)
     status: str = "fail"  # pass | fail | skip
     stage: str = "build"  # where it failed or was skipped (last stage for a pass)
     error: str = ""  # exception type (or Timeout / Memory / Crash)
@@ -91,6 +97,8 @@ class Result:
     size_note: str = ""
     params: int = 0
     leaves: dict[str, str] = field(default_factory=dict)
+    opaque: float = 0.0  # share of the parameters inside opaque submodules
+    family: str = ""  # the module that defines the model (timm.models.nfnet -> nfnet)
     edges: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -110,12 +118,39 @@ class Skip(Exception):
 def build(result: Result, seed: int, progress) -> tuple[nn.Module, torch.Tensor]:
     """The model in eval mode and an input it runs on; raises Skip where neither can be had."""
     source, name = result.model.split(":", 1)
+    extra = _train_kwargs(source, name, result) if result.config == "train" else {}
     if source == "timm":
-        model, x = _build_timm(name, seed, result, progress)
+        model, x = _build_timm(name, seed, result, progress, extra)
     else:
-        model, x = _build_torchvision(name, seed, result, progress)
+        model, x = _build_torchvision(name, seed, result, progress, extra)
     result.params = sum(p.numel() for p in model.parameters())
+    result.family = _family(source, name)
     return model, x
+
+
+def _train_kwargs(source: str, name: str, result: Result) -> dict:
+    """The drop-path / stochastic-depth argument, where the model's constructor takes it."""
+    kwargs = TRAIN_KWARGS[source]
+    make = timm.create_model if source == "timm" else torchvision.models.get_model
+    try:
+        with torch.device("meta"):
+            make(name, num_classes=10, **kwargs)
+    except TypeError:
+        result.notes.append(f"takes no {', '.join(kwargs)}: built with its defaults")
+        return {}
+    except Exception:  # fails on the meta device for another reason: try it for real
+        pass
+    result.notes.append("built with " + ", ".join(f"{k}={v}" for k, v in kwargs.items()))
+    return dict(kwargs)
+
+
+def _family(source: str, name: str) -> str:
+    """The module that defines the model: timm.models.nfnet -> "timm nfnet"."""
+    if source == "timm":
+        module = timm.models.model_entrypoint(name).__module__
+    else:
+        module = torchvision.models.get_model_builder(name).__module__
+    return f"{source} {module.rsplit('.', 1)[-1]}"
 
 
 def _inputs(side: tuple[int, int], seed: int) -> torch.Tensor:
@@ -128,9 +163,9 @@ def _eager(model: nn.Module, x: torch.Tensor):
         return model(x)
 
 
-def _build_torchvision(name: str, seed: int, result: Result, progress):
-    kwargs = {"num_classes": 10, **TORCHVISION_KWARGS.get(name, {})}
-    if kwargs.keys() - {"num_classes"}:
+def _build_torchvision(name: str, seed: int, result: Result, progress, extra: dict):
+    kwargs = {"num_classes": 10, **TORCHVISION_KWARGS.get(name, {}), **extra}
+    if kwargs.keys() - {"num_classes"} - extra.keys():
         result.notes.append("built with " + ", ".join(f"{k}={v}" for k, v in kwargs.items()))
     side = TORCHVISION_SIDES.get(name, TORCHVISION_SIDE)
     _check_memory(_meta_params(lambda: torchvision.models.get_model(name, **kwargs)), result)
@@ -146,14 +181,14 @@ def _build_torchvision(name: str, seed: int, result: Result, progress):
     return model, x
 
 
-def _build_timm(name: str, seed: int, result: Result, progress):
+def _build_timm(name: str, seed: int, result: Result, progress, extra: dict):
     cfg = get_pretrained_cfg(name)
     default = tuple(cfg.input_size[1:]) if cfg is not None else (224, 224)
     fixed = bool(cfg is not None and cfg.fixed_input_size)
-    side, kwargs, note = _probe_side(name, default, fixed, result)
+    side, kwargs, note = _probe_side(name, default, fixed, result, extra)
     result.size_note = note
     torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs, **extra).eval()
     result.side = list(side)
     progress("eager")
     try:
@@ -168,7 +203,7 @@ def _build_timm(name: str, seed: int, result: Result, progress):
     gc.collect()
     progress("build")
     torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    model = timm.create_model(name, pretrained=False, num_classes=10, **extra).eval()
     result.side, result.size_note = list(default), f"default size (probed size failed: {first})"
     progress("eager")
     x = _inputs(default, seed)
@@ -179,7 +214,7 @@ def _build_timm(name: str, seed: int, result: Result, progress):
     return model, x
 
 
-def _probe_side(name: str, default: tuple, fixed: bool, result: Result) -> tuple:
+def _probe_side(name: str, default: tuple, fixed: bool, result: Result, extra: dict) -> tuple:
     """The smallest usual input side that the model accepts, found on the meta device.
 
     A model with a fixed input size is rebuilt with ``img_size=``; others take any size. Falls
@@ -191,7 +226,9 @@ def _probe_side(name: str, default: tuple, fixed: bool, result: Result) -> tuple
         kwargs = {"img_size": side} if fixed else {}
         try:
             with torch.device("meta"):
-                model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+                model = timm.create_model(
+                    name, pretrained=False, num_classes=10, **kwargs, **extra
+                ).eval()
             params = params or sum(p.numel() for p in model.parameters())
             _check_memory(params, result)
             model(torch.empty(BATCH, 3, side, side, device="meta"))
@@ -202,7 +239,10 @@ def _probe_side(name: str, default: tuple, fixed: bool, result: Result) -> tuple
             continue
     if params is None:
         _check_memory(
-            _meta_params(lambda: timm.create_model(name, pretrained=False, num_classes=10)), result
+            _meta_params(
+                lambda: timm.create_model(name, pretrained=False, num_classes=10, **extra)
+            ),
+            result,
         )
     note = "default size" if not candidates else "default size (no smaller size ran on meta)"
     return default, {}, note
@@ -231,16 +271,46 @@ def _check_memory(params: int | None, result: Result) -> None:
 LIMITS = {"memory_gib": 8.0}
 
 
+# --------------------------------------------------------------------------- provenance
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _compiler_id() -> str:
+    """Where the imported compiler lives and a hash of its sources: the code the workers run."""
+    digest = hashlib.sha256()
+    for path in sorted(FXDNAT_DIR.rglob("*.py")) + sorted(PASSES_DIR.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    if ROOT in FXDNAT_DIR.parents:
+        commit = _git("rev-parse", "--short", "HEAD")
+        dirty = "+uncommitted" if _git("status", "--porcelain", "--", "fxdnat", "passes") else ""
+        where = f"git {commit}{dirty}"
+    else:
+        where = f"imported from {FXDNAT_DIR}"
+    return f"{where}, sources sha256 {digest.hexdigest()[:12]}"
+
+
+COMPILER_ID = _compiler_id()  # at import, before any worker forks
+
+
 # --------------------------------------------------------------------------- the checks
 
 
-def check(model_key: str, seed: int, progress) -> Result:
-    """Run every stage on one model; the returned Result says where it stopped and why."""
+def check(key: tuple[str, str], seed: int, progress) -> Result:
+    """Run every stage on one (configuration, model); the Result says where it stopped and why."""
+    config, model_key = key
     torch.manual_seed(seed)
     started = time.perf_counter()
     stage_start = {"t": started}
     current = {"stage": "build"}
-    result = Result(model_key, compiler=COMPILER_ID)
+    result = Result(model_key, config=config, compiler=COMPILER_ID)
 
     def enter(stage: str, info: dict | None = None) -> None:
         now = time.perf_counter()
@@ -277,9 +347,13 @@ def _run_compiler(model_key: str, held: dict, x, seed: int, result: Result, ente
     model, want = held.pop("model"), held.pop("want")
     enter("trace")
     gm = fxdnat.trace(model, (x,))
-    result.leaves = dict(gm.meta[fxdnat.frontend.META_KEY]["leaves"])
+    meta = gm.meta[fxdnat.frontend.META_KEY]
+    result.leaves = dict(meta["leaves"])
+    result.opaque = round(meta["opaque_params"] / max(meta["params"], 1), 4)
     enter("trace-eq")
     torch.testing.assert_close(_eager(gm, x), want, equal_nan=True, **TOLERANCE)
+    enter("train-eq")
+    _check_train_mode(model, gm, x, seed, result)
     enter("discover")
     edges = passes.discover(gm, granularity="branch")
     result.edges = len(edges)
@@ -309,6 +383,22 @@ def _run_compiler(model_key: str, held: dict, x, seed: int, result: Result, ente
     enter("lint")
     final.graph.lint()
     _check_clean(final)
+
+
+def _check_train_mode(model: nn.Module, gm: fx.GraphModule, x, seed: int, result) -> None:
+    """traced ≡ eager in train mode under one seed; the model's statistics are put back."""
+    with preserved(model, gm), torch.no_grad():
+        model.train()
+        torch.manual_seed(seed)
+        try:
+            want = model(x)
+        except Exception as exc:  # BatchNorm on one value per channel, ...: not the compiler's
+            result.notes.append(f"train mode not checked: eager fails ({_one_line(exc, 120)})")
+            return
+        gm.train()
+        torch.manual_seed(seed)
+        got = gm(x)
+    torch.testing.assert_close(got, want, equal_nan=True, **TOLERANCE)
 
 
 def _check_clean(final: fx.GraphModule) -> None:
@@ -354,11 +444,11 @@ def _fxdnat_frame(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- running the sweep
 
 
-def _worker(model_key: str, seed: int, memory_gib: float, conn) -> None:
+def _worker(key: tuple[str, str], seed: int, memory_gib: float, conn) -> None:
     torch.set_num_threads(1)
     LIMITS["memory_gib"] = memory_gib
     result = check(
-        model_key, seed, lambda stage, info=None: conn.send(("stage", (stage, info), time.time()))
+        key, seed, lambda stage, info=None: conn.send(("stage", (stage, info), time.time()))
     )
     conn.send(("result", result.__dict__, time.time()))
     conn.close()
@@ -366,7 +456,7 @@ def _worker(model_key: str, seed: int, memory_gib: float, conn) -> None:
 
 @dataclass
 class _Running:
-    key: str
+    key: tuple[str, str]  # (configuration, model)
     process: mp.Process
     conn: object
     started: float
@@ -377,7 +467,7 @@ class _Running:
     result: dict | None = None
 
 
-def sweep(keys: list[str], args, on_result) -> None:
+def sweep(keys: list[tuple[str, str]], args, on_result) -> None:
     """Run ``check`` on every model in a fresh forked process, ``args.jobs`` at a time."""
     context = mp.get_context("fork")
     pending, running = list(keys), []
@@ -436,7 +526,10 @@ def _abandoned(job: _Running, error: str, message: str, timeout: float) -> Resul
     if job.process.is_alive():
         job.process.kill()
     job.process.join()
-    result = Result(job.key, status="fail", stage=job.stage, error=error, compiler=COMPILER_ID)
+    config, model = job.key
+    result = Result(
+        model, config=config, status="fail", stage=job.stage, error=error, compiler=COMPILER_ID
+    )
     for name, value in job.info.items():
         setattr(result, name, value)
     result.seconds = round(time.time() - job.started, 2)
@@ -494,235 +587,6 @@ def _exists(key: str) -> bool:
     return source == "torchvision" and name in torchvision.models.list_models()
 
 
-# --------------------------------------------------------------------------- the report
-
-
-def write_report(results: list[Result], args, command: str, elapsed: float, reused: int) -> str:
-    order = {k: i for i, k in enumerate(args.keys)}
-    results = sorted(results, key=lambda r: order.get(r.model, len(order)))
-    ran = [r for r in results if r.status != "skip"]
-    passed = [r for r in ran if r.status == "pass"]
-    rate = 100 * len(passed) / len(ran) if ran else 0.0
-    lines = [
-        "# Coverage sweep",
-        "",
-        "Generated by `benchmarks/coverage.py`; do not edit by hand, rerun the command instead.",
-        "",
-        *_header(results, command, elapsed, reused),
-        "",
-        "## Summary",
-        "",
-        *_summary(results, ran, passed, rate),
-        "",
-        "## Stages",
-        "",
-        *_stage_table(ran),
-        "",
-        "## Failures",
-        "",
-        *_failure_table([r for r in results if r.status == "fail"]),
-        "",
-        "## Skips",
-        "",
-        *_skip_table([r for r in results if r.status == "skip"]),
-        "",
-        "## Leaves",
-        "",
-        *_leaves(ran),
-        "",
-        "## Every model",
-        "",
-        *_all_table(results),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _versions(results: list[Result]) -> dict[str, str]:
-    ids = Counter(r.compiler or "unrecorded" for r in results)
-    compilers = "; ".join(f"{c} ({n} models)" for c, n in ids.most_common())
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "torchvision": torchvision.__version__,
-        "fxdnat": f"{fxdnat.__version__}, compiler {compilers}",
-    }
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _compiler_id() -> str:
-    """Where the imported compiler lives and a hash of its sources: the code the workers run."""
-    digest = hashlib.sha256()
-    for path in sorted(FXDNAT_DIR.glob("*.py")) + sorted(PASSES_DIR.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    if ROOT in FXDNAT_DIR.parents:
-        commit = _git("rev-parse", "--short", "HEAD")
-        dirty = "+uncommitted" if _git("status", "--porcelain", "--", "fxdnat", "passes") else ""
-        where = f"git {commit}{dirty}"
-    else:
-        where = f"imported from {FXDNAT_DIR}"
-    return f"{where}, sources sha256 {digest.hexdigest()[:12]}"
-
-
-COMPILER_ID = _compiler_id()  # at import, before any worker forks
-
-
-def _header(results: list[Result], command: str, elapsed: float, reused: int) -> list[str]:
-    versions = ", ".join(f"{k} {v}" for k, v in _versions(results).items())
-    model_minutes = sum(r.seconds for r in results) / 60
-    return [
-        f"- Command: `{command}`",
-        f"- Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; this invocation ran "
-        f"{len(results) - reused} models in {elapsed / 60:.1f} min on {os.cpu_count()} cores "
-        f"({platform.machine()}), {ARGS.jobs} workers of one torch thread each"
-        + (f", and reused {reused} results of earlier runs from `--json`" if reused else "")
-        + f"; the models' own times add up to {model_minutes:.1f} min",
-        f"- Versions: {versions}",
-        *([f"- Note: {ARGS.note}"] if ARGS.note else []),
-        f"- Models: `random.Random({ARGS.seed}).sample(sorted(timm.list_models()), {ARGS.sample})` "
-        f"of {len(timm.list_models())} timm models, plus every classification model of "
-        "`torchvision.models.list_models(module=torchvision.models)`"
-        + (f", filtered by `--models {ARGS.models}`" if ARGS.models else "")
-        + ". Nothing else is excluded.",
-        "- Each model: random weights (`torch.manual_seed(seed)`), 10 classes, batch 2, float32, "
-        "eval mode. timm models run at the smallest of "
-        f"{', '.join(map(str, SMALL_SIDES))} px (square) that runs on the meta device "
-        "(rebuilt with `img_size=` when the model's input size is fixed), else at their "
-        f"default size; torchvision models at {TORCHVISION_SIDE} px (inception_v3 at 299).",
-        "- Checks, in order (a model passes when every one holds): "
-        "**trace** `fxdnat.trace`; **trace-eq** traced ≡ eager; **discover** "
-        '`granularity="branch"`; **gate** `tie="full"`; **init-eq** gated at init ≡ eager; '
-        "**decide** random valid decisions (each join keeps a live operand, seeded per model), "
-        "`arch.assign`, and `passes.decide` reads them back; **finalize**; **final-eq** final ≡ "
-        "gated with θ assigned; **lint** `final.graph.lint()` and no gate or θ left. "
-        "Equivalence is `torch.testing.assert_close(rtol=1e-5, atol=1e-5)` in eval mode. "
-        "A model with no eligible edge passes on trace and trace-eq alone (row *no edges*).",
-        f"- Limits: {ARGS.timeout_per_model:g} s and {ARGS.memory_gib:g} GiB resident memory per "
-        "model. A model is **skipped**, and left out of the pass rate, only for a reason outside "
-        "fxdnat: it cannot be built or run eagerly; its weights alone would put the pipeline "
-        f"(which holds {WEIGHT_COPIES} copies of them at once) over the memory limit; or it "
-        f"timed out and building it plus {FORWARDS} eager forwards alone exceed the time limit. "
-        "A crash, "
-        "timeout or memory overrun inside a compiler stage otherwise counts as a failure.",
-    ]
-
-
-def _summary(results, ran, passed, rate) -> list[str]:
-    def count(source: str, status: str | None = None, no_edges: bool | None = None) -> int:
-        return sum(
-            1
-            for r in results
-            if r.model.startswith(source)
-            and (status is None or r.status == status)
-            and (no_edges is None or (r.edges == 0) == no_edges)
-        )
-
-    rows = [
-        ("models", lambda s: count(s)),
-        ("skipped (outside fxdnat)", lambda s: count(s, "skip")),
-        ("ran eagerly (the pass-rate base)", lambda s: count(s) - count(s, "skip")),
-        ("passed, with edges", lambda s: count(s, "pass", False)),
-        ("passed, no edges", lambda s: count(s, "pass", True)),
-        ("failed", lambda s: count(s, "fail")),
-    ]
-    lines = ["| | timm | torchvision | total |", "|---|---:|---:|---:|"]
-    for label, fn in rows:
-        lines.append(f"| {label} | {fn('timm:')} | {fn('torchvision:')} | {fn('')} |")
-    lines += ["", f"**Pass rate: {len(passed)} / {len(ran)} = {rate:.1f} %** (target ≥ 97 %)."]
-    return lines
-
-
-def _stage_table(ran: list[Result]) -> list[str]:
-    lines = [
-        "Over the models that ran eagerly; *reached* counts models that got to the stage (models "
-        "without edges stop after discover).",
-        "",
-        "| stage | reached | passed | failed |",
-        "|---|---:|---:|---:|",
-    ]
-    for i, stage in enumerate(COMPILER_STAGES):
-        later = set(COMPILER_STAGES[i + 1 :])
-        reached = [r for r in ran if r.stage == stage or r.stage in later]
-        failed = [r for r in reached if r.status == "fail" and r.stage == stage]
-        lines.append(f"| {stage} | {len(reached)} | {len(reached) - len(failed)} | {len(failed)} |")
-    return lines
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _failure_table(failed: list[Result]) -> list[str]:
-    if not failed:
-        return ["None."]
-    causes = Counter(f"{r.stage}: {r.error}" for r in failed)
-    lines = ["| stage: exception | models |", "|---|---:|"]
-    lines += [f"| {_cell(c)} | {n} |" for c, n in causes.most_common()]
-    lines += ["", "| model | stage | exception | message | raised at |", "|---|---|---|---|---|"]
-    for r in failed:
-        lines.append(
-            f"| {r.model} | {r.stage} | {r.error} | {_cell(r.message)} | {_cell(r.where)} |"
-        )
-    return lines
-
-
-def _skip_table(skipped: list[Result]) -> list[str]:
-    if not skipped:
-        return ["None."]
-    lines = ["| model | stage | reason |", "|---|---|---|"]
-    lines += [f"| {r.model} | {r.stage} | {_cell(r.message)} |" for r in skipped]
-    return lines
-
-
-def _leaves(ran: list[Result]) -> list[str]:
-    leafed = [r for r in ran if r.leaves]
-    reasons = Counter(_reason_kind(reason) for r in leafed for reason in r.leaves.values())
-    lines = [
-        f"{len(leafed)} of the {len(ran)} models that ran eagerly needed leaves "
-        f"({sum(len(r.leaves) for r in leafed)} submodules in all); timm's own no-trace "
-        "registry is honoured without being counted here.",
-    ]
-    if reasons:
-        lines += ["", "| reason | leaves |", "|---|---:|"]
-        lines += [f"| {_cell(k)} | {n} |" for k, n in reasons.most_common()]
-        lines += ["", "| model | leaves | status |", "|---|---|---|"]
-        for r in leafed:
-            paths = ", ".join(f"`{p}`" for p in list(r.leaves)[:4])
-            more = f" (+{len(r.leaves) - 4} more)" if len(r.leaves) > 4 else ""
-            lines.append(f"| {r.model} | {len(r.leaves)}: {paths}{more} | {r.status} |")
-    return lines
-
-
-def _reason_kind(reason: str) -> str:
-    """Group leaf reasons: the exception type and the start of its message."""
-    return reason if len(reason) <= 90 else reason[:89] + "…"
-
-
-def _all_table(results: list[Result]) -> list[str]:
-    lines = [
-        "<details><summary>Per-model results</summary>",
-        "",
-        "| model | input | params (M) | leaves | edges | status | stage | seconds | peak GiB |",
-        "|---|---|---:|---:|---:|---|---|---:|---:|",
-    ]
-    for r in results:
-        side = f"{r.side[0]}x{r.side[1]}" if r.side else ""
-        lines.append(
-            f"| {r.model} | {side} | {r.params / 1e6:.1f} | {len(r.leaves)} | {r.edges} | "
-            f"{r.status} | {r.stage} | {r.seconds:.1f} | {r.peak_gib:.1f} |"
-        )
-    return [*lines, "", "</details>"]
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -740,49 +604,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also append each result as a JSON line here")
     parser.add_argument("--resume", action="store_true", help="reuse the results already in --json")
     parser.add_argument("--note", default="", help="a sentence for the report's header (why, how)")
+    parser.add_argument(
+        "--train-config",
+        action="store_true",
+        help="also sweep every model as people train it (drop-path / stochastic depth on)",
+    )
     return parser.parse_args(argv)
 
 
-ARGS: argparse.Namespace
-
-
 def main(argv: list[str] | None = None) -> int:
-    global ARGS
-    args = ARGS = parse_args(argv)
+    args = parse_args(argv)
     args.keys = select(model_keys(args.sample, args.seed), args.models)
     if args.models and not args.keys:
         print(f"--models {args.models!r} matches no model", file=sys.stderr)
         return 2
-    done: dict[str, Result] = {}
+    configs = ["plain", "train"] if args.train_config else ["plain"]
+    keys = [(config, model) for config in configs for model in args.keys]
+    done: dict[tuple[str, str], Result] = {}
     if args.resume and args.json and args.json.exists():
         for line in args.json.read_text().splitlines():
             record = Result(**json.loads(line))
-            if record.model in args.keys:
-                done[record.model] = record
-    todo, reused = [k for k in args.keys if k not in done], len(done)
-    command = " ".join(["python", "benchmarks/coverage.py", *map(shlex.quote, sys.argv[1:])])
+            if (record.config, record.model) in keys:
+                done[record.config, record.model] = record
+    todo, reused = [k for k in keys if k not in done], len(done)
+    command = " ".join(["python", "-m", "benchmarks.coverage", *map(shlex.quote, sys.argv[1:])])
     started = time.time()
-    print(f"{len(args.keys)} models, {len(todo)} to run, {args.jobs} jobs", flush=True)
+    print(f"{len(keys)} runs, {len(todo)} to do, {args.jobs} jobs", flush=True)
 
     def on_result(result: Result) -> None:
-        done[result.model] = result
+        done[result.config, result.model] = result
         if args.json:
             with args.json.open("a") as handle:
                 handle.write(json.dumps(result.__dict__) + "\n")
         tail = f" [{result.stage}] {result.message}" if result.status != "pass" else ""
         print(
-            f"{len(done):4d}/{len(args.keys)} {result.status:4s} {result.model} "
+            f"{len(done):4d}/{len(keys)} {result.status:4s} {result.config} {result.model} "
             f"{result.seconds:.0f}s{tail}",
             flush=True,
         )
 
     sweep(todo, args, on_result)
-    elapsed = time.time() - started
+    context = {
+        "args": args,
+        "keys": args.keys,
+        "command": command,
+        "elapsed": time.time() - started,
+        "reused": reused,
+        "sides": SMALL_SIDES,
+        "copies": WEIGHT_COPIES,
+        "forwards": FORWARDS,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(write_report(list(done.values()), args, command, elapsed, reused))
-    ran = [r for r in done.values() if r.status != "skip"]
-    passed = sum(r.status == "pass" for r in ran)
-    print(f"pass rate {passed}/{len(ran)}; wrote {args.out}", flush=True)
+    args.out.write_text(write_report(list(done.values()), context))
+    for config in configs:
+        ran = [r for r in done.values() if r.config == config and r.status != "skip"]
+        passed = sum(r.status == "pass" for r in ran)
+        print(f"{config}: pass rate {passed}/{len(ran)}", flush=True)
+    print(f"wrote {args.out}", flush=True)
     return 0
 
 

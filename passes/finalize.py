@@ -41,11 +41,10 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     machinery = set(mixes) | set(graph.find_nodes(op="call_module", target=ARCH))
     live = memory.live_nodes(graph)
     dead_before = set(graph.nodes) - live - machinery
-    groups = memory.AliasGroups(graph)
-    written = {groups.find(t) for n in graph.nodes if (t := memory.written(n)) is not None}
+    writes = _Writes(graph)
     named = {node.name: node for node in graph.nodes}
     for mix in mixes:
-        created = _write_back(mix, decisions, named, fresh=groups.find(mix) in written)
+        created = _write_back(mix, decisions, named, writes)
         if mix not in live:  # a join nobody read: its adds were dead code, which stays
             dead_before |= created
     remaining = set(graph.nodes)
@@ -62,13 +61,29 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     return _graph.finish(final)
 
 
-def _write_back(mix: fx.Node, decisions: dict, named: dict, fresh: bool) -> set[fx.Node]:
-    """Replace ``mix`` by the sum of its edges' choices; returns the nodes created.
+class _Writes:
+    """The in-place writes the front end left in a graph (to state, or through a view), and
+    where they stand: a value that one of them writes later cannot stand in for a mix, whose
+    result was a tensor of its own."""
 
-    ``fresh``: the mix's result is written in place later (by a call the front end could not
-    make functional), so where the sum collapses to an existing value it gets a copy, as the
-    mix's result was one.
-    """
+    def __init__(self, graph: fx.Graph) -> None:
+        self.groups = memory.AliasGroups(graph)
+        self.order = {node: i for i, node in enumerate(graph.nodes)}
+        self.writes = [
+            (self.order[node], self.groups.find(target))
+            for node in graph.nodes
+            if (target := memory.written(node)) is not None
+        ]
+
+    def later(self, mix: fx.Node, value: fx.Node) -> bool:
+        """Something sharing ``value``'s memory, or the mix's, is written after the mix."""
+        mine = {self.groups.find(mix), self.groups.find(value)}
+        return any(at > self.order[mix] and root in mine for at, root in self.writes)
+
+
+def _write_back(mix: fx.Node, decisions: dict, named: dict, writes: _Writes) -> set[fx.Node]:
+    """Replace ``mix`` by the sum of its edges' choices; returns the nodes created. Where the
+    sum collapses to an existing value that is written in place later, the value is copied."""
     (tree, _), tensors = mix.args[1], mix.args[2:]
     values = [
         _chosen(decisions[name], tensors[same], None if identity is None else tensors[identity])
@@ -78,7 +93,7 @@ def _write_back(mix: fx.Node, decisions: dict, named: dict, fresh: bool) -> set[
     value = writer.emit(tree, values)
     if value is None:
         raise RuntimeError(f"every operand of {mix.name} is 'none'; please report this")
-    if fresh and value not in writer.created:
+    if value not in writer.created and writes.later(mix, value):
         value = writer.copy(value)
     mix.replace_all_uses_with(value)
     mix.graph.erase_node(mix)

@@ -3,10 +3,11 @@
 Tracing runs a module's Python code: code that is not traced symbolically runs for real.
 ``self.bn.num_batches_tracked += 1`` increments the real buffer (FX hands out buffers as plain
 tensors), ``self.cache = x`` stores a tracer Proxy on the module, ``torch.randn`` draws from the
-global generator. :func:`preserved` undoes all of that on exit: module attributes, parameters and
-buffers (by copy-on-write, so a large model is not copied) and the random number generators. It
-also reports which module's code wrote to a tensor the model keeps — a traced graph would
-silently drop such a write, so that module must stay opaque.
+global generator, and the eager runs fxdnat makes update BatchNorm statistics. :func:`preserved`
+undoes all of that on exit: module attributes, buffers (copied on entry: they are small),
+parameters (copied on their first write, so a large model is not copied) and the random number
+generators. It also reports which module's code wrote to a tensor the model keeps — a traced
+graph would silently drop such a write, so that module must stay opaque.
 """
 
 from __future__ import annotations
@@ -41,17 +42,26 @@ def preserved(*modules: nn.Module, tracer=None) -> Iterator[Writes]:
     rng = _rng_state()
     named = [pair for m in modules for pair in _tensor_attributes(m)]
     tensors = {_key(t): (name, t) for name, t in named if _key(t) is not None}
+    versions = {key: t._version for key, (_, t) in tensors.items()}
+    # Buffers are copied now and always put back: some kernels write them without saying so
+    # in their schema or version counter (native_batch_norm's running statistics).
+    buffers = {
+        key: t.untyped_storage().clone()
+        for key, (_, t) in tensors.items()
+        if not isinstance(t, nn.Parameter)
+    }
     writes = Writes()
-    guard = _CopyOnWrite(tensors, writes, tracer)
+    guard = _CopyOnWrite(tensors, writes, tracer, skip=buffers.keys())
     try:
         with guard:
             yield writes
     finally:
         with torch.no_grad():
-            for key, saved in guard.saved.items():
+            for key, saved in {**buffers, **guard.saved}.items():
                 tensors[key][1].untyped_storage().copy_(saved)
         _restore(attributes)
         _set_rng_state(rng)
+        _check_parameters(tensors, versions, guard.saved)
 
 
 def _tensor_attributes(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -106,9 +116,9 @@ def _key(t: torch.Tensor) -> tuple | None:
 class _CopyOnWrite(TorchDispatchMode):
     """Before the first write to a watched tensor's memory, keep a copy of it to restore."""
 
-    def __init__(self, tensors: dict, writes: Writes, tracer) -> None:
+    def __init__(self, tensors: dict, writes: Writes, tracer, skip) -> None:
         super().__init__()
-        self.tensors, self.writes, self.tracer = tensors, writes, tracer
+        self.tensors, self.writes, self.tracer, self.skip = tensors, writes, tracer, skip
         self.saved: dict[tuple, torch.UntypedStorage] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -127,10 +137,20 @@ class _CopyOnWrite(TorchDispatchMode):
         if key not in self.tensors:
             return
         name, watched = self.tensors[key]
-        if key not in self.saved:
+        if key not in self.saved and key not in self.skip:
             self.saved[key] = watched.untyped_storage().clone()
         stack = list((getattr(self.tracer, "module_stack", None) or {}).values())
         self.writes.modules.setdefault(stack[-1][0] if stack else "", name)
+
+
+def _check_parameters(tensors: dict, versions: dict, saved: dict) -> None:
+    """A parameter written by a kernel whose schema does not say so could not be put back."""
+    for key, (name, t) in tensors.items():
+        if isinstance(t, nn.Parameter) and key not in saved and t._version != versions[key]:
+            raise RuntimeError(
+                f"parameter {name!r} was written while fxdnat ran the model and could not be "
+                "restored; please report this model"
+            )
 
 
 def _rng_state() -> tuple:

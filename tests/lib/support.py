@@ -187,11 +187,13 @@ def inputs_for(model: nn.Module, size: int = 8, c: int = 4, dtype=torch.float32)
 
 
 def outputs(module: nn.Module, inputs: tuple, train: bool, seed: int = 0):
-    """Run a deep copy (so BatchNorm statistics do not drift) under a fixed RNG seed."""
+    """Run a deep copy (so BatchNorm statistics do not drift) under a fixed RNG seed, on a copy
+    of the inputs (a model may write them in place); returns the outputs and that copy."""
     module = copy.deepcopy(module).train(train)
+    inputs = copy.deepcopy(inputs)
     torch.manual_seed(seed)
     with torch.no_grad():
-        return module(*inputs)
+        return module(*inputs), inputs
 
 
 def assert_same_function(
@@ -203,7 +205,8 @@ def assert_same_function(
     modes: tuple[bool, ...] = (False, True),
     **tolerances,
 ) -> None:
-    """``a`` and ``b`` compute the same function in each train/eval mode of ``modes``."""
+    """``a`` and ``b`` compute the same function in each train/eval mode of ``modes``: the same
+    outputs, and the same inputs afterwards (a model may write its inputs in place)."""
     for train in modes:
         got, want = outputs(a, inputs, train), outputs(b, inputs, train)
         if exact:
