@@ -264,7 +264,7 @@ class _Search:
     def _facts(self, gm: fx.GraphModule) -> None:
         with preserved(self.model, gm):
             try:
-                record_facts(gm, self.inputs)
+                record_facts(gm, _copy(self.inputs))
             except FactsError as exc:
                 raise TraceError(_run_failure(self._name, self.inputs, exc)) from exc
 
@@ -316,12 +316,19 @@ def _matches_eager(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> bool:
     with preserved(model, gm), torch.no_grad():
         model.eval()
         gm.eval()
-        want = torch.utils._pytree.tree_leaves(model(*inputs))
-        got = torch.utils._pytree.tree_leaves(gm(*inputs))
+        want = torch.utils._pytree.tree_leaves(model(*_copy(inputs)))
+        got = torch.utils._pytree.tree_leaves(gm(*_copy(inputs)))
     return len(want) == len(got) and all(
         not isinstance(w, torch.Tensor)
         or (isinstance(g, torch.Tensor) and w.shape == g.shape and torch.allclose(w, g, 1e-4, 1e-5))
         for w, g in zip(want, got, strict=True)
+    )
+
+
+def _copy(inputs: tuple) -> tuple:
+    """The example inputs, for one run: a model may write its inputs in place."""
+    return torch.utils._pytree.tree_map(
+        lambda v: v.clone() if isinstance(v, torch.Tensor) else v, inputs
     )
 
 

@@ -29,7 +29,9 @@ def test_every_spelling_of_an_in_place_call_is_rewritten():
 def test_the_input_is_written_as_eager_mode_writes_it():
     model = nn.Sequential(InplaceReluBlock(), InplaceReluBlock())
     x = torch.randn(2, 4, 5, 5)
-    gm = fxdnat.trace(model, x)
+    example = x.clone()
+    gm = fxdnat.trace(model, example)
+    torch.testing.assert_close(example, x)  # tracing ran the model on copies of the example
     eager_x, traced_x = x.clone(), x.clone()
     torch.testing.assert_close(gm(traced_x), model(eager_x))
     torch.testing.assert_close(traced_x, eager_x)  # the first ReLU rectified the caller's input
