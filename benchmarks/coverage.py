@@ -435,9 +435,9 @@ def _fxdnat_frame(exc: BaseException) -> str:
     found = ""
     for frame in traceback.extract_tb(exc.__traceback__):
         path = Path(frame.filename).resolve()
-        if path.parent in (FXDNAT_DIR, PASSES_DIR):
-            found = f"{PASSES_DIR.name if path.parent == PASSES_DIR else 'fxdnat'}/{path.name}"
-            found += f":{frame.lineno} {frame.name}"
+        for top in (FXDNAT_DIR, PASSES_DIR):
+            if top in path.parents:
+                found = f"{top.name}/{path.relative_to(top)}:{frame.lineno} {frame.name}"
     return found
 
 
