@@ -140,6 +140,7 @@ def _print_edges(found: Any, tie: str) -> None:
             f"{found.spec}: no eligible edge (no add of two activations of equal shape)"
             "; try --granularity op"
         )
+        _print_opaque(console, found)
         return
     table = Table(
         title=f"{found.spec} at {found.input_size}px: {len(found.reports)} edges, "
@@ -167,6 +168,21 @@ def _print_edges(found: Any, tie: str) -> None:
     )
     if tie == "cell" and found.groups["cell"] == found.groups["full"]:
         console.print("note: no two cells share a structure, so cell mode equals full mode here")
+    _print_opaque(console, found)
+
+
+def _print_opaque(console: Any, found: Any) -> None:
+    """The parameters fxdnat cannot see into: edges inside an opaque submodule are hidden."""
+    if not found.opaque_params and not found.leaves:
+        return
+    share = 100 * found.opaque_params / max(found.params, 1)
+    names = ", ".join(f"{path} ({why})" for path, why in list(found.leaves.items())[:3])
+    more = f" and {len(found.leaves) - 3} more" if len(found.leaves) > 3 else ""
+    console.print(
+        f"opaque: {share:.1f} % of the parameters are inside submodules traced as one call"
+        + (f"; leaves: {names}{more}" if names else ""),
+        highlight=False,
+    )
 
 
 @main.command()

@@ -10,7 +10,7 @@ import torch
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxdnat.ir import Edge
+from fxdnat.ir import META_KEY, Edge
 from fxdnat.passes import _graph
 
 # Nodes that do not change what an edge computes, left out of its summary.
@@ -126,6 +126,8 @@ class EdgeListing:
     groups: dict[str, int]  # tie mode -> θ rows
     params: int
     flops: int
+    leaves: dict[str, str]  # submodules the tracer kept opaque -> why; their edges are hidden
+    opaque_params: int  # parameters inside opaque submodules (leaves, timm's no-trace modules)
 
     @property
     def joins(self) -> int:
@@ -139,6 +141,8 @@ class EdgeListing:
             "params": self.params,
             "flops": self.flops,
             "groups": self.groups,
+            "leaves": self.leaves,
+            "opaque_params": self.opaque_params,
             "edges": [
                 {**r.edge.to_dict(), "summary": r.summary, "params": r.params, "flops": r.flops}
                 for r in self.reports
@@ -167,6 +171,8 @@ def inspect_edges(
         groups={tie: group_count(gm, edges, tie) for tie in ("full", "cell")},
         params=count_params(built.model),
         flops=count_flops(gm, inputs),
+        leaves=dict(gm.meta[META_KEY]["leaves"]),
+        opaque_params=gm.meta[META_KEY]["opaque_params"],
     )
 
 

@@ -125,3 +125,19 @@ def test_eval_refuses_a_corrupt_checkpoint(tmp_path):
     assert result.output.startswith(f"Error: {path} is not a readable fxdnat checkpoint")
     result = run("eval", str(tmp_path / "missing.pt"))
     assert result.exit_code == 2 and "no checkpoint at" in result.output
+
+
+def test_edges_reports_what_tracing_kept_opaque():
+    result = run("edges", "module:messy:drop_path_net", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    reason = "its traced form depends on train/eval mode"
+    assert data["leaves"] == {"1.drop_path": reason, "2.drop_path": reason}
+    assert data["opaque_params"] == 0 and len(data["edges"]) == 4
+    table = CliRunner().invoke(
+        main, ["edges", "module:messy:drop_path_net"], env={"COLUMNS": "200"}
+    )
+    assert (
+        "opaque: 0.0 % of the parameters are inside submodules traced as one call; leaves: "
+        f"1.drop_path ({reason}), 2.drop_path ({reason})\n"
+    ) in table.output

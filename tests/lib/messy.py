@@ -225,3 +225,17 @@ def transformer_inputs(batch: int = 2, length: int = 5, d: int = 8) -> tuple:
     pad = torch.zeros(batch, length, dtype=torch.bool)
     pad[0, -2:] = True
     return torch.randn(batch, length, d), pad
+
+
+def drop_path_net(num_classes: int = 10) -> nn.Module:
+    """A small classifier of ToyDropPath blocks, for ``module:messy:drop_path_net`` specs."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        ToyDropPath(p=0.1),
+        ToyDropPath(p=0.1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, num_classes),
+    )
+    net.input_size = 16
+    return net
