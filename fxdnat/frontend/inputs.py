@@ -71,7 +71,8 @@ def bind(model: nn.Module, inputs: tuple) -> dict[str, Any]:
                 lambda v: PH if isinstance(v, torch.Tensor) else v, value
             )
     for param in params[len(inputs) :]:
-        if param.kind is param.VAR_KEYWORD:
+        if param.kind is param.VAR_KEYWORD:  # **kwargs: none given, none traced
+            concrete[f"**{param.name}"] = {}
             continue
         if param.default is param.empty:
             raise TraceError(
@@ -95,7 +96,7 @@ def drop_fixed_arguments(graph: fx.Graph, concrete: dict[str, Any]) -> None:
         return
     info = codegen.pytree_info
     names = list(info.orig_args)
-    specs = list(info.in_spec.children())
+    specs = list(info.in_spec.children())[: len(names)]  # past them: the empty **kwargs
     has_self = bool(names) and names[0] == "self"
     placeholders = iter([n for n in graph.nodes if n.op == "placeholder"])
     keep_names, keep_specs = [], []

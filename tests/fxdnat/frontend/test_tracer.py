@@ -308,6 +308,25 @@ def test_a_list_of_feature_maps_and_non_tensor_arguments():
     assert "0.5" in gm.code and len(passes.discover(gm)) == 2
 
 
+@pytest.mark.parametrize("structured", [False, True])
+def test_keyword_only_and_var_keyword_arguments_keep_their_defaults(structured):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x, *, scale=2.0, **options):
+            x = x["image"] if isinstance(x, dict) else x
+            return (x + self.conv(x)) * scale * options.get("gain", 1.0)
+
+    x = torch.randn(2, 3, 4, 4)
+    example = {"image": x} if structured else x
+    model = Net()
+    gm = fxdnat.trace(model, example)
+    torch.testing.assert_close(gm(example), model(example))
+    assert len(passes.discover(gm)) == 2
+
+
 def test_example_inputs_that_do_not_fit_forward_are_named():
     class Two(nn.Module):
         def forward(self, x, y):
