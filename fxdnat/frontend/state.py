@@ -28,6 +28,7 @@ class Writes:
     was running (the tracer's innermost module, "" for the root or outside a trace)."""
 
     modules: dict[str, str] = field(default_factory=dict)  # module path -> tensor name
+    numbers: dict[str, str] = field(default_factory=dict)  # module path -> attribute changed
 
 
 @contextlib.contextmanager
@@ -59,6 +60,7 @@ def preserved(*modules: nn.Module, tracer=None) -> Iterator[Writes]:
         with torch.no_grad():
             for key, saved in {**buffers, **guard.saved}.items():
                 tensors[key][1].untyped_storage().copy_(saved)
+        writes.numbers.update(_changed_numbers(modules[0], attributes))
         _restore(attributes)
         _set_rng_state(rng)
         _check_parameters(tensors, versions, guard.saved)
@@ -86,6 +88,19 @@ def _snapshot(modules: tuple[nn.Module, ...]) -> list[tuple[nn.Module, dict]]:
             state = {k: _shallow(v) for k, v in vars(m).items()}
             saved.append((m, state))
     return saved
+
+
+def _changed_numbers(root: nn.Module, saved: list[tuple[nn.Module, dict]]) -> dict[str, str]:
+    """Modules whose number or flag attributes changed (a step counter, an annealed
+    temperature): their forward would behave differently on the next call."""
+    paths = {id(m): path for path, m in root.named_modules(remove_duplicate=False)}
+    changed = {}
+    for m, state in saved:
+        for name, before in state.items():
+            now = vars(m).get(name, before)
+            if isinstance(before, (int, float)) and name != "training" and now != before:
+                changed.setdefault(paths.get(id(m), "?"), f"{name} ({before!r} -> {now!r})")
+    return changed
 
 
 def _shallow(value: object) -> object:

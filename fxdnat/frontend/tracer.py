@@ -26,7 +26,7 @@ from fxdnat.frontend.facts import FactsError, record_facts
 from fxdnat.frontend.functionalize import functionalize_
 from fxdnat.frontend.inputs import bind, drop_fixed_arguments, unwrap
 from fxdnat.frontend.memory import eliminate_dead_code
-from fxdnat.frontend.state import preserved
+from fxdnat.frontend.state import Writes, preserved
 from fxdnat.ir import META_KEY
 
 log = logging.getLogger(__name__)
@@ -189,43 +189,62 @@ class _Search:
                     f"to be leaves (first {', '.join(list(self.reasons)[:3])}); raise "
                     "max_leaves or name leaves yourself"
                 )
-            runs = {mode: self._trace_in_mode(mode) for mode in (True, False)}
-            if any(isinstance(r, _NeedsLeaf) for r in runs.values()):
-                failure = next(r for r in runs.values() if isinstance(r, _NeedsLeaf))
+            runs = [self._trace_in_mode(mode) for mode in (True, False)]
+            failure = next((r for r in runs if isinstance(r, _NeedsLeaf)), None)
+            if failure is not None:
                 cause = describe(failure.cause)
                 self._add(failure.path, cause, root=f"cannot be traced ({cause})")
                 continue
-            (train, writes), (eval_, _) = runs[True], runs[False]
-            if writes:
-                for path, tensor in writes.items():
-                    self._add(
-                        path,
-                        f"writes {tensor!r} in place, which tracing cannot replay",
-                        root=f"writes the tensor {tensor!r} in place (a counter or running "
-                        "statistic), which a traced graph would drop",
-                    )
+            (train, train_effects), (eval_, eval_effects) = runs
+            if self._leaf_side_effects(train_effects, eval_effects):
                 continue
-            if modes.merge(train.graph, eval_.graph) is not None:
-                random = modes.random_constants(train, eval_)
-                for path in random:
-                    self._add(
-                        path,
-                        "draws a random tensor in forward, which tracing would freeze",
-                        root="draws a random tensor that depends on no input (torch.rand(...)), "
-                        "which a traced graph would replay on every call",
-                    )
-                if not random:
-                    return train, _constants(train)
+            if self._leaf_what_differs(train, eval_):
                 continue
-            differing = modes.dependent_modules(train.graph, eval_.graph)
-            if not differing:  # the traces differ in names only
-                return train, _constants(train)
-            for path in differing:
+            return train, _constants(train)
+
+    def _leaf_side_effects(self, *effects: Writes) -> bool:
+        """Modules whose code changed the model's state while tracing become leaves; the
+        traced graph would not replay those changes. Returns whether any did."""
+        numbers = {p: c for e in effects for p, c in e.numbers.items()}
+        tensors = {p: t for e in effects for p, t in e.modules.items()}
+        for path, change in numbers.items():
+            self._add(
+                path,
+                f"changes its attribute {change} in forward, which tracing cannot replay",
+                root=f"changes its attribute {change} (a counter or schedule), which a traced "
+                "graph would not",
+            )
+        for path, tensor in tensors.items():
+            if path not in numbers:
                 self._add(
                     path,
-                    "its traced form depends on train/eval mode",
-                    root="branches on train/eval mode (self.training)",
+                    f"writes {tensor!r} in place, which tracing cannot replay",
+                    root=f"writes the tensor {tensor!r} in place (a counter or running "
+                    "statistic), which a traced graph would drop",
                 )
+        return bool(numbers or tensors)
+
+    def _leaf_what_differs(self, train: fx.GraphModule, eval_: fx.GraphModule) -> bool:
+        """Modules whose traced form depends on the mode, or that drew a random constant while
+        tracing, become leaves; returns whether any did."""
+        if modes.merge(train.graph, eval_.graph) is not None:
+            random = modes.random_constants(train, eval_)
+            for path in random:
+                self._add(
+                    path,
+                    "draws a random tensor in forward, which tracing would freeze",
+                    root="draws a random tensor that depends on no input (torch.rand(...)), "
+                    "which a traced graph would replay on every call",
+                )
+            return bool(random)
+        differing = modes.dependent_modules(train.graph, eval_.graph)
+        for path in differing:  # none: the traces differ in names only
+            self._add(
+                path,
+                "its traced form depends on train/eval mode",
+                root="branches on train/eval mode (self.training)",
+            )
+        return bool(differing)
 
     def _trace_in_mode(self, training: bool):
         tracer = _LeafingTracer(self.leaf_types, self.leaf_paths, self.autowrap)
@@ -245,7 +264,7 @@ class _Search:
                 raise TraceError(_root_failure(self.model, reason)) from exc
             drop_fixed_arguments(graph, self.concrete)
             gm = fx.GraphModule(tracer.root, graph, class_name=self._name)
-        return gm, dict(writes.modules)
+        return gm, writes
 
     def _add(self, path: str, reason: str, root: str) -> None:
         """Make the module at ``path`` a leaf for ``reason``; ``root`` says the same of the

@@ -218,9 +218,10 @@ def test_tracing_leaves_every_parameter_buffer_and_attribute_as_it_found_them():
     assert model[1].bn.num_batches_tracked.item() == 0  # the increment ran while tracing
     assert (model[2].calls, model[2].seen, hasattr(model[2], "last")) == (0, [], False)
     assert torch.equal(torch.get_rng_state(), rng)
-    # the counter's module fails to trace and becomes a leaf: it keeps counting when run
+    # both modules change state in forward: as leaves they keep doing so when run
     assert gm.meta["fxdnat"]["leaves"] == {
-        "1": "TraceError: symbolically traced variables cannot be used as inputs to control flow"
+        "1": "TraceError: symbolically traced variables cannot be used as inputs to control flow",
+        "2": "changes its attribute calls (0 -> 1) in forward, which tracing cannot replay",
     }
     twin = copy.deepcopy(model)
     gm.train(), twin.train()
@@ -249,6 +250,27 @@ def test_a_module_that_writes_its_own_state_in_place_while_tracing_becomes_a_lea
     assert model[1].count.item() == 0
     twin = copy.deepcopy(model)
     for _ in range(3):  # eager and traced count alike, call after call
+        torch.testing.assert_close(gm(x), twin(x))
+
+
+def test_a_schedule_kept_in_a_python_attribute_keeps_its_module_opaque():
+    class Annealed(nn.Module):  # a temperature or warm-up factor, as NAS code anneals it
+        def __init__(self):
+            super().__init__()
+            self.step = 0
+
+        def forward(self, x):
+            self.step += 1
+            return x * min(1.0, self.step / 3)
+
+    model = nn.Sequential(nn.Conv2d(4, 4, 1), Annealed())
+    x = torch.randn(1, 4, 3, 3)
+    gm = fxdnat.trace(model, x)
+    assert gm.meta["fxdnat"]["leaves"] == {
+        "1": "changes its attribute step (0 -> 1) in forward, which tracing cannot replay"
+    }
+    twin = copy.deepcopy(model)
+    for _ in range(4):
         torch.testing.assert_close(gm(x), twin(x))
 
 
