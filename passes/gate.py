@@ -85,7 +85,10 @@ _SAME, _IDENTITY = CHOICES.index(SAME), CHOICES.index(IDENTITY)
 
 def _anchor(add: fx.Node, join: fx.Node, removed: set[fx.Node]) -> str | None:
     """Where an add of a join stood: the name of the first node after it that stays, or None
-    where that is the join itself (finalize then writes the add where the mix is)."""
+    where that is the join itself (finalize then writes the add where the mix is). The join's
+    own add stands where the mix is, whatever follows it (adds of a later join that read it)."""
+    if add is join:
+        return None
     node = add.next
     while node in removed and node is not join:
         node = node.next

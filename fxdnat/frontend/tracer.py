@@ -13,6 +13,7 @@ changed (:mod:`fxdnat.frontend.state`).
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,32 @@ def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
     return tuple(timm_fx.get_notrace_modules()), tuple(timm_fx.get_notrace_functions())
 
 
+class _Proxy(fx.Proxy):
+    """torch.fx's Proxy, but ``x += y`` and ``x[i] = v`` are recorded as the in-place calls
+    they are in eager PyTorch: torch.fx records ``x += y`` as ``x + y``, which changes what a
+    reader of x (or of a view of it) sees afterwards, and cannot record ``x[i] = v`` at all.
+    functionalize makes them out of place again wherever no one could tell the difference."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+
+def _inplace_operator(name: str) -> Callable:
+    inplace, plain = getattr(operator, f"__i{name}__"), getattr(operator, f"__{name}__")
+
+    def method(self: _Proxy, other: Any) -> _Proxy:
+        # named as torch.fx names the out-of-place call, so node names do not change
+        return self.tracer.create_proxy(
+            "call_function", inplace, (self, other), {}, name=plain.__name__.strip("_")
+        )
+
+    return method
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or"):
+    setattr(_Proxy, f"__i{_name}__", _inplace_operator(_name))
+
+
 class _LeafingTracer(fx.Tracer):
     """An FX tracer with extra leaves, that reports which submodule's forward failed."""
 
@@ -59,6 +86,9 @@ class _LeafingTracer(fx.Tracer):
         super().__init__(autowrap_functions=autowrap)
         self.leaf_types = leaf_types
         self.leaf_paths = leaf_paths
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (

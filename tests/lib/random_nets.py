@@ -32,10 +32,12 @@ OPS = (
     "conv_relu_",  # y = conv(x); y.relu_()
     "drop_path",  # conv then DropPath(0.3)
     "se_unpacked",  # b, c, _, _ = x.size(): two reads nobody uses
+    "raw",  # the state itself, no op: joins of states, the same state twice in one join
 )
 SIDE_OPS = ("side_gate",)  # reads the second input as well
-WRITES = ("relu_", "relu_module", "mul_", "silu_function", "view_mul_")
-STYLES = ("add", "iadd_method", "torch_add", "sum", "chain")
+WRITES = ("relu_", "relu_module", "mul_", "silu_function", "view_mul_", "setitem")
+# iadd_operator writes its first term in place, which may be a state read later (eager semantics)
+STYLES = ("add", "iadd_method", "iadd_operator", "torch_add", "sum", "chain")
 INPUTS = ("tensor", "side", "dict")
 
 
@@ -93,11 +95,16 @@ class Write(nn.Module):
             return x.mul_(0.5)
         if self.kind == "silu_function":
             return F.silu(x, inplace=True)
+        if self.kind == "setitem":
+            x[:, 0] = 0.5
+            return x
         x[:, :1].mul_(2.0)  # through a view: the write stays in place, and x is read later
         return x
 
 
-def make_op(kind: str) -> nn.Module:
+def make_op(kind: str) -> nn.Module | None:
+    if kind == "raw":
+        return None
     return {
         "conv": lambda: nn.Conv2d(C, C, 3, padding=1),
         "conv_bn_relu": lambda: nn.Sequential(nn.Conv2d(C, C, 1), nn.BatchNorm2d(C), nn.ReLU()),
@@ -127,7 +134,13 @@ class RandomNet(nn.Module):
                 self.ops.append(nn.ModuleList([Write(step[2])]))
                 continue
             kinds = [step[2]] if step[0] == "op" else [k for _, k in step[2]]
-            self.ops.append(nn.ModuleList(make_op(k) for k in kinds))
+            self.ops.append(nn.ModuleList(make_op(k) or nn.Identity() for k in kinds))
+        self.raw = [
+            [kind == "raw" for kind in ([s[2]] if s[0] == "op" else [k for _, k in s[2]])]
+            if s[0] != "write"
+            else [False]
+            for s in steps
+        ]
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}, returns={self.returns}"
@@ -163,6 +176,8 @@ def _sum(style: str, terms: list):
         if style == "iadd_method":
             total = total.clone() if total is terms[0] else total
             total.add_(term)
+        elif style == "iadd_operator":
+            total += term  # no clone: writes the first term, as `out += x` does
         elif style == "torch_add":
             total = torch.add(total, term)
         else:

@@ -311,3 +311,26 @@ def test_a_finalized_module_pickles_and_loads_without_fxdnat(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_chain_that_reads_the_join_right_before_it():
+    """``z = x + f(x); return z + x + z``: the first join's add is written back where it stood,
+    before the adds of the chain that reads it."""
+
+    class Reread(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = torch.nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            z = x + self.f(x)
+            return z + x + z
+
+    model = Reread().double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    gm = fxdnat.trace(model, x)
+    edges = passes.discover(gm)
+    gated = passes.gate(gm, edges)
+    for decisions in all_valid_decisions(edges):
+        gated.arch.assign(decisions)
+        assert_same_function(passes.finalize(gated, decisions), gated, (x,), rtol=1e-12, atol=1e-12)
