@@ -75,10 +75,20 @@ class _Writes:
             if (target := memory.written(node)) is not None
         ]
 
-    def later(self, mix: fx.Node, value: fx.Node) -> bool:
-        """Something sharing ``value``'s memory, or the mix's, is written after the mix."""
+    def need_copy(self, mix: fx.Node, value: fx.Node) -> bool:
+        """``value`` cannot stand in for ``mix`` as it is: something sharing its memory, or the
+        mix's, is written after the mix, and someone else can see that write (a reader of
+        ``value`` after the mix, or ``value`` is a model input or attribute)."""
         mine = {self.groups.find(mix), self.groups.find(value)}
-        return any(at > self.order[mix] and root in mine for at, root in self.writes)
+        if not any(at > self.order[mix] and root in mine for at, root in self.writes):
+            return False
+        members = self.groups.group(value)
+        return any(memory.is_state(m) for m in members) or any(
+            self.order.get(user, -1) > self.order[mix]
+            for m in members
+            for user in m.users
+            if user is not mix
+        )
 
 
 def _write_back(mix: fx.Node, decisions: dict, named: dict, writes: _Writes) -> set[fx.Node]:
@@ -93,7 +103,7 @@ def _write_back(mix: fx.Node, decisions: dict, named: dict, writes: _Writes) -> 
     value = writer.emit(tree, values)
     if value is None:
         raise RuntimeError(f"every operand of {mix.name} is 'none'; please report this")
-    if value not in writer.created and writes.later(mix, value):
+    if value not in writer.created and writes.need_copy(mix, value):
         value = writer.copy(value)
     mix.replace_all_uses_with(value)
     mix.graph.erase_node(mix)

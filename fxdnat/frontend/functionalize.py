@@ -61,8 +61,8 @@ def functionalize_(gm: fx.GraphModule, constants: frozenset[str] = frozenset()) 
     """
     graph = gm.graph
     writes = [node for node in graph.nodes if written(node) is not None]
+    backs = _copy_backs(graph, writes)
     modules: dict[str, bool] = {}  # in-place module path -> the graph got an out-of-place copy
-    inputs: dict[fx.Node, fx.Node] = {}  # model input -> its value after the writes so far
     count = 0
     for node in writes:
         order = {n: i for i, n in enumerate(graph.nodes)}
@@ -82,15 +82,11 @@ def functionalize_(gm: fx.GraphModule, constants: frozenset[str] = frozenset()) 
         node.meta.pop(ALIASES, None)
         node.meta.pop(WRITES, None)
         fresh = node if is_site else _rewrite(node, target)
-        _rewire(node, target, fresh, groups, order)
-        if target.op == "placeholder":
-            inputs[target] = fresh
-        elif (
-            written_input := next((p for p, v in inputs.items() if v is target), None)
-        ) is not None:
-            inputs[written_input] = fresh
+        _rewire(node, target, fresh, groups, order, backs)
         count += 1
-    _copy_back(graph, inputs)
+    for back in backs:
+        if back.args[1] is back.args[0]:  # nothing wrote that input after all
+            graph.erase_node(back)
     if count:
         graph.lint()
         gm.recompile()
@@ -207,18 +203,30 @@ def _out_of_place_module(gm: fx.GraphModule, path: str) -> None:
     setattr(gm.get_submodule(parent), name, module)
 
 
-def _rewire(node, target, fresh, groups: AliasGroups, order) -> None:
-    """Readers of the written value after ``node`` read ``fresh`` instead."""
+def _rewire(node, target, fresh, groups: AliasGroups, order, backs: set[fx.Node]) -> None:
+    """Readers of the written value after ``node`` read ``fresh`` instead (a copy back into a
+    model input reads it, and still writes the input)."""
     same = [m for m in groups.group(target) if m is target or _same_attribute(m, target)]
     for member in same:
         for user in list(member.users):
-            if user is not fresh and user is not node and order.get(user, -1) > order[node]:
+            if user is fresh or user is node or order.get(user, -1) <= order[node]:
+                continue
+            if user in backs:
+                user.args = (user.args[0], fresh if user.args[1] is member else user.args[1])
+            else:
                 user.replace_input_with(member, fresh)
 
 
-def _copy_back(graph: fx.Graph, inputs: dict[fx.Node, fx.Node]) -> None:
-    """``x.copy_(value)`` before the output for every model input the model wrote."""
+def _copy_backs(graph: fx.Graph, writes: list[fx.Node]) -> set[fx.Node]:
+    """``x.copy_(x)`` before the output for every model input that a write may reach, as the
+    last reader of its value: rewrites then rewire it to the input's final value (and a write
+    through an alias of that value stays in place, since this reads it later). Those left
+    copying an input onto itself are removed again."""
+    groups = AliasGroups(graph)
+    reached = {m for node in writes for m in groups.group(written(node)) if m.op == "placeholder"}
     output = next(n for n in reversed(graph.nodes) if n.op == "output")
-    for placeholder, value in inputs.items():
+    backs = set()
+    for placeholder in (n for n in graph.nodes if n in reached):
         with graph.inserting_before(output):
-            graph.call_method("copy_", (placeholder, value))
+            backs.add(graph.call_method("copy_", (placeholder, placeholder)))
+    return backs

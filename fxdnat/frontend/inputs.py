@@ -83,34 +83,35 @@ def bind(model: nn.Module, inputs: tuple) -> dict[str, Any]:
     return concrete
 
 
-def drop_fixed_arguments(graph: fx.Graph, concrete: dict[str, Any]) -> None:
-    """Remove the arguments fixed at trace time from a graph that takes structured inputs.
+def drop_fixed_arguments(graph: fx.Graph, concrete: dict[str, Any], given: int) -> None:
+    """Make the ``forward`` of a graph that takes structured inputs compile, and take the call
+    the example made.
 
-    torch.fx then writes ``forward`` with one flattening line, and the placeholders it keeps
-    for fixed arguments (with their defaults and checks) do not fit in it — the generated code
-    does not compile. Those arguments were constants to the trace anyway: they go, with the
-    checks that read them, and ``forward`` takes the arguments the example gave.
+    torch.fx then writes ``forward`` with one flattening line, and the placeholders it keeps for
+    arguments with defaults do not fit in it — the generated code does not compile. The
+    arguments the example did not give (``given`` is how many it gave) were constants to the
+    trace: they go, with the checks that read them. The others stay, without their defaults, so
+    the traced module is called like the model was on the example.
     """
     codegen = graph._codegen
     if not isinstance(codegen, _PyTreeCodeGen):
         return
     info = codegen.pytree_info
-    names = list(info.orig_args)
+    names = list(info.orig_args)  # the first is the module itself, whatever its name
     specs = list(info.in_spec.children())[: len(names)]  # past them: the empty **kwargs
-    has_self = bool(names) and names[0] == "self"
     placeholders = iter([n for n in graph.nodes if n.op == "placeholder"])
-    keep_names, keep_specs = [], []
-    for index, (name, spec) in enumerate(zip(names, specs, strict=True)):
-        fixed = name in concrete and not _holds_placeholder(concrete[name])
-        nodes = (
-            [] if has_self and index == 0 else [next(placeholders) for _ in range(spec.num_leaves)]
-        )
-        if not fixed:
-            keep_names.append(name)
-            keep_specs.append(spec)
+    # torch.fx's generated code names the module `self` (`def forward(this, ...)` would not run)
+    keep_names, keep_specs = ["self"], specs[:1]
+    for index, (name, spec) in enumerate(zip(names[1:], specs[1:], strict=True)):
+        nodes = [next(placeholders) for _ in range(spec.num_leaves)]
+        if index >= given and name in concrete and not _holds_placeholder(concrete[name]):
+            for node in nodes:
+                _erase_with_readers(graph, node)
             continue
+        keep_names.append(name)
+        keep_specs.append(spec)
         for node in nodes:
-            _erase_with_readers(graph, node)
+            node.args = ()  # no default: it would not fit in the flattening line
     spec = pytree.TreeSpec(info.in_spec.type, info.in_spec.context, keep_specs)
     graph._codegen = _PyTreeCodeGen(_PyTreeInfo(keep_names, spec, info.out_spec))
 

@@ -3,8 +3,8 @@
 torch.fx traces a forward once, so ``if self.training:`` bakes one mode into the graph. The
 tracer therefore traces in both modes and compares: traces that differ only in constants equal to
 the mode flag (``F.dropout(x, p, training=self.training)``) merge into one graph that reads the
-flag at run time; otherwise the innermost submodules whose own code traced differently must become
-leaves (a DropPath, not the residual block around it).
+flag of the module that passed it at run time; otherwise the innermost submodules whose own code
+traced differently must become leaves (a DropPath, not the residual block around it).
 """
 
 from __future__ import annotations
@@ -28,16 +28,20 @@ def merge(train: fx.Graph, eval_: fx.Graph) -> fx.Graph | None:
     if not all(_differs_only_by_mode(a, b) for a, b in pairs):
         return None
     slots = [(a, b) for a, b in pairs if _has_mode_flag((a.args, a.kwargs), (b.args, b.kwargs))]
-    if slots:
-        first = next(n for n in train.nodes if n.op != "placeholder")
-        with train.inserting_before(first), warnings.catch_warnings():
-            # FX warns that `training` is no parameter, buffer or module; it is a plain attribute
-            # that every module has, which is exactly what must be read
-            warnings.simplefilter("ignore", UserWarning)
-            flag = train.get_attr("training")
-        for a, b in slots:
-            a.args = _swap_mode(a.args, b.args, flag)
-            a.kwargs = _swap_mode(a.kwargs, b.kwargs, flag)
+    flags: dict[str, fx.Node] = {}
+    for a, b in slots:
+        # the flag of the module whose code passed it: a frozen part in eval mode, or dropout
+        # kept on for Monte-Carlo inference, keeps its own mode
+        path = owner(a)
+        if path not in flags:
+            first = next(n for n in train.nodes if n.op != "placeholder")
+            with train.inserting_before(first), warnings.catch_warnings():
+                # FX warns that `training` is no parameter, buffer or module; it is a plain
+                # attribute that every module has, which is exactly what must be read
+                warnings.simplefilter("ignore", UserWarning)
+                flags[path] = train.get_attr(f"{path}.training" if path else "training")
+        a.args = _swap_mode(a.args, b.args, flags[path])
+        a.kwargs = _swap_mode(a.kwargs, b.kwargs, flags[path])
     return train
 
 

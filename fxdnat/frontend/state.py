@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -76,18 +77,54 @@ def _tensor_attributes(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return found
 
 
+_DEPTH = 4  # how far into plain objects and containers below a module's attributes to look
+
+
 def _snapshot(modules: tuple[nn.Module, ...]) -> list[tuple[nn.Module, dict]]:
-    """Each module's attribute dict, one level deep: the containers in it are copied too, so
-    that a value appended to a list or stored into a dict is undone as well."""
-    seen, saved = set(), []
+    """Each module's attribute dict, and the contents of the containers and plain objects
+    reachable from it (a list of logged activations, a meter object, a class-level registry),
+    so that a Proxy appended or a counter incremented anywhere there is undone too."""
+    saved: list[tuple[object, object]] = []
+    seen: set[int] = set()
     for root in modules:
         for m in root.modules():
             if id(m) in seen:
                 continue
             seen.add(id(m))
-            state = {k: _shallow(v) for k, v in vars(m).items()}
+            state = dict(vars(m))
             saved.append((m, state))
+            for value in state.values():
+                _capture(value, saved, seen, _DEPTH)
+            for value in vars(type(m)).values():  # mutable class attributes
+                if isinstance(value, (list, dict, set)):
+                    _capture(value, saved, seen, _DEPTH)
     return saved
+
+
+def _capture(value: object, saved: list, seen: set[int], depth: int) -> None:
+    if depth < 0 or id(value) in seen or isinstance(value, (torch.Tensor, nn.Module)):
+        return
+    if isinstance(value, (list, dict, set)):
+        contents = copy.copy(value)
+        children = list(value.values()) if isinstance(value, dict) else list(value)
+    elif _plain_object(value):
+        contents = dict(vars(value))
+        children = list(contents.values())
+    else:
+        return
+    seen.add(id(value))
+    saved.append((value, contents))
+    for child in children:
+        _capture(child, saved, seen, depth - 1)
+
+
+def _plain_object(value: object) -> bool:
+    """An instance of a user class with attributes (not a type, function or module)."""
+    return (
+        hasattr(value, "__dict__")
+        and not isinstance(value, (type, types.FunctionType, types.MethodType, types.ModuleType))
+        and not callable(value)
+    )
 
 
 def _changed_numbers(root: nn.Module, saved: list[tuple[nn.Module, dict]]) -> dict[str, str]:
@@ -96,6 +133,8 @@ def _changed_numbers(root: nn.Module, saved: list[tuple[nn.Module, dict]]) -> di
     paths = {id(m): path for path, m in root.named_modules(remove_duplicate=False)}
     changed = {}
     for m, state in saved:
+        if not isinstance(m, nn.Module):
+            continue
         for name, before in state.items():
             now = vars(m).get(name, before)
             if isinstance(before, (int, float)) and name != "training" and now != before:
@@ -103,21 +142,23 @@ def _changed_numbers(root: nn.Module, saved: list[tuple[nn.Module, dict]]) -> di
     return changed
 
 
-def _shallow(value: object) -> object:
-    return copy.copy(value) if isinstance(value, (dict, list, set)) else value
-
-
-def _restore(saved: list[tuple[nn.Module, dict]]) -> None:
-    for m, state in saved:
-        for name in set(vars(m)) - set(state):
-            delattr(m, name)
-        for name, value in state.items():
-            current = vars(m).get(name)
-            if isinstance(value, (dict, list, set)) and type(current) is type(value):
-                current.clear()  # keep the object: others may hold it (OrderedDict _modules)
-                current.update(value) if isinstance(value, (dict, set)) else current.extend(value)
-            else:
-                object.__setattr__(m, name, value)
+def _restore(saved: list[tuple[object, object]]) -> None:
+    """Put every captured object's contents back, in place: others may hold the objects
+    (a module's ``_modules`` dict, a registry list)."""
+    for obj, contents in saved:
+        if isinstance(obj, nn.Module):
+            for name in set(vars(obj)) - set(contents):
+                delattr(obj, name)
+            for name, value in contents.items():
+                object.__setattr__(obj, name, value)
+        elif isinstance(obj, list):
+            obj[:] = contents
+        elif isinstance(obj, (dict, set)):
+            obj.clear()
+            obj.update(contents)
+        else:
+            vars(obj).clear()
+            vars(obj).update(contents)
 
 
 def _key(t: torch.Tensor) -> tuple | None:

@@ -197,7 +197,8 @@ class _Search:
 
     def build(self) -> fx.GraphModule:
         gm, constants = self._trace()
-        gm.training = self.model.training
+        for path, module in gm.named_modules():  # the containers GraphModule made: same modes
+            module.training = self.model.get_submodule(path).training
         gm.graph._tracer_cls = None  # a pickled module must not need fxdnat to load
         gm._tracer_cls = None
         gm.recompile()
@@ -223,7 +224,7 @@ class _Search:
             failure = next((r for r in runs if isinstance(r, _NeedsLeaf)), None)
             if failure is not None:
                 cause = describe(failure.cause)
-                self._add(failure.path, cause, root=f"cannot be traced ({cause})")
+                self._add(failure.path, cause, root=(f"cannot be traced ({cause})", _UNTRACEABLE))
                 continue
             (train, train_effects), (eval_, eval_effects) = runs
             if self._leaf_side_effects(train_effects, eval_effects):
@@ -241,16 +242,22 @@ class _Search:
             self._add(
                 path,
                 f"changes its attribute {change} in forward, which tracing cannot replay",
-                root=f"changes its attribute {change} (a counter or schedule), which a traced "
-                "graph would not",
+                root=(
+                    f"changes its attribute {change} (a counter or schedule), which a traced "
+                    "graph would not",
+                    "set that schedule from the training loop instead of in forward",
+                ),
             )
         for path, tensor in tensors.items():
             if path not in numbers:
                 self._add(
                     path,
                     f"writes {tensor!r} in place, which tracing cannot replay",
-                    root=f"writes the tensor {tensor!r} in place (a counter or running "
-                    "statistic), which a traced graph would drop",
+                    root=(
+                        f"writes the tensor {tensor!r} in place (a counter or running "
+                        "statistic), which a traced graph would drop",
+                        "move that update into a submodule, which fxdnat then keeps opaque",
+                    ),
                 )
         return bool(numbers or tensors)
 
@@ -263,8 +270,11 @@ class _Search:
                 self._add(
                     path,
                     "draws a random tensor in forward, which tracing would freeze",
-                    root="draws a random tensor that depends on no input (torch.rand(...)), "
-                    "which a traced graph would replay on every call",
+                    root=(
+                        "draws a random tensor that depends on no input (torch.rand(...)), "
+                        "which a traced graph would replay on every call",
+                        "draw it from the input (torch.rand_like(x)) or in a submodule",
+                    ),
                 )
             return bool(random)
         differing = modes.dependent_modules(train.graph, eval_.graph)
@@ -272,7 +282,11 @@ class _Search:
             self._add(
                 path,
                 "its traced form depends on train/eval mode",
-                root="branches on train/eval mode (self.training)",
+                root=(
+                    "branches on train/eval mode (self.training)",
+                    "build the model without that train-only feature (a constructor flag, "
+                    "e.g. a drop or noise rate of 0)",
+                ),
             )
         return bool(differing)
 
@@ -291,14 +305,14 @@ class _Search:
                 raise
             except Exception as exc:
                 reason = f"cannot be traced ({describe(exc)})"
-                raise TraceError(_root_failure(self.model, reason)) from exc
-            drop_fixed_arguments(graph, self.concrete)
+                raise TraceError(_root_failure(self.model, (reason, _UNTRACEABLE))) from exc
+            drop_fixed_arguments(graph, self.concrete, given=len(self.inputs))
             gm = fx.GraphModule(tracer.root, graph, class_name=self._name)
         return gm, writes
 
-    def _add(self, path: str, reason: str, root: str) -> None:
+    def _add(self, path: str, reason: str, root: tuple[str, str]) -> None:
         """Make the module at ``path`` a leaf for ``reason``; ``root`` says the same of the
-        model's own forward, which cannot become a leaf."""
+        model's own forward, which cannot become a leaf, and what to do about it."""
         if path == "":
             raise TraceError(_root_failure(self.model, root))
         if path in self.leaf_paths:  # a leaf that still fails cannot be fixed by leafing it again
@@ -381,21 +395,30 @@ def _copy(inputs: tuple) -> tuple:
     )
 
 
-def _root_failure(model: nn.Module, reason: str) -> str:
-    """What to say when the model's own forward, which cannot become a leaf, is the problem;
-    the advice names the submodule that holds most of the parameters."""
-    children = sorted(
-        model.named_children(), key=lambda c: -sum(p.numel() for p in c[1].parameters())
-    )
-    part = (
-        f" or trace the part that holds its blocks: `fxdnat.trace(model.{children[0][0]}, ...)`"
-        if children
-        else ""
-    )
+_UNTRACEABLE = (
+    "make that code traceable (no Python control flow on tensor values, no .item() or int() of "
+    "a tensor)"
+)
+
+
+def _root_failure(model: nn.Module, root: tuple[str, str]) -> str:
+    """What to say when the model's own forward, which cannot become a leaf, is the problem:
+    the reason, the fix, and the child that holds most of the blocks, if there is one."""
+    reason, fix = root
+    blocks = [
+        (name, sum(p.numel() for p in child.parameters()))
+        for name, child in model.named_children()
+        if next(child.children(), None) is not None  # a container of blocks, not one layer
+    ]
+    part = max(blocks, key=lambda b: b[1])[0] if blocks else None
     return (
         f"cannot trace {type(model).__name__}: its own forward {reason}; only submodules can "
-        "be made opaque, so build the model without that feature (a constructor flag, e.g. a "
-        f"drop or noise rate of 0){part}"
+        f"be made opaque, so {fix}"
+        + (
+            f", or trace the part that holds its blocks: `fxdnat.trace(model.{part}, ...)`"
+            if part
+            else ""
+        )
     )
 
 

@@ -334,3 +334,36 @@ def test_a_chain_that_reads_the_join_right_before_it():
     for decisions in all_valid_decisions(edges):
         gated.arch.assign(decisions)
         assert_same_function(passes.finalize(gated, decisions), gated, (x,), rtol=1e-12, atol=1e-12)
+
+
+def test_a_leaf_that_writes_its_input_in_train_mode_only():
+    """A mode-dependent leaf's train-mode write is seen (facts probe opaque leaves in train
+    mode too), so the skip that reads the written value keeps reading it after finalize."""
+
+    class TrainCenter(torch.nn.Module):
+        def forward(self, x):
+            if self.training:
+                x.sub_(x.mean((0, 2, 3), keepdim=True))
+            return x
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.g = (
+                torch.nn.Conv2d(3, 3, 3, padding=1),
+                torch.nn.Conv2d(3, 3, 3, padding=1),
+            )
+            self.center = TrainCenter()
+
+        def forward(self, x):
+            y = self.a(x)
+            return y + self.g(self.center(y))
+
+    model = Net().double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    gm = fxdnat.trace(model, x)
+    edges = passes.discover(gm)
+    gated = passes.gate(gm, edges)
+    for decisions in all_valid_decisions(edges):
+        gated.arch.assign(decisions)
+        assert_same_function(passes.finalize(gated, decisions), gated, (x,), rtol=1e-12, atol=1e-12)

@@ -75,7 +75,7 @@ def test_invariants_hold_on_random_networks(case, granularity, tie, seed):
 
 
 @pytest.mark.slow
-@settings_for(250)
+@settings_for(400)
 @given(
     networks(),
     st.sampled_from(["branch", "op"]),

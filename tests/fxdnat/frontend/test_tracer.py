@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import ClassVar
 
 import pytest
 import torch
@@ -137,8 +138,8 @@ def test_a_root_that_cannot_trace_names_the_model_and_the_reason():
         fxdnat.TraceError,
         match=r"^cannot trace DataDependent: its own forward cannot be traced \(TraceError: "
         r"symbolically traced variables cannot be used as inputs to control flow\); only "
-        r"submodules can be made opaque, so build the model without that feature \(a "
-        r"constructor flag, e.g. a drop or noise rate of 0\)$",
+        r"submodules can be made opaque, so make that code traceable \(no Python control flow "
+        r"on tensor values, no .item\(\) or int\(\) of a tensor\)$",
     ):
         fxdnat.trace(DataDependent(), torch.randn(2, 3))
 
@@ -150,7 +151,9 @@ def test_a_root_that_branches_on_training_is_rejected():
 
     with pytest.raises(
         fxdnat.TraceError,
-        match=r"^cannot trace Root: its own forward branches on train/eval mode \(self.training\)",
+        match=r"^cannot trace Root: its own forward branches on train/eval mode \(self.training\)"
+        r"; only submodules can be made opaque, so build the model without that train-only "
+        r"feature \(a constructor flag, e.g. a drop or noise rate of 0\)$",
     ):
         fxdnat.trace(Root(), torch.randn(2, 3))
 
@@ -165,7 +168,7 @@ def test_a_root_that_branches_on_training_is_rejected():
 
     with pytest.raises(
         fxdnat.TraceError,
-        match=r"or trace the part that holds its blocks: `fxdnat.trace\(model.body, ...\)`$",
+        match=r", or trace the part that holds its blocks: `fxdnat.trace\(model.body, ...\)`$",
     ):
         fxdnat.trace(Host(), torch.randn(1, 3, 5, 5))
 
@@ -428,3 +431,74 @@ def test_a_model_that_does_not_run_names_the_submodule_where_it_failed():
         r"--input-size or the example inputs$",
     ):
         fxdnat.trace(model, torch.randn(2, 3, 8, 8))
+
+
+def test_state_nested_in_plain_objects_and_class_attributes_is_restored():
+    class Meter:
+        def __init__(self):
+            self.calls, self.last = 0, None
+
+    class Logged(nn.Module):
+        registry: ClassVar[list] = []  # a class-level list, shared by every instance
+
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Conv2d(3, 3, 1)
+            self.log = {"acts": []}
+            self.meter = Meter()
+
+        def forward(self, x):
+            y = self.f(x)
+            self.log["acts"].append(y)
+            self.meter.calls += 1
+            self.meter.last = y
+            Logged.registry.append(y)
+            return x + y
+
+    model = Logged()
+    fxdnat.trace(model, torch.randn(2, 3, 5, 5))
+    assert (model.log, model.meter.calls, model.meter.last, Logged.registry) == (
+        {"acts": []},
+        0,
+        None,
+        [],
+    )
+
+
+def test_submodules_in_another_mode_than_the_model_keep_their_own():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return x + F.dropout(self.f(x), 0.5, self.training)
+
+    model = nn.Sequential(Block(), Block())
+    x = torch.randn(2, 3, 5, 5)
+    for frozen in (0, 1):  # a frozen part in eval mode; Monte-Carlo dropout in an eval model
+        model.train(frozen == 0)
+        model[frozen].train(frozen == 1)
+        gm = fxdnat.trace(model, x)
+        torch.manual_seed(1)
+        want = model(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(gm(x), want)
+
+
+def test_structured_inputs_with_a_first_argument_not_named_self_and_a_given_number():
+    class Renamed(nn.Module):
+        def __init__(this):
+            super().__init__()
+            this.f = nn.Conv2d(3, 3, 1)
+
+        def forward(this, batch, scale: float = 1.0):
+            x = batch["image"]
+            return x + this.f(x) * scale
+
+    model = Renamed()
+    inputs = ({"image": torch.randn(2, 3, 5, 5)}, 0.5)
+    gm = fxdnat.trace(model, inputs)
+    torch.testing.assert_close(gm(*inputs), model(*inputs))  # called as the model was
+    with pytest.raises(AssertionError, match="scale has been specialized to have value 0.5"):
+        gm(inputs[0], 2.0)
