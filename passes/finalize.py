@@ -62,33 +62,43 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
 
 
 class _Writes:
-    """The in-place writes the front end left in a graph (to state, or through a view), and
-    where they stand: a value that one of them writes later cannot stand in for a mix, whose
-    result was a tensor of its own."""
+    """The in-place writes the front end left in a graph (to state, or through a view): a value
+    that one of them writes later cannot stand in for a mix, whose result was a tensor of its
+    own. Looked up on the graph as it is now, since earlier write-backs changed it."""
 
     def __init__(self, graph: fx.Graph) -> None:
-        self.groups = memory.AliasGroups(graph)
-        self.order = {node: i for i, node in enumerate(graph.nodes)}
-        self.writes = [
-            (self.order[node], self.groups.find(target))
-            for node in graph.nodes
-            if (target := memory.written(node)) is not None
-        ]
+        self.graph = graph
+        self.any = any(memory.written(node) is not None for node in graph.nodes)
 
     def need_copy(self, mix: fx.Node, value: fx.Node) -> bool:
-        """``value`` cannot stand in for ``mix`` as it is: something sharing its memory, or the
-        mix's, is written after the mix, and someone else can see that write (a reader of
-        ``value`` after the mix, or ``value`` is a model input or attribute)."""
-        mine = {self.groups.find(mix), self.groups.find(value)}
-        if not any(at > self.order[mix] and root in mine for at, root in self.writes):
+        """``value`` cannot stand in for ``mix`` as it is: a write after the mix would reach a
+        reader it did not reach in the gated module. A write to the mix's memory (through a
+        view of it) would now reach ``value``'s other readers, or the model input or attribute
+        ``value`` is; a write to ``value``'s memory would now reach the mix's readers."""
+        if not self.any:
             return False
-        members = self.groups.group(value)
-        return any(memory.is_state(m) for m in members) or any(
-            self.order.get(user, -1) > self.order[mix]
-            for m in members
-            for user in m.users
-            if user is not mix
-        )
+        groups = memory.AliasGroups(self.graph)
+        order = {node: i for i, node in enumerate(self.graph.nodes)}
+        into_mix, into_value = [], []
+        for node in self.graph.nodes:
+            target = memory.written(node)
+            if target is not None and order[node] > order[mix]:
+                root = groups.find(target)
+                if root == groups.find(mix):
+                    into_mix.append(order[node])
+                if root == groups.find(value):
+                    into_value.append(order[node])
+        if into_mix:
+            members = groups.group(value)
+            first = min(into_mix)
+            if any(memory.is_state(m) for m in members) or any(
+                order[user] > first for m in members for user in m.users if user is not mix
+            ):
+                return True
+        if into_value:
+            first = min(into_value)
+            return any(order[user] > first for m in groups.group(mix) for user in m.users)
+        return False
 
 
 def _write_back(mix: fx.Node, decisions: dict, named: dict, writes: _Writes) -> set[fx.Node]:
