@@ -230,6 +230,15 @@ def _output_file(help: str) -> Callable:
     return click.option("--out", type=click.Path(dir_okay=False), required=True, help=help)
 
 
+_trust_code = click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Build a model that the checkpoint says is made by code (a module: spec, arguments "
+    "that are not plain values). Loading runs that code: only for checkpoints whose author you "
+    "trust.",
+)
+
+
 # The run settings `transform` and `repro` share: what one training run computes, and where.
 _TRAINING_OPTIONS = (
     click.option(
@@ -352,6 +361,7 @@ def _default_out(spec: str, method: str, tie: str, seed: int) -> str:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_trust_code
 @_user_errors
 def eval_(
     checkpoint: str,
@@ -360,12 +370,18 @@ def eval_(
     device: str,
     limit: int | None,
     as_json: bool,
+    trust_code: bool,
 ) -> None:
     """Accuracy, parameters, FLOPs and latency of the network in CHECKPOINT."""
     from fxdnat.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        checkpoint, data=data, data_dir=data_dir, device=device, limit=limit
+        checkpoint,
+        data=data,
+        data_dir=data_dir,
+        device=device,
+        limit=limit,
+        trust_code=trust_code,
     )
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -397,8 +413,11 @@ def eval_(
     show_default=True,
     help="Edges to draw for a SPEC (a checkpoint has its own).",
 )
+@_trust_code
 @_user_errors
-def render(source: str, out: str, view: str, cell: str | None, granularity: str) -> None:
+def render(
+    source: str, out: str, view: str, cell: str | None, granularity: str, trust_code: bool
+) -> None:
     """Draw what DNAT did: kept edges black, edges turned into the identity red, removed
     edges dashed grey.
 
@@ -406,11 +425,13 @@ def render(source: str, out: str, view: str, cell: str | None, granularity: str)
     model SPEC (the untransformed model, every edge as built). SVG and PNG need a Graphviz layout
     program: `dot`, else the pip-installed `graphviz-pure`; .dot needs none.
     """
+    from fxdnat._files import check_writable
     from fxdnat.passes.render import check_format, load, write
     from fxdnat.passes.render import render as draw
 
-    check_format(out)  # a bad extension fails before the model is built
-    subject = load(source, granularity=granularity)
+    check_format(out)  # a bad extension or an unwritable path fails before the model is built
+    check_writable(out)
+    subject = load(source, granularity=granularity, trust_code=trust_code)
     path = write(draw(subject, view=view, cell=cell), out)
     if subject.status == "preferences":
         click.echo(
@@ -424,23 +445,25 @@ def render(source: str, out: str, view: str, cell: str | None, granularity: str)
 @main.command()
 @click.argument("checkpoint", type=click.Path())
 @_output_file("Image file: .png, .svg or .pdf.")
+@_trust_code
 @_user_errors
-def plot(checkpoint: str, out: str) -> None:
+def plot(checkpoint: str, out: str, trust_code: bool) -> None:
     """Plot θ of every group over the architecture stage and both stages' learning curves."""
     from fxdnat.plot import plot as plot_run
 
-    click.echo(f"wrote {plot_run(checkpoint, out)}")
+    click.echo(f"wrote {plot_run(checkpoint, out, trust_code=trust_code)}")
 
 
 @main.command()
 @click.argument("checkpoint", type=click.Path())
 @_output_file(".pt2 (torch.export), .onnx (needs fxdnat[onnx]) or .pt (TorchScript).")
+@_trust_code
 @_user_errors
-def export(checkpoint: str, out: str) -> None:
+def export(checkpoint: str, out: str, trust_code: bool) -> None:
     """Export the network of CHECKPOINT to run without fxdnat (eval mode, main logits only)."""
     from fxdnat.export import export as export_network
 
-    done = export_network(checkpoint, out)
+    done = export_network(checkpoint, out, trust_code=trust_code)
     if done.finalized_now:
         click.echo(
             f"note: {checkpoint} is from the architecture stage; exported the network its "

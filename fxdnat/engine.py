@@ -742,7 +742,10 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def load_network(path: str | Path) -> tuple[fx.GraphModule, dict]:
-    """The network stored in a checkpoint (final, or gated if not yet finalized), and its data."""
+def load_network(path: str | Path, *, trust_code: bool = False) -> tuple[fx.GraphModule, dict]:
+    """The network stored in a checkpoint (final, or gated if not yet finalized), and its data.
+
+    A checkpoint whose model is built by code (a ``module:`` spec, arguments that are not plain
+    values) is refused unless ``trust_code``: loading a file never runs code you did not name."""
     data = ckpt.load(path)
-    return ckpt.restore(data).module.eval(), data
+    return ckpt.restore(data, trust_code=trust_code).module.eval(), data
