@@ -64,7 +64,7 @@ def _history(data: dict) -> torch.Tensor | None:
     return torch.stack([start, *[r.float() for r in rows]])
 
 
-def _groups(data: dict, trust_code: bool) -> list[Group]:
+def _groups(data: dict, trust_code: bool = False) -> list[Group]:
     """Rebuild the θ rows of the run (cell mode shares rows between cells of one structure)."""
     from fxdnat.report import op_summary
 
