@@ -17,6 +17,10 @@ import click
 
 from fxdnat import __version__
 from fxdnat.allocator import tune_cpu_allocator
+from fxdnat.config import RUNTIME
+
+# what a resumed run may change, as the options that set it (fxdnat.config.RUNTIME)
+RUNTIME_OPTIONS = ["--" + name.replace("_", "-") for name in RUNTIME if name != "out"]
 
 EXIT_USER_ERROR = 2
 
@@ -37,19 +41,28 @@ def _user_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
+        except Exception as exc:
             if debug:
                 raise
-            raise UserError(_one_line(exc)) from exc
-        except Exception as exc:  # a bug: still one line, with the way to the traceback
-            if debug:
-                raise
-            raise click.ClickException(
+            line = _user_line(exc)
+            if line is not None:
+                raise UserError(line) from exc
+            raise click.ClickException(  # a bug: still one line, with the way to the traceback
                 f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for "
                 "the traceback and please report it)"
             ) from exc
 
     return wrapper
+
+
+def _user_line(exc: Exception) -> str | None:
+    """The one line for an error the user can fix (bad input, a path the system refused:
+    permissions, a full disk, ...); None for a bug."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"cannot access {exc.filename}: {exc.strerror}"
+    if isinstance(exc, (ValueError, TypeError, FileNotFoundError, KeyError)):
+        return _one_line(exc)
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -184,9 +197,11 @@ def zoo(markdown: bool) -> None:
     from rich.table import Table
 
     table = Table(title="fxdnat zoo (10 classes, 32 px)")
-    for column in ("model", "family", "params", "MFLOPs", "edges", "θ groups cell/full", "recipe"):
+    # a name is what the user types: never cut it (the other columns wrap instead)
+    table.add_column("model", no_wrap=True, min_width=max(len(row["name"]) for row in rows))
+    for column in ("family", "params", "MFLOPs", "edges", "θ groups cell/full", "recipe"):
         justify = "right" if column in ("params", "MFLOPs", "edges") else "left"
-        table.add_column(column, justify=justify)
+        table.add_column(column, justify=justify, overflow="fold")
     for row in rows:
         table.add_row(
             row["name"],
@@ -325,7 +340,12 @@ def _training_options(command: Callable) -> Callable:
     default=None,
     help="Run folder [default: runs/NAME-METHOD-TIE-sSEED].",
 )
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its checkpoint. Options given must agree with the run "
+    f"(only {', '.join(RUNTIME_OPTIONS)} may change); a run cannot be extended.",
+)
 @_user_errors
 def transform(spec: str, out: str | None, resume: bool, compile_: bool, **options: Any) -> None:
     """Transform SPEC with DNAT and train it: architecture stage, finalize, network stage."""
@@ -335,8 +355,9 @@ def transform(spec: str, out: str | None, resume: bool, compile_: bool, **option
 
     out = out or _default_out(spec, options["method"], options["tie"], options["seed"])
     config = RunConfig(spec=spec, out=out, compile=compile_, **options)
+    given = _typed({"compile": "compile_", **{name: name for name in ("spec", *options)}})
     try:
-        run_transform(config, RichReporter(), resume=resume)
+        run_transform(config, RichReporter(), resume=resume, given=given)
     except TrainingError as exc:
         raise UserError(str(exc)) from exc
     except Interrupted as exc:
@@ -346,6 +367,18 @@ def transform(spec: str, out: str | None, resume: bool, compile_: bool, **option
             err=True,
         )
         raise click.exceptions.Exit(130) from exc
+
+
+def _typed(fields: dict[str, str]) -> set[str]:
+    """The fields whose option (by parameter name) the user gave: a resumed run must agree with
+    what they typed, not with the defaults they did not."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    untyped = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+    return {
+        field for field, name in fields.items() if ctx.get_parameter_source(name) not in untyped
+    }
 
 
 def _default_out(spec: str, method: str, tie: str, seed: int) -> str:

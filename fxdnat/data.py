@@ -81,6 +81,13 @@ def _parse(name: str) -> tuple[str, Path | None]:
     return kind, None
 
 
+def resolve_name(name: str) -> str:
+    """``name`` as a run stores it: ``imagefolder:PATH`` with PATH absolute, so that the stored
+    name finds the images from any working folder; other names as they are (checked)."""
+    kind, path = _parse(name)
+    return name if path is None else f"{kind}:{path.resolve()}"
+
+
 def _root(data_dir: str | Path | None) -> Path:
     default = os.environ.get("FXDNAT_DATA") or "~/.cache/fxdnat/data"
     return Path(data_dir if data_dir is not None else default).expanduser()
