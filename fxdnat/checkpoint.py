@@ -80,10 +80,9 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
     text = str(exc).split("Check the documentation", 1)[0].rsplit("WeightsUnpickler error:")[-1]
     if text.startswith("Weights only load failed"):
         text = text.partition("\n")[2] or text
-    reason = " ".join(text.split())[:200]
-    return CheckpointError(
-        f"{path} is not a readable fxdnat checkpoint ({type(exc).__name__}: {reason})"
-    )
+    reason = " ".join(text.split()).split(". ")[0][:200]  # the first sentence says what broke
+    detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    return CheckpointError(f"{path} is not a readable fxdnat checkpoint ({detail})")
 
 
 # exact types: a subclass that a process allowlisted for weights_only may behave as it likes

@@ -326,7 +326,8 @@ def _training_options(command: Callable) -> Callable:
     show_default=True,
     help="Share θ between cells of one structure (cell) or not (full).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+# torch seeds the run from seed × 1,000,003 + epoch, an int64
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )

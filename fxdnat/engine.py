@@ -685,11 +685,16 @@ def _raise_if_finished(out: Path, stored: dict) -> None:
     raise RunFinished(out, summary)
 
 
-def _device(name: str, rank: int) -> torch.device:
+def check_device(name: str, instead: str = "--device cpu (or auto)") -> None:
+    """Refuse ``--device cuda`` where CUDA is not available, naming what to use ``instead``."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            "--device cuda was asked for but CUDA is not available here; use --device cpu (or auto)"
+            f"--device cuda was asked for but CUDA is not available here; use {instead}"
         )
+
+
+def _device(name: str, rank: int) -> torch.device:
+    check_device(name)
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     local = int(os.environ.get("LOCAL_RANK", rank))

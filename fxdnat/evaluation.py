@@ -26,8 +26,10 @@ def evaluate_checkpoint(
     ``trust_code``: build a model that the checkpoint says is made by code (see
     ``checkpoint.restore``); without it such a checkpoint is refused before anything runs."""
     from fxdnat.data import make_loaders
+    from fxdnat.engine import check_device
     from fxdnat.report import count_flops, count_params
 
+    check_device(device, instead="--device cpu")
     stored = ckpt.load(path)
     restored = ckpt.restore(stored, trust_code=trust_code)
     name, stored_dir = _stored_data(stored)

@@ -337,7 +337,9 @@ def _recipes(config: ReproConfig) -> dict[str, dict[str, Any]]:
     a bad spec, recipe or data set is refused here, once, before any run fails on it."""
     from fxdnat.config import resolve_recipe
     from fxdnat.data import dataset_info
+    from fxdnat.engine import check_device
 
+    check_device(config.device)
     dataset_info(config.data, config.data_dir)
     recipes = {}
     for spec in config.specs:

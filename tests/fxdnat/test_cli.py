@@ -182,6 +182,16 @@ def test_a_diverging_theta_names_thetas_learning_rate(tmp_path):
             "--device cuda was asked for but CUDA is not available here; use --device cpu (or "
             "auto)",
         ),
+        (
+            ["--lr", "nan"],
+            "recipe 'paper' got lr=nan, theta_lr=0.0003; learning rates (--lr, --theta-lr) must "
+            "be finite positive numbers",
+        ),
+        (
+            ["--theta-lr", "inf", "--recipe", "quick"],
+            "recipe 'quick' got lr=0.05, theta_lr=inf; learning rates (--lr, --theta-lr) must be "
+            "finite positive numbers",
+        ),
     ],
 )
 def test_a_run_that_cannot_start_writes_nothing(tmp_path, monkeypatch, args, message):
@@ -343,6 +353,13 @@ def test_eval_refuses_a_corrupt_checkpoint(tmp_path):
     assert result.output.startswith(f"Error: {path} is not a readable fxdnat checkpoint")
     result = run("eval", str(tmp_path / "missing.pt"))
     assert result.exit_code == 2 and "no checkpoint at" in result.output
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    result = run("eval", str(empty))
+    assert (result.exit_code, result.output) == (
+        2,
+        f"Error: {empty} is not a readable fxdnat checkpoint (EOFError)\n",
+    )
 
 
 def test_a_path_the_system_refuses_mid_write_is_one_line_naming_it(finished, monkeypatch):
@@ -369,3 +386,31 @@ def test_a_path_the_system_refuses_mid_write_is_one_line_naming_it(finished, mon
     with pytest.raises(PermissionError) as error:
         ckpt.save(Path("c.pt"), {})
     assert error.value.filename == "c.pt"  # the file asked for, not its temporary
+
+
+def test_cuda_where_there_is_none_is_refused_by_eval_and_repro_too(finished, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = run("eval", str(finished / "checkpoint.pt"), "--device", "cuda")
+    assert (result.exit_code, result.output) == (
+        2,
+        "Error: --device cuda was asked for but CUDA is not available here; use --device cpu\n",
+    )
+    study = tmp_path / "study"
+    result = run("repro", "zoo:resnet20", "--out", str(study), "--device", "cuda")
+    assert (result.exit_code, result.output) == (
+        2,
+        "Error: --device cuda was asked for but CUDA is not available here; use --device cpu (or "
+        "auto)\n",
+    )
+    assert not study.exists()
+
+
+def test_a_seed_outside_what_torch_takes_is_refused():
+    for seed in ("-1", str(2**32), "99999999999999999999999"):
+        result = run("transform", "zoo:resnet20", "--seed", seed)
+        assert result.exit_code == 2
+        assert last_line(result) == (
+            f"Error: Invalid value for '--seed': {seed} is not in the range 0<=x<=4294967295."
+        )
