@@ -17,10 +17,10 @@ import click
 
 from fxdnat import __version__
 from fxdnat.allocator import tune_cpu_allocator
-from fxdnat.config import RUNTIME
+from fxdnat.config import RUNTIME, flag
 
 # what a resumed run may change, as the options that set it (fxdnat.config.RUNTIME)
-RUNTIME_OPTIONS = ["--" + name.replace("_", "-") for name in RUNTIME if name != "out"]
+RUNTIME_OPTIONS = [flag(name) for name in RUNTIME if name != "out"]
 
 EXIT_USER_ERROR = 2
 

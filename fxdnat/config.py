@@ -114,24 +114,23 @@ def resumed_config(
     asked = dataclasses.replace(kept, **{n: getattr(given, n) for n in typed - set(RUNTIME)})
     differences = _differences(kept, asked, typed)
     if differences:
-        extend = any(d.startswith(("--epochs", "--arch-epochs")) for d in differences)
+        extended = {"epochs", "arch_epochs"} & {name for name, _ in differences}
+        why = (
+            ". A run cannot be extended: its learning rate follows one cosine schedule over all "
+            "of its epochs"
+        )
         raise ValueError(
             f"--resume: {given.out} holds another run than the one asked for: "
-            f"{', '.join(differences)}; to continue that run drop what differs, for a new run "
-            "choose another --out"
-            + (
-                ". A run cannot be extended: its learning rate follows one cosine schedule "
-                "over all of its epochs"
-                if extend
-                else ""
-            )
+            f"{', '.join(text for _, text in differences)}; to continue that run drop what "
+            f"differs, for a new run choose another --out{why if extended else ''}"
         )
     runtime = {n: getattr(given, n) for n in RUNTIME if n in typed or n == "out"}
     return dataclasses.replace(kept, **runtime)
 
 
-def _differences(kept: RunConfig, asked: RunConfig, typed: set[str]) -> list[str]:
-    """``--option VALUE (the run's: VALUE)`` for every typed field where ``asked`` differs."""
+def _differences(kept: RunConfig, asked: RunConfig, typed: set[str]) -> list[tuple[str, str]]:
+    """(field, "--option VALUE (the run's: VALUE)") for every typed field where ``asked``
+    differs from ``kept``."""
     from fxdnat.specs import parse_spec
 
     found = []
@@ -152,12 +151,17 @@ def _differences(kept: RunConfig, asked: RunConfig, typed: set[str]) -> list[str
     return found
 
 
-def _difference(name: str, mine: Any, theirs: Any) -> str:
+def _difference(name: str, mine: Any, theirs: Any) -> tuple[str, str]:
     def shown(value: Any) -> str:
         return "default" if value is None else str(value)
 
-    option = "SPEC" if name == "spec" else "--" + name.replace("_", "-")
-    return f"{option} {shown(mine)} (the run's: {shown(theirs)})"
+    option = "SPEC" if name == "spec" else flag(name)
+    return name, f"{option} {shown(mine)} (the run's: {shown(theirs)})"
+
+
+def flag(name: str) -> str:
+    """The command-line option that sets the RunConfig field ``name``."""
+    return "--" + name.replace("_", "-")
 
 
 def stored_config(stored: dict[str, Any]) -> RunConfig:
