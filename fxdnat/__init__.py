@@ -20,7 +20,7 @@ _LAZY: dict[str, str] = {
     "Architecture": "fxdnat.arch",
     "DNAT": "fxdnat.dnat",
     "transform": "fxdnat.engine",
-    "RunConfig": "fxdnat.engine",
+    "RunConfig": "fxdnat.config",
     "load_network": "fxdnat.engine",
     "tune_cpu_allocator": "fxdnat.allocator",
 }
@@ -43,8 +43,9 @@ __all__ = [
 if TYPE_CHECKING:
     from fxdnat.allocator import tune_cpu_allocator
     from fxdnat.arch import Architecture
+    from fxdnat.config import RunConfig
     from fxdnat.dnat import DNAT
-    from fxdnat.engine import RunConfig, load_network, transform
+    from fxdnat.engine import load_network, transform
     from fxdnat.frontend import TraceError, trace
 
 

@@ -1,13 +1,15 @@
 """Atomic file writes, without torch: a checkpoint, a run's summary or a study's records is
-either the old file or the new one, never a torn one, whenever the process dies."""
+either the old file or the new one, never a torn one, whenever the process dies; and the checks
+that tell a user, before any work, that a path they gave cannot be written."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,7 +20,10 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     ``path`` (``os.replace`` is atomic within a folder); on any error remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file the caller asked for, not the temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -28,6 +33,41 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """Delete what ``atomic_file`` left of ``names`` in ``folder`` when a process was killed
+    mid-write (a kill -9 skips the clean-up). Only call it where no other process writes."""
+    folder = Path(folder)
+    stale = [tmp for name in names for tmp in folder.glob(f".{glob.escape(name)}.*.tmp")]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, naming ``path``, a file that could not be written: its folder (or the nearest
+    one that exists, if it is yet to be made) must be a folder that takes a new file. The probe
+    file is removed at once; nothing else is created."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"cannot write {path}: the file is read-only; choose another name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {path}: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fxdnat-probe.", dir=folder)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot write {path}: no new file can be made in {folder} ({exc.strerror}); "
+            "choose a folder you can write to"
+        ) from exc
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -4,19 +4,27 @@ A checkpoint never pickles a module or code. It stores how to rebuild the networ
 spec, the trace settings, the edges, the decisions — and the tensors; loading replays
 build → trace → discover → gate (→ finalize), checks that the edges are the ones stored, and
 loads the weights. ``torch.load(weights_only=True)`` can read every checkpoint.
+
+A checkpoint is data from whoever wrote it: loading one never imports or calls anything the
+caller did not name (docs/training.md, "What loading a checkpoint can do"). Every value must be
+a tensor or a plain value; a ``module:`` spec, or model arguments that are not plain values, are
+built only when the caller typed the same spec or passed ``trust_code=True``.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from fxdnat._files import atomic_file
-from fxdnat.ir import Edge
+from fxdnat.ir import CHOICES, Edge
 
 FORMAT = "fxdnat-checkpoint"
 VERSION = 1
@@ -47,11 +55,15 @@ def load(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, ...: all unreadable to us
-        reason = " ".join(str(exc).split())[:200]
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # weights_only refused a class/function
+        if not found:
+            raise _unreadable(path, exc) from exc
         raise CheckpointError(
-            f"{path} is not a readable fxdnat checkpoint ({type(exc).__name__}: {reason})"
+            f"{path} refers to the Python object {found[1]}; {_ONLY_PLAIN}"
         ) from exc
+    except Exception as exc:  # truncated zip, foreign pickle, ...: all unreadable to us
+        raise _unreadable(path, exc) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an fxdnat checkpoint (no '{FORMAT}' header)")
     if data.get("version") != VERSION:
@@ -59,7 +71,52 @@ def load(path: str | Path) -> dict[str, Any]:
             f"{path} has checkpoint format version {data.get('version')}; this fxdnat reads "
             f"version {VERSION}"
         )
+    check_plain(data, str(path))
     return data
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    # torch's weights_only message opens with advice to load the file unsafely: keep its cause
+    text = str(exc).split("Check the documentation", 1)[0].rsplit("WeightsUnpickler error:")[-1]
+    if text.startswith("Weights only load failed"):
+        text = text.partition("\n")[2] or text
+    reason = " ".join(text.split()).split(". ")[0][:200]  # the first sentence says what broke
+    detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    return CheckpointError(f"{path} is not a readable fxdnat checkpoint ({detail})")
+
+
+# exact types: a subclass that a process allowlisted for weights_only may behave as it likes
+_MAPPINGS = (dict, OrderedDict)
+_VALUES = (bool, int, float, str, type(None), torch.Tensor, nn.Parameter)
+
+
+def check_plain(data: Any, origin: str = "the checkpoint") -> None:
+    """Refuse any value that is not a tensor, a plain value or a container of them, at any depth.
+
+    ``weights_only`` already refuses classes, unless the process allowlisted some of its own
+    (``torch.serialization.add_safe_globals``): an object of one is still nothing a checkpoint
+    holds."""
+    todo = [("", data)]
+    while todo:  # a stack, not recursion: a crafted file may nest deeper than Python's limit
+        where, value = todo.pop()
+        if type(value) in _MAPPINGS:
+            for key, item in value.items():
+                if type(key) not in (str, int):
+                    raise CheckpointError(
+                        f"{origin}: {where or 'the top level'} has a key of "
+                        f"type {type(key).__name__}; {_ONLY_PLAIN}"
+                    )
+                todo.append((f"{where}.{key}" if where else str(key), item))
+        elif type(value) in (list, tuple):
+            todo.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+        elif type(value) not in _VALUES:
+            raise CheckpointError(
+                f"{origin}: field {where} holds an object of type {type(value).__name__}; "
+                f"{_ONLY_PLAIN}"
+            )
+
+
+_ONLY_PLAIN = "a checkpoint holds only tensors and plain values, so this file is refused"
 
 
 @dataclass
@@ -86,22 +143,31 @@ class Restored:
         return finalize(self.module, decisions), decisions, True
 
 
-def restore(data: dict[str, Any], *, strict: bool = True) -> Restored:
-    """Rebuild the stored network from its spec and load its weights."""
+def restore(
+    data: dict[str, Any], *, strict: bool = True, trust_code: bool = False, spec: str | None = None
+) -> Restored:
+    """Rebuild the stored network from its spec and load its weights.
+
+    Nothing the checkpoint names is imported or called unless the caller names it: a
+    ``module:`` spec, or model arguments that are not plain values, are built only when ``spec``
+    (the spec the caller typed) is the stored one or with ``trust_code=True``; a registry name
+    is looked up before anything is built.
+    """
     from fxdnat.frontend import trace
     from fxdnat.passes import discover, finalize, gate
-    from fxdnat.specs import build_model
+    from fxdnat.specs import build_model, check_untrusted, same_spec
 
-    model_cfg = data["model"]
+    model_cfg, stored = _checked(data)
+    if not (trust_code or same_spec(spec, model_cfg["spec"])):
+        check_untrusted(model_cfg["spec"], model_cfg["kwargs"], origin="the checkpoint")
     built = build_model(
         model_cfg["spec"],
         num_classes=model_cfg["num_classes"],
         input_size=model_cfg["input_size"],
-        **model_cfg.get("kwargs", {}),
+        **model_cfg["kwargs"],
     )
     example = torch.zeros(1, 3, built.input_size, built.input_size)
-    traced = trace(built.model, example, leaves=model_cfg.get("leaves", ()))
-    stored = [Edge.from_dict(e) for e in data["edges"]]
+    traced = trace(built.model, example, leaves=model_cfg["leaves"])
     decisions = data.get("decisions")
     arch = None
     if not stored:  # the model was trained as it is ("original")
@@ -123,3 +189,49 @@ def restore(data: dict[str, Any], *, strict: bool = True) -> Restored:
     except RuntimeError as exc:
         raise CheckpointError(f"weights do not fit the rebuilt network: {exc}") from exc
     return Restored(module, traced, stored, decisions, data, arch)
+
+
+def _checked(data: dict[str, Any]) -> tuple[dict[str, Any], list[Edge]]:
+    """The model section (``kwargs`` and ``leaves`` filled in) and the edges, once every field
+    that reaches a builder, the tracer or a pass has the shape fxdnat writes."""
+    check_plain(data)
+    model = data.get("model")
+    _expect(type(model) is dict, "model", "a section with the model's spec")
+    model = {"kwargs": {}, "leaves": [], **model}
+    _expect(type(model.get("spec")) is str, "model.spec", "a model spec string")
+    for key in ("num_classes", "input_size"):
+        value = model.get(key)
+        _expect(type(value) is int and value >= 1, f"model.{key}", "a positive integer")
+    _expect(type(model["kwargs"]) is dict, "model.kwargs", "a mapping of argument names")
+    leaves = model["leaves"]
+    _expect(
+        type(leaves) is list and all(type(x) is str for x in leaves),
+        "model.leaves",
+        "a list of module paths",
+    )
+    edges = data.get("edges")
+    _expect(type(edges) is list and all(type(e) is dict for e in edges), "edges", "a list")
+    try:
+        stored = [Edge.from_dict(e) for e in edges]
+    except (TypeError, KeyError) as exc:
+        raise CheckpointError(f"the checkpoint's edges are not fxdnat edges ({exc})") from exc
+    if stored:
+        _expect(data.get("granularity") in ("branch", "op"), "granularity", "branch or op")
+        _expect(data.get("tie") in ("cell", "full"), "tie", "cell or full")
+    decisions = data.get("decisions")
+    _expect(
+        decisions is None
+        or (type(decisions) is dict and all(c in CHOICES for c in decisions.values())),
+        "decisions",
+        f"a choice of {', '.join(CHOICES)} per edge",
+    )
+    _expect(type(data.get("model_state")) in _MAPPINGS, "model_state", "a state dict")
+    return model, stored
+
+
+def _expect(ok: bool, field: str, expected: str) -> None:
+    if not ok:
+        raise CheckpointError(
+            f"the checkpoint's field {field} is not {expected} as fxdnat writes it; "
+            "was the file written by fxdnat?"
+        )

@@ -17,6 +17,10 @@ import click
 
 from fxdnat import __version__
 from fxdnat.allocator import tune_cpu_allocator
+from fxdnat.config import RUNTIME, flag
+
+# what a resumed run may change, as the options that set it (fxdnat.config.RUNTIME)
+RUNTIME_OPTIONS = [flag(name) for name in RUNTIME if name != "out"]
 
 EXIT_USER_ERROR = 2
 
@@ -37,19 +41,28 @@ def _user_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
+        except Exception as exc:
             if debug:
                 raise
-            raise UserError(_one_line(exc)) from exc
-        except Exception as exc:  # a bug: still one line, with the way to the traceback
-            if debug:
-                raise
-            raise click.ClickException(
+            line = _user_line(exc)
+            if line is not None:
+                raise UserError(line) from exc
+            raise click.ClickException(  # a bug: still one line, with the way to the traceback
                 f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for "
                 "the traceback and please report it)"
             ) from exc
 
     return wrapper
+
+
+def _user_line(exc: Exception) -> str | None:
+    """The one line for an error the user can fix (bad input, a path the system refused:
+    permissions, a full disk, ...); None for a bug."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"cannot access {exc.filename}: {exc.strerror}"
+    if isinstance(exc, (ValueError, TypeError, FileNotFoundError, KeyError)):
+        return _one_line(exc)
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -200,9 +213,11 @@ def zoo(markdown: bool) -> None:
     from rich.table import Table
 
     table = Table(title="fxdnat zoo (10 classes, 32 px)")
-    for column in ("model", "family", "params", "MFLOPs", "edges", "θ groups cell/full", "recipe"):
+    # a name is what the user types: never cut it (the other columns wrap instead)
+    table.add_column("model", no_wrap=True, min_width=max(len(row["name"]) for row in rows))
+    for column in ("family", "params", "MFLOPs", "edges", "θ groups cell/full", "recipe"):
         justify = "right" if column in ("params", "MFLOPs", "edges") else "left"
-        table.add_column(column, justify=justify)
+        table.add_column(column, justify=justify, overflow="fold")
     for row in rows:
         table.add_row(
             row["name"],
@@ -244,6 +259,15 @@ def _zoo_markdown(rows: list[dict]) -> str:
 def _output_file(help: str) -> Callable:
     """--out FILE, required; the file's extension picks the format."""
     return click.option("--out", type=click.Path(dir_okay=False), required=True, help=help)
+
+
+_trust_code = click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Build a model that the checkpoint says is made by code (a module: spec, arguments "
+    "that are not plain values). Loading runs that code: only for checkpoints whose author you "
+    "trust.",
+)
 
 
 # The run settings `transform` and `repro` share: what one training run computes, and where.
@@ -318,7 +342,8 @@ def _training_options(command: Callable) -> Callable:
     show_default=True,
     help="Share θ between cells of one structure (cell) or not (full).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+# torch seeds the run from seed × 1,000,003 + epoch, an int64
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
@@ -332,7 +357,12 @@ def _training_options(command: Callable) -> Callable:
     default=None,
     help="Run folder [default: runs/NAME-METHOD-TIE-sSEED].",
 )
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its checkpoint. Options given must agree with the run "
+    f"(only {', '.join(RUNTIME_OPTIONS)} may change); a run cannot be extended.",
+)
 @_user_errors
 def transform(spec: str, out: str | None, resume: bool, compile_: bool, **options: Any) -> None:
     """Transform SPEC with DNAT and train it: architecture stage, finalize, network stage."""
@@ -342,8 +372,9 @@ def transform(spec: str, out: str | None, resume: bool, compile_: bool, **option
 
     out = out or _default_out(spec, options["method"], options["tie"], options["seed"])
     config = RunConfig(spec=spec, out=out, compile=compile_, **options)
+    given = _typed({"compile": "compile_", **{name: name for name in ("spec", *options)}})
     try:
-        run_transform(config, RichReporter(), resume=resume)
+        run_transform(config, RichReporter(), resume=resume, given=given)
     except TrainingError as exc:
         raise UserError(str(exc)) from exc
     except Interrupted as exc:
@@ -353,6 +384,18 @@ def transform(spec: str, out: str | None, resume: bool, compile_: bool, **option
             err=True,
         )
         raise click.exceptions.Exit(130) from exc
+
+
+def _typed(fields: dict[str, str]) -> set[str]:
+    """The fields whose option (by parameter name) the user gave: a resumed run must agree with
+    what they typed, not with the defaults they did not."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    untyped = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+    return {
+        field for field, name in fields.items() if ctx.get_parameter_source(name) not in untyped
+    }
 
 
 def _default_out(spec: str, method: str, tie: str, seed: int) -> str:
@@ -368,6 +411,7 @@ def _default_out(spec: str, method: str, tie: str, seed: int) -> str:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_trust_code
 @_user_errors
 def eval_(
     checkpoint: str,
@@ -376,12 +420,18 @@ def eval_(
     device: str,
     limit: int | None,
     as_json: bool,
+    trust_code: bool,
 ) -> None:
     """Accuracy, parameters, FLOPs and latency of the network in CHECKPOINT."""
     from fxdnat.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        checkpoint, data=data, data_dir=data_dir, device=device, limit=limit
+        checkpoint,
+        data=data,
+        data_dir=data_dir,
+        device=device,
+        limit=limit,
+        trust_code=trust_code,
     )
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -413,8 +463,11 @@ def eval_(
     show_default=True,
     help="Edges to draw for a SPEC (a checkpoint has its own).",
 )
+@_trust_code
 @_user_errors
-def render(source: str, out: str, view: str, cell: str | None, granularity: str) -> None:
+def render(
+    source: str, out: str, view: str, cell: str | None, granularity: str, trust_code: bool
+) -> None:
     """Draw what DNAT did: kept edges black, edges turned into the identity red, removed
     edges dashed grey.
 
@@ -422,11 +475,13 @@ def render(source: str, out: str, view: str, cell: str | None, granularity: str)
     model SPEC (the untransformed model, every edge as built). SVG and PNG need a Graphviz layout
     program: `dot`, else the pip-installed `graphviz-pure`; .dot needs none.
     """
+    from fxdnat._files import check_writable
     from fxdnat.passes.render import check_format, load, write
     from fxdnat.passes.render import render as draw
 
-    check_format(out)  # a bad extension fails before the model is built
-    subject = load(source, granularity=granularity)
+    check_format(out)  # a bad extension or an unwritable path fails before the model is built
+    check_writable(out)
+    subject = load(source, granularity=granularity, trust_code=trust_code)
     path = write(draw(subject, view=view, cell=cell), out)
     if subject.status == "preferences":
         click.echo(
@@ -440,23 +495,25 @@ def render(source: str, out: str, view: str, cell: str | None, granularity: str)
 @main.command()
 @click.argument("checkpoint", type=click.Path())
 @_output_file("Image file: .png, .svg or .pdf.")
+@_trust_code
 @_user_errors
-def plot(checkpoint: str, out: str) -> None:
+def plot(checkpoint: str, out: str, trust_code: bool) -> None:
     """Plot θ of every group over the architecture stage and both stages' learning curves."""
     from fxdnat.plot import plot as plot_run
 
-    click.echo(f"wrote {plot_run(checkpoint, out)}")
+    click.echo(f"wrote {plot_run(checkpoint, out, trust_code=trust_code)}")
 
 
 @main.command()
 @click.argument("checkpoint", type=click.Path())
 @_output_file(".pt2 (torch.export), .onnx (needs fxdnat[onnx]) or .pt (TorchScript).")
+@_trust_code
 @_user_errors
-def export(checkpoint: str, out: str) -> None:
+def export(checkpoint: str, out: str, trust_code: bool) -> None:
     """Export the network of CHECKPOINT to run without fxdnat (eval mode, main logits only)."""
     from fxdnat.export import export as export_network
 
-    done = export_network(checkpoint, out)
+    done = export_network(checkpoint, out, trust_code=trust_code)
     if done.finalized_now:
         click.echo(
             f"note: {checkpoint} is from the architecture stage; exported the network its "

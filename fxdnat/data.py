@@ -81,6 +81,13 @@ def _parse(name: str) -> tuple[str, Path | None]:
     return kind, None
 
 
+def resolve_name(name: str) -> str:
+    """``name`` as a run stores it: ``imagefolder:PATH`` with PATH absolute, so that the stored
+    name finds the images from any working folder; other names as they are (checked)."""
+    kind, path = _parse(name)
+    return name if path is None else f"{kind}:{path.resolve()}"
+
+
 def _root(data_dir: str | Path | None) -> Path:
     default = os.environ.get("FXDNAT_DATA") or "~/.cache/fxdnat/data"
     return Path(data_dir if data_dir is not None else default).expanduser()
@@ -485,6 +492,29 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def _check_a_batch(
+    name: str, examples: int, batch_size: int, limit: int | None, distributed: bool
+) -> None:
+    """Refuse a train loader without a single full batch: with incomplete batches dropped, a
+    run on it would take no step and still report a trained network."""
+    world = 1
+    if distributed:
+        import torch.distributed as dist
+
+        world = dist.get_world_size()
+    each = examples // world  # DistributedSampler(drop_last=True) gives every rank this many
+    if each >= batch_size:
+        return
+    limited = f" (--limit {limit})" if limit is not None and limit <= examples else ""
+    ranks = f", {each} per process over {world} processes," if world > 1 else ""
+    more = ", or a larger --limit" if limited else ""
+    raise ValueError(
+        f"the training split of {name} has {examples} examples{limited}{ranks} but a batch "
+        f"needs {batch_size}: incomplete batches are dropped, so not one step would run; "
+        f"give --batch-size {max(each, 1)} or less{more}"
+    )
+
+
 def make_loaders(
     name: str,
     data_dir: str | Path | None = None,
@@ -511,10 +541,8 @@ def make_loaders(
     train, test, info = make_datasets(name, data_dir, cutout=cutout, download=download)
     if limit is not None:
         train, test = (Subset(ds, range(min(limit, len(ds)))) for ds in (train, test))
-    if drop_last and len(train) < batch_size:
-        logger.warning(
-            "%d train examples < batch size %d: drop_last leaves no batch", len(train), batch_size
-        )
+    if drop_last:
+        _check_a_batch(name, len(train), batch_size, limit, distributed)
     common: dict[str, Any] = dict(
         batch_size=batch_size,
         num_workers=workers,

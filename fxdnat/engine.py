@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fxdnat import checkpoint as ckpt
-from fxdnat._files import atomic_file, write_json
+from fxdnat._files import atomic_file, check_writable, remove_temporaries, write_json
+from fxdnat.config import RunConfig, resolve_recipe, resumed_config
 from fxdnat.ir import CHOICES, SAME
 
 log = logging.getLogger(__name__)
 
-METHODS = ("dnat", "original")
-ARCH_UPDATES = ("alternate", "joint")
 CHECKPOINT, METRICS, SUMMARY = "checkpoint.pt", "metrics.jsonl", "summary.json"
 CELLS = "cells.svg"  # the cell diagram of the result (passes/render.py)
 
@@ -45,47 +44,6 @@ class TrainingError(RuntimeError):
 
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM stopped the run between two steps; its state was saved."""
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines a run; stored in its checkpoint. None means "the recipe's"."""
-
-    spec: str
-    out: str
-    data: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    recipe: str | None = None  # default: the zoo model's, else "paper"
-    method: str = "dnat"  # "original" trains the untouched model with the same recipe
-    tie: str = "cell"
-    granularity: str = "branch"
-    arch_update: str = "alternate"
-    epochs: int | None = None
-    arch_epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    theta_lr: float | None = None
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    amp: bool | None = None  # default: bf16 autocast on CUDA
-    channels_last: bool | None = None  # default: on CUDA
-    compile: bool = False
-    workers: int = 0
-    limit: int | None = None  # use only the first N examples of each split
-    pretrained: bool = False
-
-    def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("method", self.method, METHODS),
-            ("arch_update", self.arch_update, ARCH_UPDATES),
-            ("tie", self.tie, ("cell", "full")),
-            ("granularity", self.granularity, ("branch", "op")),
-            ("device", self.device, ("auto", "cpu", "cuda")),
-        ):
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
 
 
 @dataclass
@@ -125,17 +83,52 @@ class Reporter:
         log.info("done: %s", summary)
 
 
-def transform(config: RunConfig, reporter: Reporter | None = None, *, resume: bool = False) -> dict:
-    """Run (or resume) ``config``; returns the summary also written to ``out/summary.json``."""
-    return Trainer(config, reporter or Reporter(), resume=resume).run()
+def transform(
+    config: RunConfig,
+    reporter: Reporter | None = None,
+    *,
+    resume: bool = False,
+    given: Collection[str] | None = None,
+) -> dict:
+    """Run (or resume) ``config``; returns the summary also written to ``out/summary.json``.
+
+    ``resume`` continues the run stored in ``config.out``; ``given`` names the fields of
+    ``config`` the user set, which must agree with that run (``fxdnat.config.resumed_config``).
+    A finished run is left as it is: the reporter hears "finished" and its summary is returned.
+    """
+    reporter = reporter or Reporter()
+    try:
+        trainer = Trainer(config, reporter, resume=resume, given=given)
+    except RunFinished as done:
+        reporter.event("finished", {"out": str(done.out), "summary": done.summary})
+        return done.summary
+    return trainer.run()
+
+
+class RunFinished(Exception):
+    """``--resume`` of a run that has finished: there is nothing to continue."""
+
+    def __init__(self, out: Path, summary: dict) -> None:
+        super().__init__(f"the run in {out} has finished")
+        self.out, self.summary = out, summary
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, reporter: Reporter, *, resume: bool = False) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        reporter: Reporter,
+        *,
+        resume: bool = False,
+        given: Collection[str] | None = None,
+    ) -> None:
         self.out = Path(config.out)
         stored = self._stored(resume)
+        # the spec the caller named: a stored module: spec equal to it may import its code
+        self.named_spec = config.spec if given is None or "spec" in given else None
         if stored is not None:
-            config = _merge_resumed(RunConfig(**stored["config"]), config)
+            config = resumed_config(stored, config, given)
+            _raise_if_finished(self.out, stored)
         self.config = config
         self.rank, self.world = _distributed_init(config.device)
         self.reporter = reporter if self.rank == 0 else Reporter()  # one voice under torchrun
@@ -150,9 +143,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:  # fail now, not after the first epoch; the folder is made by `run`
+            check_writable(self.out / CHECKPOINT)
         self.stop = _StopRequests()  # listens for Ctrl-C / SIGTERM while `run` is active
+        self.first_nan = _FirstNonFinite(self.device)  # renewed every epoch
         self._setup(stored)
 
     # ----------------------------------------------------------------------------- setup
@@ -176,7 +170,7 @@ class Trainer:
         from fxdnat.specs import build_model
 
         c = self.config
-        self.recipe = _resolve_recipe(c)
+        self.recipe = resolve_recipe(c)
         self.train_loader, self.test_loader, self.info = make_loaders(
             c.data,
             c.data_dir,
@@ -226,10 +220,10 @@ class Trainer:
     def _restore(self, stored: dict) -> None:
         from fxdnat import zoo
 
-        restored = ckpt.restore(stored)
+        restored = ckpt.restore(stored, spec=self.named_spec)
         self.model_cfg, self.traced, self.edges = stored["model"], restored.traced, restored.edges
         self.module = restored.module
-        self.state = _State(**{k: stored["state"][k] for k in stored["state"]})
+        self.state = _stored_state(stored)
         self.state.theta_history = list(stored["theta_history"])
         self.drop_path = zoo.set_drop_path_prob(self.module, 0.0) > 0
         self._place()
@@ -289,6 +283,8 @@ class Trainer:
                 "resumed_at": self.state.epoch,
             }
         )
+        if self.rank == 0:  # a kill -9 mid-write leaves a temporary file that nothing reads
+            remove_temporaries(self.out, (CHECKPOINT, METRICS, SUMMARY, CELLS))
         with _StopRequests() as self.stop:
             while self.state.epoch < r.epochs:
                 try:
@@ -297,7 +293,8 @@ class Trainer:
                     self._save()
                     raise
                 self.state.metrics.append(record)
-                if self.rank == 0:
+                if self.rank == 0:  # the folder appears with the first finished epoch
+                    self.out.mkdir(parents=True, exist_ok=True)
                     with (self.out / METRICS).open("a") as f:
                         f.write(json.dumps(record) + "\n")
                 self.reporter.epoch_end(record)
@@ -360,13 +357,14 @@ class Trainer:
         steps = len(self.train_loader)
         self.reporter.epoch_start(s.epoch, s.stage, steps)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, seen
+        self.first_nan = _FirstNonFinite(self.device)
         for step, (x, y) in self._batches():
             self._set_lr(s.epoch + step / steps)
             loss, correct = self.train_step(x, y)
             sums += torch.stack([loss.detach().double() * len(y), correct, sums.new_tensor(len(y))])
             s.step = step + 1
             if self.device.type == "cpu" or (step + 1) % 50 == 0 or step + 1 == steps:
-                self._check_finite(sums[0], step)
+                self._check_finite()
                 self.reporter.step(s.epoch, step + 1, (sums[0] / sums[2]).item())
             if self.stop.requested and step + 1 < steps:
                 self._interrupt(sums)
@@ -410,6 +408,7 @@ class Trainer:
         frozen = alternate and self.world == 1
         with self.module.arch.frozen() if frozen else contextlib.nullcontext():
             loss, logits = self._loss(self.model, x, y)
+        self.first_nan.watch(loss, self.state.step, _OMEGA_LOSS)
         if searching and not alternate:  # joint: one backward for ω and θ
             loss.backward()
             self._clip_and_step(clip)
@@ -436,8 +435,9 @@ class Trainer:
         return loss, logits
 
     def _clip_and_step(self, clip: float | None) -> None:
-        if clip is not None:
-            nn.utils.clip_grad_norm_(self.weights, clip)
+        # without clipping an infinite bound only measures the norm, watched for divergence
+        norm = nn.utils.clip_grad_norm_(self.weights, math.inf if clip is None else clip)
+        self.first_nan.watch(norm, self.state.step, _OMEGA_GRAD)
         self.opt_w.step()
         self.opt_w.zero_grad(set_to_none=True)
 
@@ -445,10 +445,12 @@ class Trainer:
         """θ's step on the same minibatch, after ω's update: θ's gradient alone is computed."""
         theta = self._theta()
         loss, _ = self._loss(self.module, x, y)  # not through DDP: its hooks expect ω's grads
+        self.first_nan.watch(loss, self.state.step, _THETA_LOSS)
         (grad,) = torch.autograd.grad(loss, [theta])
         if self.world > 1:
             torch.distributed.all_reduce(grad)
             grad /= self.world
+        self.first_nan.watch(torch.linalg.vector_norm(grad), self.state.step, _THETA_GRAD)
         theta.grad = grad
         self.opt_theta.step()
         self.opt_theta.zero_grad(set_to_none=True)
@@ -459,19 +461,56 @@ class Trainer:
         for group in self.opt_w.param_groups:
             group["lr"] = lr
 
-    def _check_finite(self, loss_sum: torch.Tensor, step: int) -> None:
-        if torch.isfinite(loss_sum):
+    def _check_finite(self) -> None:
+        found = self.first_nan.found()
+        if found is None:
             return
-        done = self.state.epoch
+        step, what, value = found
+        r, done = self.recipe, self.state.epoch
+        cause, fix = {
+            "ω": (
+                "after ω's update: the weights diverged",
+                f"lower ω's learning rate (--lr, {r.lr:g} now)",
+            ),
+            "θ": (
+                "after θ's update: the architecture weights θ diverged",
+                f"lower θ's learning rate (--theta-lr, {r.theta_lr:g} now)",
+            ),
+            "joint": (
+                "after the joint update of ω and θ",
+                f"lower ω's or θ's learning rate (--lr {r.lr:g}, --theta-lr {r.theta_lr:g} now)",
+            ),
+            None: (
+                "before any update: the network's outputs on this data are not finite",
+                "check the data and the model's initial weights",
+            ),
+        }[self._update_before(step, what)]
         kept = (
             f"{self.out / CHECKPOINT} still holds epoch {done}"
             if done
             else "no epoch had finished, so nothing was saved"
         )
+        again = "and start a new run with another --out" if done else "and rerun"
         raise TrainingError(
-            f"the loss became {loss_sum.item()} in epoch {done + 1} (step {step + 1}); {kept}; "
-            "lower the learning rate (--lr) and rerun" + (", or --resume to retry" if done else "")
+            f"{_WATCHED[what]} became {value} in epoch {done + 1} (step {step + 1}) {cause}; "
+            f"{kept}; {fix} {again}"
         )
+
+    def _update_before(self, step: int, what: int) -> str | None:
+        """The update that came just before a value: "ω", "θ", "joint", or None (none yet).
+
+        Each value follows exactly one update: θ's loss and gradient of a step the ω update of
+        that step; ω's the last update of the step before (θ's, or the joint one, while
+        searching)."""
+        if what in (_THETA_LOSS, _THETA_GRAD):
+            return "ω"
+        s, r = self.state, self.recipe
+        if step == 0 and s.epoch == 0:
+            return None
+        searching = s.stage == "arch" or (step == 0 and s.epoch == r.arch_epochs)
+        if not searching:
+            return "ω"
+        return "joint" if self.config.arch_update == "joint" else "θ"
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -609,33 +648,6 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------------- helpers
-def _resolve_recipe(c: RunConfig):
-    from fxdnat import zoo
-    from fxdnat.specs import parse_spec
-
-    source, name = parse_spec(c.spec)
-    default = zoo.model_info(name).default_recipe if source == "zoo" else "paper"
-    recipe = zoo.get_recipe(
-        c.recipe or default, model=c.spec if source == "zoo" else None, dataset=c.data
-    )
-    overrides = {
-        k: v
-        for k, v in (
-            ("epochs", c.epochs),
-            ("arch_epochs", c.arch_epochs),
-            ("batch_size", c.batch_size),
-            ("lr", c.lr),
-            ("theta_lr", c.theta_lr),
-        )
-        if v is not None
-    }
-    if "epochs" in overrides and "arch_epochs" not in overrides:
-        overrides["arch_epochs"] = min(recipe.arch_epochs, overrides["epochs"])
-    if c.method == "original":
-        overrides["arch_epochs"] = 0
-    return dataclasses.replace(recipe, **overrides)
-
-
 def _model_kwargs(spec: str, recipe) -> dict:
     """Zoo models with an auxiliary head build it when the recipe weighs it."""
     from fxdnat import zoo
@@ -651,22 +663,38 @@ def _model_kwargs(spec: str, recipe) -> dict:
     return {}
 
 
-def _merge_resumed(stored: RunConfig, given: RunConfig) -> RunConfig:
-    """A resumed run keeps its stored config; only where and how it runs may change."""
-    return dataclasses.replace(
-        stored,
-        out=given.out,
-        device=given.device,
-        workers=given.workers,
-        data_dir=given.data_dir or stored.data_dir,
-    )
+def _stored_state(stored: dict) -> _State:
+    state = stored.get("state")
+    names = {f.name for f in dataclasses.fields(_State)}
+    if type(state) is not dict or not set(state) <= names or state.get("stage") not in ckpt.STAGES:
+        raise ckpt.CheckpointError(
+            "the checkpoint's run state is not one this fxdnat writes; was it written by fxdnat?"
+        )
+    return _State(**state)
+
+
+def _raise_if_finished(out: Path, stored: dict) -> None:
+    """A run is finished once its summary is written after the last checkpoint; one killed in
+    between is resumed, which writes the summary."""
+    if _stored_state(stored).stage != "done":
+        return
+    try:
+        summary = json.loads((out / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return
+    raise RunFinished(out, summary)
+
+
+def check_device(name: str, instead: str = "--device cpu (or auto)") -> None:
+    """Refuse ``--device cuda`` where CUDA is not available, naming what to use ``instead``."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device cuda was asked for but CUDA is not available here; use {instead}"
+        )
 
 
 def _device(name: str, rank: int) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "--device cuda was asked for but CUDA is not available here; use --device cpu (or auto)"
-        )
+    check_device(name)
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     local = int(os.environ.get("LOCAL_RANK", rank))
@@ -707,6 +735,34 @@ def _set_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# What a step computes, in order: ω's loss and gradient at (ω, θ), then ω's update, then θ's
+# loss and gradient at (new ω, θ), then θ's update.
+_OMEGA_LOSS, _OMEGA_GRAD, _THETA_LOSS, _THETA_GRAD = range(4)
+_WATCHED = ("the loss", "ω's gradient", "the loss of θ's step", "θ's gradient")
+
+
+class _FirstNonFinite:
+    """The first loss or gradient norm of an epoch that is not finite, and its place (step,
+    and which of a step's four values), kept on the device: watching costs no synchronisation."""
+
+    _NEVER = 2**62
+
+    def __init__(self, device: torch.device) -> None:
+        self.at = torch.tensor(self._NEVER, device=device)
+        self.value = torch.tensor(0.0, device=device)
+
+    def watch(self, value: torch.Tensor, step: int, what: int) -> None:
+        value = value.detach().float()
+        first = ~torch.isfinite(value) & (self.at == self._NEVER)
+        self.at = torch.where(first, 4 * step + what, self.at)
+        self.value = torch.where(first, value, self.value)
+
+    def found(self) -> tuple[int, int, float] | None:
+        """(step, which value, the value) of the first one that was not finite."""
+        at = int(self.at)
+        return None if at == self._NEVER else (*divmod(at, 4), float(self.value))
+
+
 class _StopRequests:
     """Ctrl-C or SIGTERM ask the run to stop at the next step boundary (a second Ctrl-C stops
     at once), so a saved state is never half a step."""
@@ -742,7 +798,10 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def load_network(path: str | Path) -> tuple[fx.GraphModule, dict]:
-    """The network stored in a checkpoint (final, or gated if not yet finalized), and its data."""
+def load_network(path: str | Path, *, trust_code: bool = False) -> tuple[fx.GraphModule, dict]:
+    """The network stored in a checkpoint (final, or gated if not yet finalized), and its data.
+
+    A checkpoint whose model is built by code (a ``module:`` spec, arguments that are not plain
+    values) is refused unless ``trust_code``: loading a file never runs code you did not name."""
     data = ckpt.load(path)
-    return ckpt.restore(data).module.eval(), data
+    return ckpt.restore(data, trust_code=trust_code).module.eval(), data

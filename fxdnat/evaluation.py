@@ -19,17 +19,23 @@ def evaluate_checkpoint(
     device: str = "cpu",
     limit: int | None = None,
     batch_size: int = 256,
+    trust_code: bool = False,
 ) -> dict:
-    """Evaluate the stored network on its data set's test split (or ``data``)."""
+    """Evaluate the stored network on its data set's test split (or ``data``).
+
+    ``trust_code``: build a model that the checkpoint says is made by code (see
+    ``checkpoint.restore``); without it such a checkpoint is refused before anything runs."""
     from fxdnat.data import make_loaders
+    from fxdnat.engine import check_device
     from fxdnat.report import count_flops, count_params
 
+    check_device(device, instead="--device cpu")
     stored = ckpt.load(path)
-    restored = ckpt.restore(stored)
-    config = stored["config"]
-    name = data or config["data"]
-    _, test_loader, info = make_loaders(
-        name, data_dir or config.get("data_dir"), batch_size=batch_size, limit=limit
+    restored = ckpt.restore(stored, trust_code=trust_code)
+    name, stored_dir = _stored_data(stored)
+    name = data or name
+    _, test_loader, info = make_loaders(  # the train split is not used: no batch is needed
+        name, data_dir or stored_dir, batch_size=batch_size, limit=limit, drop_last=False
     )
     if info.num_classes != stored["model"]["num_classes"]:
         raise ValueError(
@@ -61,6 +67,18 @@ def evaluate_checkpoint(
         "latency_ms": latency(module, example, target),
         "decisions": stored.get("decisions"),
     }
+
+
+def _stored_data(stored: dict) -> tuple[str, str | None]:
+    """The run's data set and data folder, as stored (only ever read: images, CIFAR arrays)."""
+    config = stored.get("config")
+    config = config if type(config) is dict else {}
+    name, folder = config.get("data"), config.get("data_dir")
+    if type(name) is not str or type(folder) not in (str, type(None)):
+        raise ckpt.CheckpointError(
+            "the checkpoint names no data set of its own; pass --data to evaluate it"
+        )
+    return name, folder
 
 
 def latency(

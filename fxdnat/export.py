@@ -19,6 +19,7 @@ import torch
 from torch import fx
 
 from fxdnat import checkpoint as ckpt
+from fxdnat._files import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,17 @@ class Exported:
     max_error: float | None  # None: no runtime here to check the file (ONNX without onnxruntime)
 
 
-def export(checkpoint: str | Path, out: str | Path) -> Exported:
-    """Export the network of ``checkpoint`` to ``out``, the format from its extension."""
+def export(checkpoint: str | Path, out: str | Path, *, trust_code: bool = False) -> Exported:
+    """Export the network of ``checkpoint`` to ``out``, the format from its extension.
+
+    ``trust_code``: build a model that the checkpoint says is made by code (see
+    ``checkpoint.restore``); without it such a checkpoint is refused before anything runs."""
     out = Path(out)
     suffix = _format(out)
     if out.exists() and out.resolve() == Path(checkpoint).resolve():
         raise ValueError(f"--out {out} is the checkpoint itself; choose another file name")
-    gm, data, decisions, finalized_now = _final_network(checkpoint)
+    check_writable(out)  # before the export, which takes a while
+    gm, data, decisions, finalized_now = _final_network(checkpoint, trust_code)
     size = data["model"]["input_size"]
     example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     gm = main_logits(gm, example)
@@ -95,12 +100,12 @@ def _format(out: Path) -> str:
 
 
 def _final_network(
-    checkpoint: str | Path,
+    checkpoint: str | Path, trust_code: bool
 ) -> tuple[fx.GraphModule, dict, dict[str, str], bool]:
     """The checkpoint's clean network in eval mode; an architecture-stage checkpoint is
     finalized on the decisions its θ makes now."""
     data = ckpt.load(checkpoint)
-    gm, decisions, finalized_now = ckpt.restore(data).final()
+    gm, decisions, finalized_now = ckpt.restore(data, trust_code=trust_code).final()
     if finalized_now:
         log.warning(
             "%s is from the architecture stage (epoch %s): exporting its current decisions",

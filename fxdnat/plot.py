@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from fxdnat import checkpoint as ckpt
+from fxdnat._files import check_writable
 from fxdnat.ir import CHOICES, IDENTITY, NONE, SAME
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -29,17 +30,21 @@ class Group:
     decision: str | None
 
 
-def plot(checkpoint: str | Path, out: str | Path) -> Path:
-    """Draw θ and the learning curves of ``checkpoint`` into ``out`` (PNG, SVG or PDF)."""
+def plot(checkpoint: str | Path, out: str | Path, *, trust_code: bool = False) -> Path:
+    """Draw θ and the learning curves of ``checkpoint`` into ``out`` (PNG, SVG or PDF).
+
+    ``trust_code``: rebuild a model that the checkpoint says is made by code (see
+    ``checkpoint.restore``); without it such a checkpoint is refused before anything runs."""
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise ValueError(
             f"unknown plot format {out.suffix or '(no extension)'!r} for {out}; "
             f"supported: {', '.join(FORMATS)}"
         )
+    check_writable(out)
     data = ckpt.load(checkpoint)
     history = _history(data)
-    groups = _groups(data) if history is not None else []
+    groups = _groups(data, trust_code) if history is not None else []
     figure = _figure(data, history, groups)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
@@ -59,11 +64,11 @@ def _history(data: dict) -> torch.Tensor | None:
     return torch.stack([start, *[r.float() for r in rows]])
 
 
-def _groups(data: dict) -> list[Group]:
+def _groups(data: dict, trust_code: bool = False) -> list[Group]:
     """Rebuild the θ rows of the run (cell mode shares rows between cells of one structure)."""
     from fxdnat.report import op_summary
 
-    restored = ckpt.restore(data)
+    restored = ckpt.restore(data, trust_code=trust_code)
     arch = restored.arch
     decisions = data.get("decisions") or {}
     groups = []

@@ -63,6 +63,16 @@ class RichReporter(Reporter):
         )
 
     def event(self, name: str, data: dict) -> None:
+        if name == "finished":
+            summary = data["summary"]
+            accuracy = summary.get("test_acc")
+            result = f", test accuracy {100 * accuracy:.2f}%" if _number(accuracy) else ""
+            self.console.print(
+                f"{data['out']} has finished ({summary.get('epochs')} epochs{result}): nothing "
+                f"to resume, its files are unchanged; see {data['out']}/summary.json",
+                highlight=False,
+                soft_wrap=True,  # one line, however narrow the terminal
+            )
         if name == "finalize":
             changed = data["changed"]
             listed = ", ".join(f"{k}→{v}" for k, v in changed.items()) or "none"
@@ -90,3 +100,7 @@ class RichReporter(Reporter):
         for label, path in summary.get("artifacts", {}).items():
             table.add_row(label, path)
         Console().print(table)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

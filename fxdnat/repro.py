@@ -79,8 +79,11 @@ class ReproConfig:
     shard: tuple[int, int] | None = None  # (i, n): run only the i-th of n slices, 1 <= i <= n
 
     def __post_init__(self) -> None:
+        from fxdnat.data import resolve_name
+
         if not self.specs:
             raise ValueError("a study needs at least one model spec, e.g. zoo:resnet20")
+        self.data = resolve_name(self.data)  # as each run stores it: an image folder absolute
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -201,7 +204,7 @@ def shard(all_jobs: Sequence[Job], i: int, n: int) -> list[Job]:
 def run_config(config: ReproConfig, job: Job) -> Any:
     """The engine's RunConfig for one job: the study's settings that the engine shares by name
     (data, recipe and its overrides, device, ...), and the job's spec, folder, method and seed."""
-    from fxdnat.engine import RunConfig
+    from fxdnat.config import RunConfig
 
     shared = {f.name for f in dataclasses.fields(RunConfig)} & {
         f.name for f in dataclasses.fields(ReproConfig)
@@ -332,14 +335,16 @@ def _run_reported(
 def _recipes(config: ReproConfig) -> dict[str, dict[str, Any]]:
     """The recipe each model trains with (its DNAT runs), resolved as the engine resolves it;
     a bad spec, recipe or data set is refused here, once, before any run fails on it."""
+    from fxdnat.config import resolve_recipe
     from fxdnat.data import dataset_info
-    from fxdnat.engine import _resolve_recipe
+    from fxdnat.engine import check_device
 
+    check_device(config.device)
     dataset_info(config.data, config.data_dir)
     recipes = {}
     for spec in config.specs:
         run = run_config(config, Job(spec, "cell", config.seeds[0]))  # checks its own choices
-        recipes[model_name(spec)] = json.loads(json.dumps(dataclasses.asdict(_resolve_recipe(run))))
+        recipes[model_name(spec)] = json.loads(json.dumps(dataclasses.asdict(resolve_recipe(run))))
     return recipes
 
 

@@ -9,12 +9,29 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 SOURCES = ("zoo", "timm", "torchvision", "module")
+
+PLAIN_ARGUMENTS = (bool, int, float, str, type(None))
+"""Types of keyword argument that a spec from a file (not typed by the user) may carry."""
+# timm's and torchvision's constructors load weights through these arguments, from a file or the
+# network: taken from a checkpoint they would read or fetch whatever the file names.
+WEIGHT_ARGUMENTS = frozenset(
+    {
+        "pretrained",
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "checkpoint_path",
+        "cache_dir",
+        "weights",
+        "weights_backbone",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,38 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return source, name
 
 
+def same_spec(a: str | None, b: str) -> bool:
+    """Whether two specs name the same model ("resnet20" is "zoo:resnet20")."""
+    return a is not None and parse_spec(a) == parse_spec(b)
+
+
+def check_untrusted(spec: str, kwargs: Mapping[Any, Any], *, origin: str) -> None:
+    """Refuse what a spec the user did not type (one read from ``origin``, a file) could do
+    beyond building a registered model from plain arguments.
+
+    A ``module:`` spec would import and call code; a registry name is looked up before anything
+    is built; keyword arguments must be plain values and must not name weights to load.
+    """
+    source, name = parse_spec(spec)
+    trust = "pass --trust-code if you trust the file's author (trust_code=True in Python)"
+    if source == "module":
+        raise ValueError(
+            f"{origin}'s model is {spec}, which would import and run code from "
+            f"{name.rpartition(':')[0]!r}; a file cannot vouch for code, so fxdnat runs it only "
+            f"if you ask: {trust}"
+        )
+    {"zoo": _zoo_name, "timm": _timm_name, "torchvision": _torchvision_name}[source](name)
+    for key, value in kwargs.items():
+        plain = isinstance(key, str) and type(value) in PLAIN_ARGUMENTS
+        if not plain or key in WEIGHT_ARGUMENTS:
+            shown = f"{key}={value!r}" if plain else f"{key!r} (a {type(value).__name__})"
+            raise ValueError(
+                f"{origin} passes {shown} to {spec}; from a file fxdnat takes only plain numbers, "
+                "strings and booleans as model arguments, and none that loads weights "
+                f"({', '.join(sorted(WEIGHT_ARGUMENTS))}): {trust}"
+            )
+
+
 def build_model(
     spec: str,
     *,
@@ -65,6 +114,27 @@ def build_model(
     return BuiltModel(model, f"{source}:{name}", size, num_classes)
 
 
+def _zoo_name(name: str) -> None:
+    from fxdnat import zoo
+
+    zoo.model_info(name)  # an unknown name: "unknown zoo model ...; did you mean ..."
+
+
+def _timm_name(name: str) -> None:
+    import timm
+
+    if name not in timm.list_models():
+        raise ValueError(f"unknown timm model {name!r}{_close(name, timm.list_models())}")
+
+
+def _torchvision_name(name: str) -> None:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise ValueError(f"unknown torchvision classification model {name!r}{_close(name, names)}")
+
+
 def _zoo(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs: dict):
     from fxdnat import zoo
 
@@ -75,10 +145,7 @@ def _zoo(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs
 
 
 def _timm(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs: dict):
-    import timm
-
-    if name not in timm.list_models():
-        raise ValueError(f"unknown timm model {name!r}{_close(name, timm.list_models())}")
+    _timm_name(name)
     try:
         model = _create_timm(name, num_classes, size, pretrained, kwargs)
     except (OSError, RuntimeError) as exc:
@@ -107,9 +174,7 @@ def _create_timm(name: str, num_classes: int, size: int | None, pretrained: bool
 def _torchvision(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs: dict):
     import torchvision
 
-    names = torchvision.models.list_models(module=torchvision.models)
-    if name not in names:
-        raise ValueError(f"unknown torchvision classification model {name!r}{_close(name, names)}")
+    _torchvision_name(name)
     if pretrained:
         weights = torchvision.models.get_model_weights(name).DEFAULT
         kwargs = {**kwargs, "weights": weights}

@@ -95,13 +95,14 @@ def from_spec(spec: str, *, granularity: str = "branch", num_classes: int = 10) 
     return Subject(gm, edges, {e.name: SAME for e in edges}, built.spec, params=(params, params))
 
 
-def from_checkpoint(path: str | Path) -> Subject:
-    """The network of a checkpoint: its decisions, or, in the architecture stage, argmax θ."""
+def from_checkpoint(path: str | Path, *, trust_code: bool = False) -> Subject:
+    """The network of a checkpoint: its decisions, or, in the architecture stage, argmax θ.
+    ``trust_code``: see ``fxdnat.checkpoint.restore``."""
     from fxdnat import checkpoint as ckpt
     from fxdnat.report import count_params
 
     data = ckpt.load(path)
-    restored = ckpt.restore(data)
+    restored = ckpt.restore(data, trust_code=trust_code)
     final, decisions, searching = restored.final()  # still searching: what θ prefers now
     status, progress = ("preferences" if searching else "final"), None
     if searching:
@@ -122,10 +123,11 @@ def from_checkpoint(path: str | Path) -> Subject:
     )
 
 
-def load(source: str, *, granularity: str = "branch") -> Subject:
+def load(source: str, *, granularity: str = "branch", trust_code: bool = False) -> Subject:
     """A checkpoint file, or else a model SPEC."""
     if Path(source).is_file() or (":" not in source and ("/" in source or "." in source)):
-        return from_checkpoint(source)  # a missing file gets the checkpoint loader's message
+        # a missing file gets the checkpoint loader's message
+        return from_checkpoint(source, trust_code=trust_code)
     return from_spec(source, granularity=granularity)
 
 

@@ -13,6 +13,13 @@ tune_cpu_allocator()
 
 
 @pytest.fixture(autouse=True)
+def _in_a_fresh_folder(tmp_path, monkeypatch):
+    """Every test runs in an empty folder of its own: none may depend on, or leave files in,
+    the folder pytest was started from (the README's run leaves runs/ in the checkout)."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
 def _one_thread():
     """One intra-op thread per test: batch-2 forwards gain nothing from a second, and on the
     2-core CI machine OpenMP's barriers made some tests swing from 2 s to 40 s under load."""

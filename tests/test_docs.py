@@ -29,11 +29,13 @@ def quick_start() -> list[str]:
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def test_readme_quick_start_has_two_commands_and_ci_runs_the_second():
+def test_readme_quick_start_has_two_commands_and_ci_runs_both_in_order():
     commands = quick_start()
     assert len(commands) == 2
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert commands[1] in ci
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    # both, one after the other in one checkout, as a newcomer runs them; then the slow tests
+    start = ci.index(commands[0])
+    assert ci[start : start + 3] == [*commands, ".venv/bin/pytest -m slow"]
 
 
 def test_relative_links_in_the_docs_point_at_files():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +36,13 @@ class Recipe:
                 f"recipe {self.name!r} needs 0 <= arch_epochs <= epochs and epochs >= 1, got "
                 f"arch_epochs={self.arch_epochs}, epochs={self.epochs}"
             )
-        if self.batch_size < 1 or self.lr <= 0 or self.theta_lr <= 0:
-            raise ValueError(f"recipe {self.name!r} needs batch_size >= 1 and positive lrs")
+        if self.batch_size < 1:
+            raise ValueError(f"recipe {self.name!r} needs batch_size >= 1")
+        if not (0 < self.lr < math.inf and 0 < self.theta_lr < math.inf):  # False for nan too
+            raise ValueError(
+                f"recipe {self.name!r} got lr={self.lr}, theta_lr={self.theta_lr}; learning "
+                "rates (--lr, --theta-lr) must be finite positive numbers"
+            )
         if not 0 <= self.drop_path_prob < 1:
             raise ValueError(f"recipe {self.name!r}: drop_path_prob must be in [0, 1)")
 

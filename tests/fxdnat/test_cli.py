@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from fxdnat import __version__
@@ -78,6 +80,19 @@ def test_zoo_lists_every_model():
     assert "269,722" in result.output and "3,349,342" in result.output
 
 
+@pytest.mark.parametrize("columns", ["80", "60"])
+def test_zoo_never_cuts_a_model_name(columns):
+    from fxdnat import zoo
+
+    result = CliRunner().invoke(main, ["zoo"], env={"COLUMNS": columns})
+    assert result.exit_code == 0, result.output
+    first_cells = [
+        line.split("│")[1].strip() for line in result.output.splitlines() if line.startswith("│")
+    ]
+    names = [cell for cell in first_cells if cell]
+    assert names == zoo.list_models()  # proxylessnas and proxylessnas_gpu no longer read alike
+
+
 SMALL = [
     "--recipe",
     "quick",
@@ -105,6 +120,11 @@ def test_transform_then_eval(tmp_path):
     )  # the whole test split and data["latency_ms"] > 0
 
 
+def last_line(result) -> str:
+    """The line a failed command ends with (transform prints its plan before training)."""
+    return result.output.splitlines()[-1]
+
+
 def test_transform_user_errors_exit_2(tmp_path):
     result = run("transform", "zoo:resnet20", "--data", "cifar10", "--data-dir", str(tmp_path))
     assert result.exit_code == 2
@@ -113,8 +133,216 @@ def test_transform_user_errors_exit_2(tmp_path):
         "transform", "zoo:resnet20", *SMALL, "--lr", "1e30", "--out", str(tmp_path / "nan")
     )
     assert result.exit_code == 2
-    assert "the loss became nan in epoch 1" in result.output
-    assert "no epoch had finished, so nothing was saved; lower the learning rate" in result.output
+    assert last_line(result) == (
+        "Error: the loss of θ's step became nan in epoch 1 (step 1) after ω's update: the "
+        "weights diverged; no epoch had finished, so nothing was saved; lower ω's learning rate "
+        "(--lr, 1e+30 now) and rerun"
+    )
+    assert not (tmp_path / "nan").exists()
+
+
+def test_a_diverging_theta_names_thetas_learning_rate(tmp_path):
+    out = tmp_path / "nan"
+    result = run("transform", "zoo:resnet20", *SMALL, "--theta-lr", "1e30", "--out", str(out))
+    assert result.exit_code == 2
+    assert last_line(result) == (
+        "Error: ω's gradient became nan in epoch 1 (step 2) after θ's update: the architecture "
+        "weights θ diverged; no epoch had finished, so nothing was saved; lower θ's learning "
+        "rate (--theta-lr, 1e+30 now) and rerun"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--batch-size", "5000"],
+            "the training split of digits has 1437 examples but a batch needs 5000: incomplete "
+            "batches are dropped, so not one step would run; give --batch-size 1437 or less",
+        ),
+        (
+            ["--limit", "10", "--recipe", "quick"],
+            "the training split of digits has 10 examples (--limit 10) but a batch needs 64: "
+            "incomplete batches are dropped, so not one step would run; give --batch-size 10 or "
+            "less, or a larger --limit",
+        ),
+        (["zoo:resnet2"], "unknown zoo model 'resnet2'; did you mean 'resnet20'? see `fxdnat zoo`"),
+        (
+            ["--recipe", "fast"],
+            "unknown recipe 'fast'; known: paper, quick",
+        ),
+        (
+            ["--data", "digit"],
+            "unknown data set 'digit'; did you mean 'digits'? accepted: digits, cifar10, "
+            "tinyimagenet, imagefolder:PATH",
+        ),
+        (
+            ["--device", "cuda"],
+            "--device cuda was asked for but CUDA is not available here; use --device cpu (or "
+            "auto)",
+        ),
+        (
+            ["--lr", "nan"],
+            "recipe 'paper' got lr=nan, theta_lr=0.0003; learning rates (--lr, --theta-lr) must "
+            "be finite positive numbers",
+        ),
+        (
+            ["--theta-lr", "inf", "--recipe", "quick"],
+            "recipe 'quick' got lr=0.05, theta_lr=inf; learning rates (--lr, --theta-lr) must be "
+            "finite positive numbers",
+        ),
+    ],
+)
+def test_a_run_that_cannot_start_writes_nothing(tmp_path, monkeypatch, args, message):
+    """Refused before the first file: no run folder is left behind (tests run in tmp_path)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = [a for a in args if a.startswith("zoo:")] or ["zoo:resnet20"]
+    options = [a for a in args if not a.startswith("zoo:")]
+    result = run("transform", *spec, *options)
+    assert (result.exit_code, result.output) == (2, f"Error: {message}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished small run."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    result = run("transform", "zoo:resnet20", *SMALL, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_resume_refuses_another_model(finished):
+    before = snapshot(finished)
+    result = run("transform", "zoo:mobilenetv2", "--out", str(finished), "--resume")
+    assert (result.exit_code, result.output) == (
+        2,
+        f"Error: --resume: {finished} holds another run than the one asked for: SPEC "
+        "zoo:mobilenetv2 (the run's: zoo:resnet20); to continue that run drop what differs, for "
+        "a new run choose another --out\n",
+    )
+    assert snapshot(finished) == before
+
+
+def test_resume_names_every_option_that_contradicts_the_run(finished):
+    before = snapshot(finished)
+    result = run(
+        "transform",
+        "zoo:resnet20",
+        "--out",
+        str(finished),
+        "--resume",
+        "--epochs",
+        "30",
+        "--lr",
+        "0.1",
+        "--tie",
+        "full",
+        "--seed",
+        "3",
+        "--amp",
+    )
+    assert (result.exit_code, result.output) == (
+        2,
+        f"Error: --resume: {finished} holds another run than the one asked for: --tie full (the "
+        "run's: cell), --seed 3 (the run's: 0), --amp True (the run's: default), --epochs 30 "
+        "(the run's: 2), --lr 0.1 (the run's: 0.05); to continue that run drop what differs, for "
+        "a new run choose another --out. A run cannot be extended: its learning rate follows one "
+        "cosine schedule over all of its epochs\n",
+    )
+    assert snapshot(finished) == before
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(finished):
+    before = snapshot(finished)
+    accuracy = 100 * json.loads((finished / "summary.json").read_text())["test_acc"]
+    # options that agree with the run, and where it runs, are accepted
+    for agreeing in (
+        [],
+        ["--epochs", "2", "--recipe", "quick", "--device", "cpu", "--workers", "1"],
+    ):
+        result = run("transform", "resnet20", "--out", str(finished), "--resume", *agreeing)
+        assert (result.exit_code, result.output) == (
+            0,
+            f"{finished} has finished (2 epochs, test accuracy {accuracy:.2f}%): nothing to "
+            f"resume, its files are unchanged; see {finished}/summary.json\n",
+        )
+    assert snapshot(finished) == before
+
+
+@pytest.mark.parametrize("command", ["render", "plot", "export"])
+def test_an_unwritable_output_is_named_with_the_reason(finished, tmp_path, command):
+    extension = {"render": "svg", "plot": "png", "export": "pt2"}[command]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / f"out.{extension}"
+    result = run(command, str(finished / "checkpoint.pt"), "--out", str(out))
+    assert (result.exit_code, result.output) == (
+        2,
+        f"Error: cannot write {out}: {blocker} is a file, not a folder\n",
+    )
+    if Path("/proc").is_dir():  # a folder even root cannot write to
+        out = Path(f"/proc/fxdnat-test/out.{extension}")
+        result = run(command, str(finished / "checkpoint.pt"), "--out", str(out))
+        assert result.exit_code == 2  # the reason in brackets is the system's: it varies
+        assert result.output.startswith(
+            f"Error: cannot write {out}: no new file can be made in /proc ("
+        )
+        assert result.output.endswith("); choose a folder you can write to\n")
+
+
+def test_transform_checks_its_folder_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run("transform", "zoo:resnet20", *SMALL, "--out", str(blocker / "run"))
+    assert (result.exit_code, result.output) == (
+        2,
+        f"Error: cannot write {blocker}/run/checkpoint.pt: {blocker} is a file, not a folder\n",
+    )
+
+
+def test_an_image_folder_is_stored_absolute_so_eval_works_from_elsewhere(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    for split, count in (("train", 4), ("val", 2)):
+        for k, name in enumerate(("cat", "dog")):
+            folder = tmp_path / "a" / "pets" / split / name
+            folder.mkdir(parents=True)
+            for j in range(count):
+                pixels = np.random.default_rng(10 * k + j).integers(0, 256, (32, 32, 3))
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{j}.png")
+    monkeypatch.chdir(tmp_path / "a")
+    result = run(
+        "transform",
+        "zoo:resnet20",
+        "--data",
+        "imagefolder:pets",
+        "--recipe",
+        "quick",
+        "--epochs",
+        "1",
+        "--arch-epochs",
+        "0",
+        "--batch-size",
+        "4",
+        "--out",
+        "run",
+    )
+    assert result.exit_code == 0, result.output
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    checkpoint = tmp_path / "a" / "run" / "checkpoint.pt"
+    result = run("eval", str(checkpoint), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["data"] == f"imagefolder:{tmp_path}/a/pets"
 
 
 def test_eval_refuses_a_corrupt_checkpoint(tmp_path):
@@ -125,6 +353,13 @@ def test_eval_refuses_a_corrupt_checkpoint(tmp_path):
     assert result.output.startswith(f"Error: {path} is not a readable fxdnat checkpoint")
     result = run("eval", str(tmp_path / "missing.pt"))
     assert result.exit_code == 2 and "no checkpoint at" in result.output
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    result = run("eval", str(empty))
+    assert (result.exit_code, result.output) == (
+        2,
+        f"Error: {empty} is not a readable fxdnat checkpoint (EOFError)\n",
+    )
 
 
 def test_edges_reports_what_tracing_kept_opaque():
@@ -141,3 +376,57 @@ def test_edges_reports_what_tracing_kept_opaque():
         "opaque: 0.0 % of the parameters are inside submodules traced as one call; leaves: "
         f"1.drop_path ({reason}), 2.drop_path ({reason})\n"
     ) in table.output
+
+
+def test_a_path_the_system_refuses_mid_write_is_one_line_naming_it(finished, monkeypatch):
+    """Past the up-front check (a race, a full disk), the system's refusal is still the user's
+    path and its reason, exit 2, not an internal error naming a temporary file."""
+    import fxdnat.plot
+    from fxdnat import checkpoint as ckpt
+
+    def full(figure, path, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(fxdnat.plot, "check_writable", lambda path: None)
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", full)
+    result = run("plot", str(finished / "checkpoint.pt"), "--out", "run.png")
+    assert (result.exit_code, result.output) == (
+        2,
+        "Error: cannot access run.png: No space left on device\n",
+    )
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", f"{kwargs['dir']}/.c.pt.x8f.tmp")
+
+    monkeypatch.setattr("tempfile.mkstemp", refuse)
+    with pytest.raises(PermissionError) as error:
+        ckpt.save(Path("c.pt"), {})
+    assert error.value.filename == "c.pt"  # the file asked for, not its temporary
+
+
+def test_cuda_where_there_is_none_is_refused_by_eval_and_repro_too(finished, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = run("eval", str(finished / "checkpoint.pt"), "--device", "cuda")
+    assert (result.exit_code, result.output) == (
+        2,
+        "Error: --device cuda was asked for but CUDA is not available here; use --device cpu\n",
+    )
+    study = tmp_path / "study"
+    result = run("repro", "zoo:resnet20", "--out", str(study), "--device", "cuda")
+    assert (result.exit_code, result.output) == (
+        2,
+        "Error: --device cuda was asked for but CUDA is not available here; use --device cpu (or "
+        "auto)\n",
+    )
+    assert not study.exists()
+
+
+def test_a_seed_outside_what_torch_takes_is_refused():
+    for seed in ("-1", str(2**32), "99999999999999999999999"):
+        result = run("transform", "zoo:resnet20", "--seed", seed)
+        assert result.exit_code == 2
+        assert last_line(result) == (
+            f"Error: Invalid value for '--seed': {seed} is not in the range 0<=x<=4294967295."
+        )

@@ -451,3 +451,23 @@ def test_distributed_loaders(tmp_path: Path) -> None:
     assert list(test.sampler) == list(range(64))
     shards = [index for rank in range(3) for index in data._ShardSampler(10, rank, 3)]
     assert sorted(shards) == list(range(10))  # disjoint, complete, unpadded
+
+
+def test_a_train_loader_without_one_batch_is_refused(monkeypatch) -> None:
+    with pytest.raises(ValueError) as error:
+        make_loaders("digits", batch_size=64, limit=10)
+    assert str(error.value) == (
+        "the training split of digits has 10 examples (--limit 10) but a batch needs 64: "
+        "incomplete batches are dropped, so not one step would run; give --batch-size 10 or "
+        "less, or a larger --limit"
+    )
+    _, test, _ = make_loaders("digits", batch_size=64, limit=10, drop_last=False)  # eval's way
+    assert len(test.dataset) == 10
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    with pytest.raises(ValueError) as error:
+        data._check_a_batch("digits", 1437, 512, None, distributed=True)
+    assert str(error.value) == (
+        "the training split of digits has 1437 examples, 359 per process over 4 processes, but "
+        "a batch needs 512: incomplete batches are dropped, so not one step would run; give "
+        "--batch-size 359 or less"
+    )

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from fxdnat import checkpoint as ckpt
-from fxdnat.engine import Interrupted, Reporter, RunConfig, Trainer, TrainingError, load_network
+from fxdnat.engine import (
+    Interrupted,
+    Reporter,
+    RunConfig,
+    Trainer,
+    TrainingError,
+    load_network,
+    transform,
+)
 
 # 128 digits, batch 32: 4 steps an epoch; θ moves fast enough to change edges
 SMALL = dict(recipe="quick", limit=128, batch_size=32, epochs=3, arch_epochs=2, theta_lr=0.2)
@@ -148,31 +156,44 @@ def test_ctrl_c_saves_mid_epoch_and_resume_continues_exactly(tmp_path):
 
 
 class _Poison(Reporter):
+    """Sets θ far out of range as an epoch starts: what a huge θ learning rate does."""
+
     def __init__(self, epoch: int) -> None:
         self.at, self.trainer = epoch, None
 
     def epoch_start(self, epoch: int, stage: str, steps: int) -> None:
         if epoch == self.at:
             with torch.no_grad():
-                for p in self.trainer.module.parameters():
-                    p.fill_(float("nan"))
+                self.trainer.module.arch.theta.fill_(1e30)
 
 
 def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     reporter = _Poison(epoch=1)
     trainer = Trainer(config(tmp_path), reporter)
     reporter.trainer = trainer
-    with pytest.raises(
-        TrainingError,
-        match=r"the loss became nan in epoch 2 \(step 1\); .*"
-        r"checkpoint.pt still holds epoch 1; lower the learning rate",
-    ):
+    with pytest.raises(TrainingError) as error:
         trainer.run()
+    assert str(error.value) == (
+        "the loss became nan in epoch 2 (step 1) after θ's update: the architecture weights θ "
+        f"diverged; {tmp_path}/run/checkpoint.pt still holds epoch 1; lower θ's learning rate "
+        "(--theta-lr, 0.2 now) and start a new run with another --out"
+    )
     data = ckpt.load(tmp_path / "run" / "checkpoint.pt")
     assert data["state"]["epoch"] == 1
     assert all(
         torch.isfinite(t).all() for t in data["model_state"].values() if t.is_floating_point()
     )
+
+
+def test_a_diverging_joint_update_names_both_learning_rates(tmp_path):
+    with pytest.raises(TrainingError) as error:
+        run(config(tmp_path, arch_update="joint", lr=1e30))
+    assert str(error.value) == (
+        "the loss became nan in epoch 1 (step 2) after the joint update of ω and θ; no epoch had "
+        "finished, so nothing was saved; lower ω's or θ's learning rate (--lr 1e+30, --theta-lr "
+        "0.2 now) and rerun"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
@@ -193,6 +214,64 @@ def test_an_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
         Trainer(config(tmp_path, epochs=1, arch_epochs=1), Reporter())
     with pytest.raises(ValueError, match="--resume: no checkpoint at .*nothing/checkpoint.pt"):
         Trainer(config(tmp_path, "nothing"), Reporter(), resume=True)
+
+
+def test_resume_removes_what_a_kill_mid_write_left(tmp_path):
+    with pytest.raises(SystemExit):
+        run(config(tmp_path, "killed"), _Killer(epoch=2))
+    out = tmp_path / "killed"
+    stale = [out / ".checkpoint.pt.k2j4x9.tmp", out / ".metrics.jsonl.a8c1.tmp"]
+    for path in stale:
+        path.write_bytes(b"")  # what a kill -9 between mkstemp and the rename leaves
+    (out / ".notes.txt.tmp").write_text("not ours")
+    run(config(tmp_path, "killed"), resume=True)
+    assert not any(path.exists() for path in stale)
+    assert (out / ".notes.txt.tmp").exists()
+
+
+def test_resume_takes_what_the_user_typed_and_refuses_a_contradiction(tmp_path):
+    run(config(tmp_path, "whole"))
+    with pytest.raises(SystemExit):
+        run(config(tmp_path, "killed"), _Killer(epoch=2))
+    with pytest.raises(
+        ValueError, match=r"holds another run than the one asked for: --seed 1 \(the run's: 0\);"
+    ):
+        Trainer(config(tmp_path, "killed", seed=1), Reporter(), resume=True)
+    # untyped fields keep the run's values: `given` names what the user set
+    untyped = config(tmp_path, "killed", seed=1, tie="full", epochs=9, device="cpu")
+    resumed = Trainer(untyped, Reporter(), resume=True, given={"spec", "device"})
+    assert (resumed.config.seed, resumed.config.tie, resumed.config.device) == (0, "cell", "cpu")
+    resumed.run()
+    assert_same_tensors(
+        tensors(tmp_path / "whole" / "checkpoint.pt"),
+        tensors(tmp_path / "killed" / "checkpoint.pt"),
+    )
+
+
+class _Events(Reporter):
+    def __init__(self) -> None:
+        self.events = []
+
+    def event(self, name: str, data: dict) -> None:
+        self.events.append((name, data))
+
+
+def test_resuming_a_finished_run_returns_its_summary_and_writes_nothing(tmp_path):
+    first = run(config(tmp_path, epochs=1, arch_epochs=1)).summary
+    out = tmp_path / "run"
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    reporter = _Events()
+    again = transform(config(tmp_path, epochs=1, arch_epochs=1), reporter, resume=True)
+    assert json.loads(json.dumps(first)) == again
+    assert reporter.events == [("finished", {"out": str(out), "summary": again})]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_a_run_killed_after_its_last_checkpoint_is_summarised_on_resume(tmp_path):
+    run(config(tmp_path, epochs=1, arch_epochs=1))
+    (tmp_path / "run" / "summary.json").unlink()  # killed between the last save and the summary
+    summary = transform(config(tmp_path, epochs=1, arch_epochs=1), resume=True)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
 
 
 def test_cuda_asked_but_absent(tmp_path, monkeypatch):
@@ -219,7 +298,9 @@ def test_bad_checkpoints_are_refused_without_running_code(tmp_path):
 
     evil = tmp_path / "evil.pt"
     torch.save({"format": "fxdnat-checkpoint", "x": Evil()}, evil)
-    with pytest.raises(ckpt.CheckpointError, match="evil.pt is not a readable fxdnat checkpoint"):
+    with pytest.raises(
+        ckpt.CheckpointError, match="evil.pt refers to the Python object print; a checkpoint"
+    ):
         ckpt.load(evil)
 
 

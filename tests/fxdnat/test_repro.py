@@ -374,7 +374,8 @@ def test_every_study_setting_reaches_the_runs_config():
     run = run_config(config, Job("zoo:resnet20", "full", 4))
     for name in config.settings():  # what the runs compute
         assert getattr(run, name) == getattr(config, name), name
-    assert (run.device, run.workers, run.data_dir, run.download) == ("cpu", 2, "d", True)
+    data_dir = str(Path("d").resolve())  # a run stores its data folder absolute
+    assert (run.device, run.workers, run.data_dir, run.download) == ("cpu", 2, data_dir, True)
     assert (run.out, run.method, run.tie, run.seed) == (
         "study/resnet20/full/seed4",
         "dnat",

@@ -101,3 +101,13 @@ def test_recipes_are_frozen_and_checked():
             weight_decay=0.0,
             grad_clip=None,
         )
+
+
+@pytest.mark.parametrize(("lr", "theta_lr"), [(float("nan"), 3e-4), (0.1, float("inf")), (0, 1)])
+def test_learning_rates_must_be_finite_and_positive(lr, theta_lr):
+    with pytest.raises(ValueError) as error:
+        dataclasses.replace(get_recipe("paper"), lr=lr, theta_lr=theta_lr)
+    assert str(error.value) == (
+        f"recipe 'paper' got lr={lr}, theta_lr={theta_lr}; learning rates (--lr, --theta-lr) "
+        "must be finite positive numbers"
+    )

@@ -1,0 +1,203 @@
+"""What defines a training run: ``RunConfig``, the recipe it resolves to, and what resuming may
+change.
+
+A run's checkpoint stores its config, and ``--resume`` continues that run. The fields that say
+where and how fast it runs (:data:`RUNTIME`) may change; every other one the user gives must
+agree with the stored run: a run cannot become another run halfway, since every epoch is seeded
+from its seed and its learning rate follows one cosine schedule over all of its epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+METHODS = ("dnat", "original")
+ARCH_UPDATES = ("alternate", "joint")
+
+RUNTIME = ("out", "data_dir", "download", "device", "workers", "compile", "channels_last")
+"""Fields a resumed run may change: where and how fast it runs, not what it computes."""
+# compared as the recipe they resolve to: "--epochs 15" agrees with a run whose recipe has 15
+_RECIPE_FIELDS = ("recipe", "epochs", "arch_epochs", "batch_size", "lr", "theta_lr")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; stored in its checkpoint. None means "the recipe's"."""
+
+    spec: str
+    out: str
+    data: str = "digits"  # an imagefolder: path is stored absolute
+    data_dir: str | None = None  # stored absolute
+    download: bool = False
+    recipe: str | None = None  # default: the zoo model's, else "paper"
+    method: str = "dnat"  # "original" trains the untouched model with the same recipe
+    tie: str = "cell"
+    granularity: str = "branch"
+    arch_update: str = "alternate"
+    epochs: int | None = None
+    arch_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    theta_lr: float | None = None
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: bool | None = None  # default: bf16 autocast on CUDA
+    channels_last: bool | None = None  # default: on CUDA
+    compile: bool = False
+    workers: int = 0
+    limit: int | None = None  # use only the first N examples of each split
+    pretrained: bool = False
+
+    def __post_init__(self) -> None:
+        from fxdnat.data import resolve_name
+
+        for name, value, allowed in (
+            ("method", self.method, METHODS),
+            ("arch_update", self.arch_update, ARCH_UPDATES),
+            ("tie", self.tie, ("cell", "full")),
+            ("granularity", self.granularity, ("branch", "op")),
+            ("device", self.device, ("auto", "cpu", "cuda")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
+        # the checkpoint must find the data from any working folder (`fxdnat eval` elsewhere)
+        self.data = resolve_name(self.data)
+        if self.data_dir is not None:
+            self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+
+
+def resolve_recipe(c: RunConfig):
+    """The recipe ``c`` trains with: its own or the model's, with ``c``'s overrides."""
+    from fxdnat import zoo
+    from fxdnat.specs import parse_spec
+
+    source, name = parse_spec(c.spec)
+    default = zoo.model_info(name).default_recipe if source == "zoo" else "paper"
+    recipe = zoo.get_recipe(
+        c.recipe or default, model=c.spec if source == "zoo" else None, dataset=c.data
+    )
+    overrides = {
+        k: v
+        for k, v in (
+            ("epochs", c.epochs),
+            ("arch_epochs", c.arch_epochs),
+            ("batch_size", c.batch_size),
+            ("lr", c.lr),
+            ("theta_lr", c.theta_lr),
+        )
+        if v is not None
+    }
+    if "epochs" in overrides and "arch_epochs" not in overrides:
+        overrides["arch_epochs"] = min(recipe.arch_epochs, overrides["epochs"])
+    if c.method == "original":
+        overrides["arch_epochs"] = 0
+    return dataclasses.replace(recipe, **overrides)
+
+
+def resumed_config(
+    stored: dict[str, Any], given: RunConfig, typed: Collection[str] | None = None
+) -> RunConfig:
+    """The config a resumed run goes on with: the stored run's, with ``given``'s RUNTIME fields.
+
+    ``typed`` names the fields of ``given`` that the user set (None: every field, as a library
+    caller or ``fxdnat repro`` passes a whole config). Any of them outside RUNTIME that differs
+    from the stored run is refused, each difference named.
+    """
+    kept = stored_config(stored)
+    typed = {f.name for f in dataclasses.fields(RunConfig)} if typed is None else set(typed)
+    asked = dataclasses.replace(kept, **{n: getattr(given, n) for n in typed - set(RUNTIME)})
+    differences = _differences(kept, asked, typed)
+    if differences:
+        extended = {"epochs", "arch_epochs"} & {name for name, _ in differences}
+        why = (
+            ". A run cannot be extended: its learning rate follows one cosine schedule over all "
+            "of its epochs"
+        )
+        raise ValueError(
+            f"--resume: {given.out} holds another run than the one asked for: "
+            f"{', '.join(text for _, text in differences)}; to continue that run drop what "
+            f"differs, for a new run choose another --out{why if extended else ''}"
+        )
+    runtime = {n: getattr(given, n) for n in RUNTIME if n in typed or n == "out"}
+    return dataclasses.replace(kept, **runtime)
+
+
+def _differences(kept: RunConfig, asked: RunConfig, typed: set[str]) -> list[tuple[str, str]]:
+    """(field, "--option VALUE (the run's: VALUE)") for every typed field where ``asked``
+    differs from ``kept``."""
+    from fxdnat.specs import parse_spec
+
+    found = []
+    for field in dataclasses.fields(RunConfig):
+        name = field.name
+        if name not in typed or name in RUNTIME or name in _RECIPE_FIELDS:
+            continue
+        mine, theirs = getattr(asked, name), getattr(kept, name)
+        same = parse_spec(mine) == parse_spec(theirs) if name == "spec" else mine == theirs
+        if not same:
+            found.append(_difference(name, mine, theirs))
+    mine_r, theirs_r = resolve_recipe(asked), resolve_recipe(kept)
+    for name in _RECIPE_FIELDS:
+        attribute = "name" if name == "recipe" else name
+        mine, theirs = getattr(mine_r, attribute), getattr(theirs_r, attribute)
+        if name in typed and mine != theirs:
+            found.append(_difference(name, mine, theirs))
+    return found
+
+
+def _difference(name: str, mine: Any, theirs: Any) -> tuple[str, str]:
+    def shown(value: Any) -> str:
+        return "default" if value is None else str(value)
+
+    option = "SPEC" if name == "spec" else flag(name)
+    return name, f"{option} {shown(mine)} (the run's: {shown(theirs)})"
+
+
+def flag(name: str) -> str:
+    """The command-line option that sets the RunConfig field ``name``."""
+    return "--" + name.replace("_", "-")
+
+
+def stored_config(stored: dict[str, Any]) -> RunConfig:
+    """The RunConfig a checkpoint holds, each field of the type RunConfig declares."""
+    from fxdnat.checkpoint import CheckpointError
+    from fxdnat.specs import same_spec
+
+    config = stored.get("config")
+    hints = typing.get_type_hints(RunConfig)
+    if type(config) is not dict:
+        raise CheckpointError(f"the checkpoint's run config is {config!r}, not a mapping")
+    unknown = sorted(set(config) - set(hints), key=str)
+    if unknown:
+        raise CheckpointError(
+            f"the checkpoint's run config has fields this fxdnat does not know: "
+            f"{', '.join(map(str, unknown))}; was it written by another version of fxdnat?"
+        )
+    for name, value in config.items():
+        if not _fits(value, hints[name]):
+            raise CheckpointError(
+                f"the checkpoint's run config has {name}={value!r}; expected {hints[name]}"
+            )
+    kept = RunConfig(**config)
+    model = stored.get("model")
+    built = model.get("spec") if type(model) is dict else None
+    # the typed spec vouches for the model only if the run config and the model name the same
+    if type(built) is not str or not same_spec(kept.spec, built):
+        raise CheckpointError(
+            f"the checkpoint's run config names {kept.spec} but its model is {built}; "
+            "was it written by fxdnat?"
+        )
+    return kept
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    allowed = typing.get_args(hint) or (hint,)
+    if type(value) is int:  # an int is no bool, but may stand for a float
+        return int in allowed or float in allowed
+    return type(value) in allowed
