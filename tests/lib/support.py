@@ -226,11 +226,16 @@ def _flatten(value) -> list[torch.Tensor]:
     return [t for v in value for t in _flatten(v)]
 
 
+_INPLACE_OPERATORS = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul"}
+
+
 def op_signature(gm: fx.GraphModule) -> list[tuple[str, str]]:
-    """The sequence of ops of a graph, with in-place adds written out-of-place."""
-    names = {"iadd": "add", "add_": "add"}
+    """The sequence of ops of a graph, each in-place call written as its out-of-place form
+    (``relu_`` as ``relu``, ``iadd`` as ``add``): finalize writes some back in place."""
     sig = []
     for node in gm.graph.nodes:
         target = node.target if isinstance(node.target, str) else node.target.__name__
-        sig.append((node.op, names.get(target, target)))
+        if node.op == "call_function" and target in _INPLACE_OPERATORS:
+            target = target[1:]  # operator.iadd -> add
+        sig.append((node.op, target.rstrip("_") if node.op != "placeholder" else target))
     return sig
