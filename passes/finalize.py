@@ -15,10 +15,11 @@ from torch import fx
 
 from fxdnat.arch import Tree, dnat_mix
 from fxdnat.frontend import memory
+from fxdnat.frontend.functionalize import INPLACE, reinplace_
 from fxdnat.ir import IDENTITY, META_KEY, SAME
 from fxdnat.passes import _graph
 from fxdnat.passes.decide import _architecture, check_decisions
-from fxdnat.passes.gate import ARCH, EDGES_META
+from fxdnat.passes.gate import ARCH, COPY_META, EDGES_META
 
 
 def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphModule:
@@ -39,12 +40,15 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     }
     # Code that was dead before stays (finalize removes only what it makes dead), but not the gates.
     machinery = set(mixes) | set(graph.find_nodes(op="call_module", target=ARCH))
+    machinery |= {node for node in graph.nodes if node.meta.get(COPY_META)}
     live = memory.live_nodes(graph)
     dead_before = set(graph.nodes) - live - machinery
     writes = _Writes(graph)
     named = {node.name: node for node in graph.nodes}
+    fresh: set[fx.Node] = set()  # the adds written back: values no one else holds
     for mix in mixes:
         created = _write_back(mix, decisions, named, writes)
+        fresh |= created
         if mix not in live:  # a join nobody read: its adds were dead code, which stays
             dead_before |= created
     remaining = set(graph.nodes)
@@ -52,6 +56,7 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
         if node in remaining and node.args[0] is not target:  # x += y would now mutate x
             _make_out_of_place(node)
     memory.eliminate_dead_code(final, keep=dead_before)
+    reinplace_(final, fresh)  # the front end's out-of-place rewrites, back where safe
     if any(node.op == "call_module" and node.target == ARCH for node in graph.nodes):
         raise RuntimeError("the architecture is still read after finalize; please report this")
     final.delete_submodule(ARCH)
@@ -71,40 +76,29 @@ class _Writes:
         self.any = any(memory.written(node) is not None for node in graph.nodes)
 
     def need_copy(self, mix: fx.Node, value: fx.Node) -> bool:
-        """``value`` cannot stand in for ``mix`` as it is: a write after the mix would reach a
-        reader it did not reach in the gated module. A write to the mix's memory (through a
-        view of it) would now reach ``value``'s other readers, or the model input or attribute
-        ``value`` is; a write to ``value``'s memory would now reach the mix's readers."""
-        if not self.any:
+        """``value`` cannot stand in for ``mix`` as it is: a write after the mix reaches the
+        memory of one of them. The mix's result was a tensor of its own, so in the gated module
+        such a write reached neither the other's readers nor a tensor autograd saved for them
+        (``relu(x)[:, :1].mul_(2)`` with the relu's output standing in for the mix would fail
+        in backward); the copy keeps both, and is rare: the front end rewrote every other
+        in-place call out of place. An op edge that keeps its op needs none: the value is the
+        tensor the model itself wrote."""
+        if not self.any or value is _resolve(mix):
             return False
         groups = memory.AliasGroups(self.graph)
         order = {node: i for i, node in enumerate(self.graph.nodes)}
-        into_mix, into_value = [], []
-        for node in self.graph.nodes:
-            target = memory.written(node)
-            if target is not None and order[node] > order[mix]:
-                root = groups.find(target)
-                if root == groups.find(mix):
-                    into_mix.append(order[node])
-                if root == groups.find(value):
-                    into_value.append(order[node])
-        if into_mix:
-            members = groups.group(value)
-            first = min(into_mix)
-            if any(memory.is_state(m) for m in members) or any(
-                order[user] > first for m in members for user in m.users if user is not mix
-            ):
-                return True
-        if into_value:
-            first = min(into_value)
-            return any(order[user] > first for m in groups.group(mix) for user in m.users)
-        return False
+        reached = {groups.find(mix), groups.find(value)}
+        return any(
+            order[node] > order[mix] and groups.find(target) in reached
+            for node in self.graph.nodes
+            if (target := memory.written(node)) is not None
+        )
 
 
 def _write_back(mix: fx.Node, decisions: dict, named: dict, writes: _Writes) -> set[fx.Node]:
     """Replace ``mix`` by the sum of its edges' choices; returns the nodes created. Where the
     sum collapses to an existing value that is written in place later, the value is copied."""
-    (tree, _), tensors = mix.args[1], mix.args[2:]
+    (tree, _), tensors = mix.args[1], [_original(t) for t in mix.args[2:]]
     values = [
         _chosen(decisions[name], tensors[same], None if identity is None else tensors[identity])
         for name, same, identity in mix.meta[EDGES_META]["edges"]
@@ -120,6 +114,11 @@ def _write_back(mix: fx.Node, decisions: dict, named: dict, writes: _Writes) -> 
     return writer.created
 
 
+def _original(tensor: fx.Node) -> fx.Node:
+    """The value gate copied for the mix (see ``gate.COPY_META``), or ``tensor`` itself."""
+    return tensor.args[0] if tensor.meta.get(COPY_META) else tensor
+
+
 def is_mix(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target is dnat_mix
 
@@ -133,7 +132,7 @@ def _resolve(value: object) -> object:
     """The original value a mix stands in for: an op edge's mix (one leaf) stands for op(x)."""
     if isinstance(value, fx.Node) and is_mix(value) and isinstance(value.args[1][0], int):
         ((_, same, _),) = value.meta[EDGES_META]["edges"]
-        return value.args[2 + same]
+        return _original(value.args[2 + same])
     return value
 
 
@@ -154,7 +153,7 @@ class _Sum:
             return _ZERO
         if isinstance(tree, int):
             return values[tree]
-        op, target, mutated, anchor = next(self.adds)
+        op, target, mutated, origin, anchor = next(self.adds)
         left, right, alpha = tree
         a, b = self.emit(left, values), self.emit(right, values)
         if a is None or b is None:  # one side went: the other alone (`0 +` nothing is nothing)
@@ -167,10 +166,16 @@ class _Sum:
         if a is _ZERO or b is _ZERO:  # builtin sum's `0 + x`: kept, as the original has it
             a, b = (0 if a is _ZERO else a), (0 if b is _ZERO else b)
             return self._create(anchor, op, target, (a, b))
-        # x += y stays in place only on the value it mutated before (nobody else reads that one)
-        if mutated is not None and not (a.name == mutated or isinstance(left, tuple)):
+        # x += y stays in place only on the value it wrote before (nobody else reads that one)
+        # or on a sum written back here (a left subtree that collapsed to one operand is not)
+        if mutated is not None and not (a.name == mutated or a in self.created):
             target = _OUT_OF_PLACE[target]
-        return self._create(anchor, op, target, (a, b), {} if alpha == 1 else {"alpha": alpha})
+        node = self._create(anchor, op, target, (a, b), {} if alpha == 1 else {"alpha": alpha})
+        if origin is not None and (a.name == origin[-1] or a in self.created):
+            # the value x += y wrote in the model (or a sum of our own): reinplace_ may write
+            # it in place again, where nothing reads it after
+            node.meta[INPLACE] = (*origin[:-1], a.name)
+        return node
 
     def copy(self, value: fx.Node) -> fx.Node:
         """``value.clone()`` where the mix stood."""

@@ -15,6 +15,8 @@ from collections.abc import Hashable, Sequence
 from torch import fx
 
 from fxdnat.arch import Architecture, Spec, Term, Tree, dnat_mix
+from fxdnat.frontend import memory
+from fxdnat.frontend.functionalize import INPLACE
 from fxdnat.ir import CHOICES, IDENTITY, META_KEY, SAME, Edge
 from fxdnat.passes import _graph
 
@@ -25,8 +27,13 @@ EDGES_META = "fxdnat_edges"
 """``node.meta`` key of a ``dnat_mix`` node, what finalize needs to write the join back:
 ``edges``, one ``(edge name, index of op(x), index of x or None)`` per tree leaf (indices into
 the mix's tensors); ``adds``, the original add of each inner tree node in pre-order, as ``(op,
-target, name of the value it added to in place or None, name of the node it stood before or
-None for the mix's place)``. An op edge's mix has one leaf and no adds."""
+target, name of the value it added to in place or None, how the front end found it written in
+place or None (``x += y`` it made ``x + y``), name of the node it stood before or None for the
+mix's place)``. An op edge's mix has one leaf and no adds."""
+
+COPY_META = "fxdnat_saved_copy"
+"""``node.meta`` key of a ``clone`` that gate put before a mix (see ``_LaterWrites``): finalize
+reads the original instead, as the add it writes back saves nothing."""
 
 
 def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.GraphModule:
@@ -61,8 +68,10 @@ def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.Gra
             by_join[edge.join].append(edge)
     plans = [_plan_join(nodes, nodes[join], members, row) for join, members in by_join.items()]
     removed = {add for _, _, chain in plans for add in chain}
+    later = _LaterWrites(graph)
     for mix, _, chain in plans:  # before any mix is inserted: anchors are original nodes
         mix.anchors = [_anchor(add, chain[0], removed) for add in chain]
+        mix.copies = [later.reach(t, chain[0]) for t in mix.tensors]
     mixes = []
     for mix, tree, chain in plans:
         with graph.inserting_before(chain[0]):
@@ -76,8 +85,28 @@ def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.Gra
             graph.erase_node(add)
     for edge in edges:  # op edges last: their mix then also feeds the joins' mixes
         if edge.kind == "op":
-            _gate_op(graph, nodes, weights, edge, row[edge.name])
+            _gate_op(graph, nodes, weights, edge, row[edge.name], later)
     return _graph.finish(gated)
+
+
+class _LaterWrites:
+    """Whether an in-place write the front end left in the graph (to a model input, or through
+    a view) reaches a tensor after a given node. The mix saves its inputs for θ's gradient, as
+    the add it replaces does not: such an input goes to the mix as a copy, or autograd would
+    find it changed (and θ's gradient would be computed from the changed values)."""
+
+    def __init__(self, graph: fx.Graph) -> None:
+        self.groups = memory.AliasGroups(graph)
+        self.order = {node: i for i, node in enumerate(graph.nodes)}
+        self.writes = [
+            (self.order[node], self.groups.find(target))
+            for node in graph.nodes
+            if (target := memory.written(node)) is not None
+        ]
+
+    def reach(self, tensor: fx.Node, at: fx.Node) -> bool:
+        root = self.groups.find(tensor)
+        return any(when > self.order[at] and hit == root for when, hit in self.writes)
 
 
 _SAME, _IDENTITY = CHOICES.index(SAME), CHOICES.index(IDENTITY)
@@ -102,8 +131,9 @@ class _MixBuilder:
         self.tensors: list[fx.Node] = []
         self.terms: list[list] = []  # [tensor index, [flat θ indices], scale]
         self.leaves: list[tuple[str, int, int | None]] = []
-        self.adds: list[tuple] = []  # (op, target, mutated) of each add, in pre-order
+        self.adds: list[tuple] = []  # (op, target, mutated, origin) of each add, in pre-order
         self.anchors: list[str | None] = []  # and where it stood
+        self.copies: list[bool] = []  # per tensor: passed as a copy (see _LaterWrites)
 
     def tensor(self, node: fx.Node) -> int:
         if node not in self.tensors:
@@ -133,11 +163,22 @@ class _MixBuilder:
     def emit(self, graph: fx.Graph, weights: fx.Node, tree: Tree) -> fx.Node:
         terms: tuple[Term, ...] = tuple((t, tuple(e), s) for t, e, s in self.terms)
         spec: Spec = (tree, terms)
-        node = graph.call_function(dnat_mix, (weights, spec, *self.tensors))
+        copies = self.copies or [False] * len(self.tensors)
+        tensors = [
+            _saved_copy(graph, t) if copy else t
+            for t, copy in zip(self.tensors, copies, strict=True)
+        ]
+        node = graph.call_function(dnat_mix, (weights, spec, *tensors))
         adds = tuple((*add, anchor) for add, anchor in zip(self.adds, self.anchors, strict=True))
         node.meta[EDGES_META] = {"edges": tuple(self.leaves), "adds": adds}
         node.meta["is_wrapped"] = True  # FX then emits wrap(...) so that re-tracing keeps it
         return node
+
+
+def _saved_copy(graph: fx.Graph, tensor: fx.Node) -> fx.Node:
+    node = graph.call_method("clone", (tensor,))
+    node.meta[COPY_META] = True
+    return node
 
 
 def _plan_join(nodes, join: fx.Node, edges: list[Edge], group_of) -> tuple:
@@ -151,7 +192,9 @@ def _plan_join(nodes, join: fx.Node, edges: list[Edge], group_of) -> tuple:
         chain.append(add)
         alpha = add.kwargs.get("alpha", 1)
         mutated = add.args[0].name if _graph.is_inplace_add(add) else None
-        mix.adds.append((add.op, add.target, mutated))
+        # x += y that the front end made x + y: finalize may write it back in place
+        origin = add.meta.get(INPLACE)
+        mix.adds.append((add.op, add.target, mutated, origin))
         parts: list[Tree] = []
         for index, arg in enumerate(add.args):
             inner_scale = scale * (alpha if index == 1 else 1)
@@ -179,15 +222,17 @@ def _plan_join(nodes, join: fx.Node, edges: list[Edge], group_of) -> tuple:
     return mix, tree, chain
 
 
-def _gate_op(graph, nodes, weights, edge: Edge, group: int) -> None:
+def _gate_op(graph, nodes, weights, edge: Edge, group: int, later: _LaterWrites) -> None:
     """Every use of the op's output reads ``dnat_mix`` of ``x`` and ``op(x)`` instead."""
     operand = nodes[edge.operand]
     mix = _MixBuilder()
     leaf = mix.leaf(edge, operand, group, 1)
     mix.identities({leaf: edge}, nodes, {edge.name: group})
-    with graph.inserting_after(operand):
+    mix.copies = [t in later.order and later.reach(t, operand) for t in mix.tensors]
+    with graph.inserting_before(operand.next):  # inserting_after would reverse clone and mix
         node = mix.emit(graph, weights, leaf)
-    operand.replace_all_uses_with(node, delete_user_cb=lambda user: user is not node)
+    mixed = {node, *node.args}  # the mix and the copy of op(x) it may read keep reading op(x)
+    operand.replace_all_uses_with(node, delete_user_cb=lambda user: user not in mixed)
 
 
 def group_count(gm: fx.GraphModule, edges: Sequence[Edge], tie: str) -> int:
