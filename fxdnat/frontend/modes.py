@@ -45,6 +45,22 @@ def merge(train: fx.Graph, eval_: fx.Graph) -> fx.Graph | None:
     return train
 
 
+def hold_flags(gm: fx.GraphModule, model: torch.nn.Module) -> None:
+    """Give ``gm`` the modules whose ``training`` flag its merged graph reads. GraphModule copied
+    only what the first trace referenced, and a module traced through without parameters (a
+    torchvision ``StochasticDepth``) is not among them; an empty module keeps its place and
+    flag (``build`` sets every container's flag from the model)."""
+    for node in gm.graph.find_nodes(op="get_attr"):
+        path, _, name = node.target.rpartition(".")
+        if name == "training" and path:
+            try:
+                gm.get_submodule(path)
+            except AttributeError:
+                holder = torch.nn.Module()
+                holder.training = model.get_submodule(path).training
+                gm.add_submodule(path, holder)
+
+
 def random_constants(train: fx.GraphModule, eval_: fx.GraphModule) -> list[str]:
     """Modules whose forward made a tensor constant that differs between the two traces: it was
     drawn at random while tracing, and a traced graph would replay that one draw forever."""

@@ -9,6 +9,7 @@ from typing import ClassVar
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from messy import (
     CachesInput,
     CountsCalls,
@@ -208,6 +209,33 @@ def test_a_mode_flag_passed_as_an_argument_is_read_at_run_time():
     assert "training = self.training" in gm.code
     assert_same_function(gm, model, (x,))  # dropout active in train mode, identity in eval
     assert not [name for name in vars(model) if name.startswith("_tensor_constant")]
+
+
+class ParameterFreeDrop(nn.Module):
+    """Passes its own flag from a module with no parameters, which FX traces through (the
+    shape of torchvision's StochasticDepth)."""
+
+    def forward(self, x):
+        return F.dropout(x, p=0.5, training=self.training)
+
+
+def test_a_mode_flag_of_a_module_without_parameters_is_read_at_run_time():
+    model = nn.Sequential(nn.Conv2d(4, 4, 1), ParameterFreeDrop(), nn.Conv2d(4, 4, 1))
+    x = torch.randn(2, 4, 3, 3)
+    gm = fxdnat.trace(model, x)
+    assert gm.meta["fxdnat"]["leaves"] == {}
+    assert_same_function(gm, model, (x,))
+    gm.eval()
+    assert not gm.get_submodule("1").training  # the flag read is the module's own
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "convnext_tiny"])
+def test_torchvision_stochastic_depth_traces_through(name):
+    model = getattr(torchvision.models, name)(num_classes=10, stochastic_depth_prob=0.2)
+    x = torch.randn(2, 3, 64, 64)
+    gm = fxdnat.trace(model, x)
+    assert gm.meta["fxdnat"]["leaves"] == {}
+    assert_same_function(gm, model, (x,), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------- the model is left as it was
