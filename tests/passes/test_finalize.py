@@ -38,6 +38,17 @@ def all_valid_decisions(edges):
         yield decisions
 
 
+def assert_finalize_matches_gated_for_every_decision(model) -> None:
+    """On a (2, 3, 5, 5) float64 input, at every valid decision."""
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    gm = fxdnat.trace(model, x)
+    edges = passes.discover(gm)
+    gated = passes.gate(gm, edges)
+    for decisions in all_valid_decisions(edges):
+        gated.arch.assign(decisions)
+        assert_same_function(passes.finalize(gated, decisions), gated, (x,), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", GATEABLE)
 def test_finalize_equals_gated_with_one_hot_theta_for_every_decision(name):
     _, _, edges, gated, inputs = pipeline(name)
@@ -326,14 +337,7 @@ def test_a_chain_that_reads_the_join_right_before_it():
             z = x + self.f(x)
             return z + x + z
 
-    model = Reread().double()
-    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
-    gm = fxdnat.trace(model, x)
-    edges = passes.discover(gm)
-    gated = passes.gate(gm, edges)
-    for decisions in all_valid_decisions(edges):
-        gated.arch.assign(decisions)
-        assert_same_function(passes.finalize(gated, decisions), gated, (x,), rtol=1e-12, atol=1e-12)
+    assert_finalize_matches_gated_for_every_decision(Reread().double())
 
 
 def test_a_leaf_that_writes_its_input_in_train_mode_only():
@@ -359,11 +363,4 @@ def test_a_leaf_that_writes_its_input_in_train_mode_only():
             y = self.a(x)
             return y + self.g(self.center(y))
 
-    model = Net().double()
-    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
-    gm = fxdnat.trace(model, x)
-    edges = passes.discover(gm)
-    gated = passes.gate(gm, edges)
-    for decisions in all_valid_decisions(edges):
-        gated.arch.assign(decisions)
-        assert_same_function(passes.finalize(gated, decisions), gated, (x,), rtol=1e-12, atol=1e-12)
+    assert_finalize_matches_gated_for_every_decision(Net().double())

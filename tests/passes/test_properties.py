@@ -98,13 +98,17 @@ def _drop_paths(gm) -> int:
     )
 
 
-@settings_for(40)
-@given(
+# a network with its inputs, granularity, tie and the seed of its decisions
+CASES = (
     networks(),
     st.sampled_from(["branch", "op"]),
     st.sampled_from(["full", "cell"]),
     st.integers(0, 2**16),
 )
+
+
+@settings_for(40)
+@given(*CASES)
 def test_invariants_hold_on_random_networks(case, granularity, tie, seed):
     net, inputs = case
     check_invariants(net, inputs, granularity, tie, seed)
@@ -112,12 +116,7 @@ def test_invariants_hold_on_random_networks(case, granularity, tie, seed):
 
 @pytest.mark.slow
 @settings_for(400)
-@given(
-    networks(),
-    st.sampled_from(["branch", "op"]),
-    st.sampled_from(["full", "cell"]),
-    st.integers(0, 2**16),
-)
+@given(*CASES)
 def test_invariants_hold_on_many_random_networks(case, granularity, tie, seed):
     net, inputs = case
     check_invariants(net, inputs, granularity, tie, seed)
