@@ -119,10 +119,14 @@ def build(result: Result, seed: int, progress) -> tuple[nn.Module, torch.Tensor]
     """The model in eval mode and an input it runs on; raises Skip where neither can be had."""
     source, name = result.model.split(":", 1)
     extra = _train_kwargs(source, name, result) if result.config == "train" else {}
-    if source == "timm":
-        model, x = _build_timm(name, seed, result, progress, extra)
-    else:
-        model, x = _build_torchvision(name, seed, result, progress, extra)
+    builder = _build_timm if source == "timm" else _build_torchvision
+    try:
+        model, x = builder(name, seed, result, progress, extra)
+    except TypeError as exc:  # the meta-device check could not tell (RegNet fails on meta)
+        if not extra or "unexpected keyword argument" not in str(exc):
+            raise
+        result.notes[-1] = f"takes no {', '.join(extra)}: built with its defaults"
+        model, x = builder(name, seed, result, progress, {})
     result.params = sum(p.numel() for p in model.parameters())
     result.family = _family(source, name)
     return model, x
