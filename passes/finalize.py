@@ -85,14 +85,8 @@ class _Writes:
         tensor the model itself wrote."""
         if not self.any or value is _resolve(mix):
             return False
-        groups = memory.AliasGroups(self.graph)
-        order = {node: i for i, node in enumerate(self.graph.nodes)}
-        reached = {groups.find(mix), groups.find(value)}
-        return any(
-            order[node] > order[mix] and groups.find(target) in reached
-            for node in self.graph.nodes
-            if (target := memory.written(node)) is not None
-        )
+        later = memory.LaterWrites(self.graph)
+        return later.reach(mix, mix) or later.reach(value, mix)
 
 
 def _write_back(mix: fx.Node, decisions: dict, named: dict, writes: _Writes) -> set[fx.Node]:

@@ -32,8 +32,9 @@ place or None (``x += y`` it made ``x + y``), name of the node it stood before o
 mix's place)``. An op edge's mix has one leaf and no adds."""
 
 COPY_META = "fxdnat_saved_copy"
-"""``node.meta`` key of a ``clone`` that gate put before a mix (see ``_LaterWrites``): finalize
-reads the original instead, as the add it writes back saves nothing."""
+"""``node.meta`` key of a ``clone`` that gate put before a mix (of an input that a later
+in-place write reaches; see ``gate``): finalize reads the original instead, as the add it writes
+back saves nothing."""
 
 
 def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.GraphModule:
@@ -68,7 +69,9 @@ def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.Gra
             by_join[edge.join].append(edge)
     plans = [_plan_join(nodes, nodes[join], members, row) for join, members in by_join.items()]
     removed = {add for _, _, chain in plans for add in chain}
-    later = _LaterWrites(graph)
+    # the mix saves its inputs for θ's gradient, as the add it replaces does not: an input that
+    # a later in-place write reaches goes to the mix as a copy, or autograd would find it changed
+    later = memory.LaterWrites(graph)
     for mix, _, chain in plans:  # before any mix is inserted: anchors are original nodes
         mix.anchors = [_anchor(add, chain[0], removed) for add in chain]
         mix.copies = [later.reach(t, chain[0]) for t in mix.tensors]
@@ -87,26 +90,6 @@ def gate(gm: fx.GraphModule, edges: Sequence[Edge], tie: str = "full") -> fx.Gra
         if edge.kind == "op":
             _gate_op(graph, nodes, weights, edge, row[edge.name], later)
     return _graph.finish(gated)
-
-
-class _LaterWrites:
-    """Whether an in-place write the front end left in the graph (to a model input, or through
-    a view) reaches a tensor after a given node. The mix saves its inputs for θ's gradient, as
-    the add it replaces does not: such an input goes to the mix as a copy, or autograd would
-    find it changed (and θ's gradient would be computed from the changed values)."""
-
-    def __init__(self, graph: fx.Graph) -> None:
-        self.groups = memory.AliasGroups(graph)
-        self.order = {node: i for i, node in enumerate(graph.nodes)}
-        self.writes = [
-            (self.order[node], self.groups.find(target))
-            for node in graph.nodes
-            if (target := memory.written(node)) is not None
-        ]
-
-    def reach(self, tensor: fx.Node, at: fx.Node) -> bool:
-        root = self.groups.find(tensor)
-        return any(when > self.order[at] and hit == root for when, hit in self.writes)
 
 
 _SAME, _IDENTITY = CHOICES.index(SAME), CHOICES.index(IDENTITY)
@@ -133,7 +116,7 @@ class _MixBuilder:
         self.leaves: list[tuple[str, int, int | None]] = []
         self.adds: list[tuple] = []  # (op, target, mutated, origin) of each add, in pre-order
         self.anchors: list[str | None] = []  # and where it stood
-        self.copies: list[bool] = []  # per tensor: passed as a copy (see _LaterWrites)
+        self.copies: list[bool] = []  # per tensor: passed as a copy (see gate)
 
     def tensor(self, node: fx.Node) -> int:
         if node not in self.tensors:
@@ -222,7 +205,7 @@ def _plan_join(nodes, join: fx.Node, edges: list[Edge], group_of) -> tuple:
     return mix, tree, chain
 
 
-def _gate_op(graph, nodes, weights, edge: Edge, group: int, later: _LaterWrites) -> None:
+def _gate_op(graph, nodes, weights, edge: Edge, group: int, later: memory.LaterWrites) -> None:
     """Every use of the op's output reads ``dnat_mix`` of ``x`` and ``op(x)`` instead."""
     operand = nodes[edge.operand]
     mix = _MixBuilder()

@@ -178,6 +178,26 @@ class AliasGroups:
         return self.members[self.find(node)]
 
 
+class LaterWrites:
+    """The in-place writes a graph holds, as (position, memory written): whether one after a
+    given node reaches a tensor's memory. Read once per graph; a pass that changes the graph
+    reads it again."""
+
+    def __init__(self, graph: fx.Graph) -> None:
+        self.groups = AliasGroups(graph)
+        self.order = {node: i for i, node in enumerate(graph.nodes)}
+        self.writes = [
+            (self.order[node], self.groups.find(target))
+            for node in graph.nodes
+            if (target := written(node)) is not None
+        ]
+
+    def reach(self, tensor: fx.Node, at: fx.Node) -> bool:
+        """A write after ``at`` reaches the memory of ``tensor``."""
+        root = self.groups.find(tensor)
+        return any(when > self.order[at] and hit == root for when, hit in self.writes)
+
+
 def write_dependencies(graph: fx.Graph) -> dict[fx.Node, set[fx.Node]]:
     """For every call that writes an argument in place: the later readers of anything sharing
     the written storage. Those readers depend on the write as much as on their arguments."""

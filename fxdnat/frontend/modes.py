@@ -45,7 +45,7 @@ def merge(train: fx.Graph, eval_: fx.Graph) -> fx.Graph | None:
     return train
 
 
-def hold_flags(gm: fx.GraphModule, model: torch.nn.Module) -> None:
+def hold_flags(gm: fx.GraphModule) -> None:
     """Give ``gm`` the modules whose ``training`` flag its merged graph reads. GraphModule copied
     only what the first trace referenced, and a module traced through without parameters (a
     torchvision ``StochasticDepth``) is not among them; an empty module keeps its place and
@@ -56,9 +56,7 @@ def hold_flags(gm: fx.GraphModule, model: torch.nn.Module) -> None:
             try:
                 gm.get_submodule(path)
             except AttributeError:
-                holder = torch.nn.Module()
-                holder.training = model.get_submodule(path).training
-                gm.add_submodule(path, holder)
+                gm.add_submodule(path, torch.nn.Module())
 
 
 def random_constants(train: fx.GraphModule, eval_: fx.GraphModule) -> list[str]:

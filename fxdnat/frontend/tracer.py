@@ -265,7 +265,7 @@ class _Search:
         """Modules whose traced form depends on the mode, or that drew a random constant while
         tracing, become leaves; returns whether any did."""
         if modes.merge(train.graph, eval_.graph) is not None:
-            modes.hold_flags(train, self.model)
+            modes.hold_flags(train)
             random = modes.random_constants(train, eval_)
             for path in random:
                 self._add(

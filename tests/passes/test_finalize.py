@@ -38,15 +38,21 @@ def all_valid_decisions(edges):
         yield decisions
 
 
-def assert_finalize_matches_gated_for_every_decision(model) -> None:
-    """On a (2, 3, 5, 5) float64 input, at every valid decision."""
-    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+def finals_at_every_decision(model, x):
+    """(final, gated with θ one-hot on the same decisions) for every valid decision."""
     gm = fxdnat.trace(model, x)
     edges = passes.discover(gm)
     gated = passes.gate(gm, edges)
     for decisions in all_valid_decisions(edges):
         gated.arch.assign(decisions)
-        assert_same_function(passes.finalize(gated, decisions), gated, (x,), rtol=1e-12, atol=1e-12)
+        yield passes.finalize(gated, decisions), gated
+
+
+def assert_finalize_matches_gated_for_every_decision(model) -> None:
+    """On a (2, 3, 5, 5) float64 input."""
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    for final, gated in finals_at_every_decision(model, x):
+        assert_same_function(final, gated, (x,), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", GATEABLE)
@@ -205,14 +211,8 @@ def test_impure_inplace_calls_survive_dead_code_elimination():
             y.relu_()  # result unused; the mutation is what matters
             return y + self.g(y)
 
-    model = Mutate().double()
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
-    gm = fxdnat.trace(model, x)
-    edges = passes.discover(gm)
-    gated = passes.gate(gm, edges)
-    for decisions in all_valid_decisions(edges):
-        gated.arch.assign(decisions)
-        final = passes.finalize(gated, decisions)
+    for final, gated in finals_at_every_decision(Mutate().double(), x):
         assert "relu_" in final.code
         assert_same_function(final, gated, (x,))
 
