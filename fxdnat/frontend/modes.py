@@ -84,15 +84,18 @@ def dependent_modules(train: fx.Graph, eval_: fx.Graph) -> list[str]:
 
     Each module's signature lists the nodes its forward created, with arguments normalised to
     positions inside the module (or the owning module's path, for values made elsewhere), so a
-    difference in one submodule does not spill into its neighbours.
+    difference in one submodule does not spill into its neighbours. A module whose own nodes
+    agree and that reads a value made elsewhere (a neighbour that adds nodes in train mode only)
+    is likewise left for the next round, while another module differs in its own nodes.
     """
-    signatures = [_module_signatures(g) for g in (train, eval_)]
-    differing = {
-        path
-        for path in set(signatures[0]) | set(signatures[1])
-        if signatures[0].get(path) != signatures[1].get(path)
-    }
-    return sorted(p for p in differing if not any(q != p and _is_ancestor(p, q) for q in differing))
+
+    def differing(sources: bool) -> set[str]:
+        a, b = (_module_signatures(g, sources) for g in (train, eval_))
+        # a module that only passes its flag merges once the others are leaves
+        return {path for path in set(a) | set(b) if not _same_but_flags(a.get(path), b.get(path))}
+
+    found = differing(sources=False) or differing(sources=True)
+    return sorted(p for p in found if not any(q != p and _is_ancestor(p, q) for q in found))
 
 
 def owner(node: fx.Node) -> str:
@@ -108,18 +111,23 @@ def _is_ancestor(parent: str, child: str) -> bool:
 
 
 def _differs_only_by_mode(a: fx.Node, b: fx.Node) -> bool:
-    def same(x: Any, y: Any) -> bool:
-        if isinstance(x, bool) and isinstance(y, bool):
-            return x == y or (x is True and y is False)
-        if isinstance(x, fx.Node) or isinstance(y, fx.Node):
-            return isinstance(x, fx.Node) and isinstance(y, fx.Node) and x.name == y.name
-        if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
-            return len(x) == len(y) and all(same(i, j) for i, j in zip(x, y, strict=True))
-        if isinstance(x, dict) and isinstance(y, dict):
-            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
-        return type(x) is type(y) and x == y
+    return _same_but_flags(a.args, b.args) and _same_but_flags(a.kwargs, b.kwargs)
 
-    return same(a.args, b.args) and same(a.kwargs, b.kwargs)
+
+def _same_but_flags(x: Any, y: Any) -> bool:
+    """Equal, but where ``x`` (traced in train mode) has True and ``y`` has False: the mode
+    flag, which merge reads at run time. Nodes are equal by name."""
+    if isinstance(x, bool) and isinstance(y, bool):
+        return x == y or (x is True and y is False)
+    if isinstance(x, fx.Node) or isinstance(y, fx.Node):
+        return isinstance(x, fx.Node) and isinstance(y, fx.Node) and x.name == y.name
+    if isinstance(x, slice) and isinstance(y, slice):  # x[:, : x.size(1) // 2]: nodes inside
+        return _same_but_flags((x.start, x.stop, x.step), (y.start, y.stop, y.step))
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return len(x) == len(y) and all(_same_but_flags(i, j) for i, j in zip(x, y, strict=True))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_same_but_flags(x[k], y[k]) for k in x)
+    return type(x) is type(y) and x == y
 
 
 def _has_mode_flag(x: Any, y: Any) -> bool:
@@ -142,19 +150,27 @@ def _swap_mode(x: Any, y: Any, flag: fx.Node) -> Any:
     return x
 
 
-def _module_signatures(graph: fx.Graph) -> dict[str, list]:
+def _module_signatures(graph: fx.Graph, sources: bool) -> dict[str, list]:
+    """Per module, the nodes its forward made; ``sources``: whether a value made elsewhere is
+    told apart by the module that made it."""
     local_index: dict[fx.Node, tuple[str, int]] = {}
     signatures: dict[str, list] = defaultdict(list)
 
     def normalise(arg: Any) -> Any:
         if isinstance(arg, fx.Node):
             source, index = local_index[arg]
-            return (source, index) if source == current else (source,)
+            if source == current:
+                return (source, index)
+            return (source,) if sources else ("elsewhere",)
         if isinstance(arg, (list, tuple)):
             return tuple(normalise(a) for a in arg)
         if isinstance(arg, dict):
             return tuple((k, normalise(v)) for k, v in arg.items())
-        if isinstance(arg, (int, float, bool, str, type(None), slice, torch.dtype, torch.device)):
+        if isinstance(arg, slice):  # its bounds may be nodes, named differently in each trace
+            return ("slice", normalise((arg.start, arg.stop, arg.step)))
+        if isinstance(arg, bool):  # kept: _same_but_flags tells a mode flag from other values
+            return arg
+        if isinstance(arg, (int, float, str, type(None), torch.dtype, torch.device)):
             return repr(arg)
         return type(arg).__name__
 

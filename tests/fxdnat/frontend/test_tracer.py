@@ -229,6 +229,34 @@ def test_a_mode_flag_of_a_module_without_parameters_is_read_at_run_time():
     assert not gm.get_submodule("1").training  # the flag read is the module's own
 
 
+class HalfByShape(nn.Module):
+    """A slice whose bound is read from the input's shape (a node inside a slice), next to a
+    mode flag: the two traces still differ in the flag only (timm's halo attention)."""
+
+    def forward(self, x):
+        x = F.dropout(x, p=0.5, training=self.training)
+        return x[:, :, : x.size(2) // 2]
+
+
+class TrainOnlyShift(nn.Module):
+    """Mode-dependent, with size reads of its own in train mode only: the nodes after it are
+    named differently in the two traces."""
+
+    def forward(self, x):
+        if self.training:
+            x = x + (x.size(2) // 2) * 0.5
+        return x
+
+
+@pytest.mark.parametrize("before", [[], [TrainOnlyShift()]], ids=["alone", "after-a-leaf"])
+def test_a_slice_bounded_by_a_size_read_does_not_make_a_mode_dependent_leaf(before):
+    model = nn.Sequential(nn.Conv2d(4, 4, 1), *before, HalfByShape())
+    x = torch.randn(2, 4, 6, 6)
+    gm = fxdnat.trace(model, x)
+    assert set(gm.meta["fxdnat"]["leaves"]) == ({"1"} if before else set())
+    assert_same_function(gm, model, (x,))
+
+
 @pytest.mark.parametrize("name", ["efficientnet_b0", "convnext_tiny"])
 def test_torchvision_stochastic_depth_traces_through(name):
     model = getattr(torchvision.models, name)(num_classes=10, stochastic_depth_prob=0.2)
