@@ -1,10 +1,18 @@
 """Reproducibility harness: a multi-seed study of (model, method, seed) runs, resumable and
-shardable, aggregated into the paper's tables (Kim & Lee 2020: mean / std / cost over 5 seeds).
+shardable, aggregated into the paper's tables (Kim & Lee 2020: mean / std / cost over 5 seeds)
+and into how sure DNAT was of its decisions.
 
 Every run trains into ``OUT/<model>/<method>/seed<k>/`` through `fxdnat.engine.transform`, so a
 rerun of the same study skips finished runs (``summary.json``) and resumes cut ones
 (``checkpoint.pt``). Besides the engine's files, each run folder holds ``run.json``: the harness's
 own record of every attempt (wall time, device, errors), from which the cost is summed.
+
+The ``random`` method is the control: a random run of (model, seed) makes as many identity and
+none changes as the DNAT run of the same model and seed (the study's ``cell`` run, else its
+``full`` run), placed at random. It reads those counts from that run's summary, so it runs after
+it: last among its seed's runs, after it on a GPU of its own, and in the same shard (no shard
+waits on another). A DNAT run's summary never changes once written, so a resumed random run
+asks for the changes it started with.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ import json
 import logging
 import os
 import platform
-import queue
 import re
 import socket
 import statistics
@@ -37,12 +44,19 @@ from typing import Any
 
 from fxdnat._files import write_json
 from fxdnat.allocator import tune_cpu_allocator
-from fxdnat.ir import CHOICES, SAME
+from fxdnat.ir import CHOICES, IDENTITY, NONE, SAME
 
 log = logging.getLogger(__name__)
 
-METHODS = ("original", "cell", "full")
-METHOD_LABELS = {"original": "original", "cell": "DNAT cell", "full": "DNAT full"}
+METHODS = ("original", "cell", "full", "random")
+METHOD_LABELS = {
+    "original": "original",
+    "cell": "DNAT cell",
+    "full": "DNAT full",
+    "random": "random (control)",
+}
+DNAT_METHODS = ("cell", "full")  # DNAT's θ ties; a random run copies the first the study has
+DEFAULT_METHODS = ("original", "cell", "full")  # `fxdnat repro`'s --methods default
 MANIFEST, RUN_RECORD, RUN_LOG = "repro.json", "run.json", "log.txt"
 # the engine's file names (fxdnat.engine.CHECKPOINT, METRICS, SUMMARY), repeated here so that
 # `fxdnat repro --report` aggregates without importing torch
@@ -60,7 +74,7 @@ class ReproConfig:
     specs: list[str]
     out: str
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])  # the paper: five seeds
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     data: str = "digits"
     data_dir: str | None = None
     download: bool = False
@@ -92,6 +106,11 @@ class ReproConfig:
                 f"unknown method(s) {unknown or self.methods}; expected some of "
                 f"{', '.join(METHODS)}, e.g. --methods original,cell,full"
             )
+        if "random" in self.methods and random_source(self.methods) is None:
+            raise ValueError(
+                f"--methods {','.join(self.methods)}: random places as many changes as the DNAT "
+                "run of the same seed; add cell or full, e.g. --methods original,cell,random"
+            )
         if self.shard is not None:
             i, n = self.shard
             if not 1 <= i <= n:
@@ -116,12 +135,24 @@ class Job:
     """One run of a study."""
 
     spec: str
-    method: str  # "original", "cell" or "full"
+    method: str  # one of METHODS
     seed: int
+    pairs_with: str | None = None  # a random job: the DNAT method whose changes it copies
 
     @property
     def model(self) -> str:
         return model_name(self.spec)
+
+    @property
+    def source(self) -> Job | None:
+        """The DNAT run a random job copies its number of changes from."""
+        if self.method != "random":
+            return None
+        if self.pairs_with not in DNAT_METHODS:
+            raise ValueError(
+                f"random job {self} pairs with {self.pairs_with!r}; expected one of {DNAT_METHODS}"
+            )
+        return Job(self.spec, self.pairs_with, self.seed)
 
     def folder(self, out: str | Path) -> Path:
         return Path(out) / self.model / self.method / f"seed{self.seed}"
@@ -162,6 +193,11 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def random_source(methods: Sequence[str]) -> str | None:
+    """The DNAT method whose runs a study's random runs copy: cell if it has it, else full."""
+    return next((m for m in DNAT_METHODS if m in methods), None)
+
+
 def parse_methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -186,39 +222,88 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def jobs(config: ReproConfig) -> list[Job]:
     """The study's runs: models in the order given, then seeds, then methods, so that a
-    cut-short study already holds every method for its first seeds."""
+    cut-short study already holds every method for its first seeds. Random comes last for its
+    seed, whatever the order given: it copies the changes of that seed's DNAT run."""
+    source = random_source(config.methods)
+    methods = sorted(config.methods, key=lambda m: m == "random")  # stable: the rest as given
     return [
-        Job(spec, method, seed)
+        Job(spec, method, seed, source if method == "random" else None)
         for spec in config.specs
         for seed in config.seeds
-        for method in config.methods
+        for method in methods
     ]
 
 
 def shard(all_jobs: Sequence[Job], i: int, n: int) -> list[Job]:
-    """The i-th of n slices (1-based), round robin: every launcher that gets the same specs,
-    seeds and methods computes the same disjoint slices, and together they cover all jobs."""
-    return [job for k, job in enumerate(all_jobs) if k % n == i - 1]
+    """The i-th of n slices (1-based): round robin over the jobs, except that a random job goes
+    with the DNAT run it copies, so no shard waits on another. Every launcher that gets the same
+    specs, seeds and methods computes the same disjoint slices, and together they cover all
+    jobs."""
+    slot: dict[Job, int] = {}
+    turn = 0
+    for job in all_jobs:
+        source = job.source
+        if source in slot:
+            slot[job] = slot[source]
+        else:
+            slot[job], turn = turn % n, turn + 1
+    return [job for job in all_jobs if slot[job] == i - 1]
 
 
 def run_config(config: ReproConfig, job: Job) -> Any:
     """The engine's RunConfig for one job: the study's settings that the engine shares by name
-    (data, recipe and its overrides, device, ...), and the job's spec, folder, method and seed."""
+    (data, recipe and its overrides, device, ...), and the job's spec, folder, method and seed.
+    A random job also gets its DNAT run's tie and number of changes (`random_changes`)."""
     from fxdnat.config import RunConfig
 
     shared = {f.name for f in dataclasses.fields(RunConfig)} & {
         f.name for f in dataclasses.fields(ReproConfig)
     }
     shared.discard("out")  # the study's folder; the run's is below it
-    original = job.method == "original"
+    if job.method == "original":
+        method = {"method": "original", "tie": "cell"}
+    elif job.method == "random":
+        source = job.source
+        method = {"method": "random", "tie": source.method, "changes": random_changes(config, job)}
+    else:
+        method = {"method": "dnat", "tie": job.method}
     return RunConfig(
         **{name: getattr(config, name) for name in shared},
+        **method,
         spec=job.spec,
         out=str(job.folder(config.out)),
-        method="original" if original else "dnat",
-        tie="cell" if original else job.method,
         seed=job.seed,
     )
+
+
+def random_changes(config: ReproConfig, job: Job) -> str:
+    """A random job's changes, "identity=2,none=1": what its DNAT run (same model and seed)
+    changed, counted by kind, read from that run's summary. Raises RuntimeError, saying why,
+    when that run has no summary (it failed, or has not run yet)."""
+    source = job.source
+    folder = source.folder(config.out)
+    summary = _read_json(folder / SUMMARY)
+    if not summary:
+        record = _read_json(folder / RUN_RECORD)
+        status = record.get("status", "not run")
+        why = "failed" if status == "failed" else f"has no result yet ({status})"
+        raise RuntimeError(
+            f"its DNAT run ({source}) {why}; a random run copies that run's number of changes: "
+            "rerun the study to retry both"
+        )
+    return changes_text(summary.get("changed", {}))
+
+
+def changes_text(changed: Mapping[str, str]) -> str:
+    """{edge: choice} of the edges that changed → the engine's "identity=2,none=1" (kinds in
+    sorted order, those with no edge left out; "" for no change)."""
+    counts = Counter(changed.values())
+    odd = sorted(set(counts) - {IDENTITY, NONE})
+    if odd:
+        raise ValueError(
+            f"changed edges with choice(s) {odd}; a random run places only {IDENTITY} and {NONE}"
+        )
+    return ",".join(f"{kind}={counts[kind]}" for kind in sorted(counts))
 
 
 # ------------------------------------------------------------------------------ running
@@ -362,6 +447,7 @@ def _claim(config: ReproConfig) -> None:
                 config.out, f"the recipe of {model}", manifest["recipes"].get(model), recipe
             )
         manifest["recipes"][model] = recipe
+    _pair_random(config, manifest)
     for key, values in (
         ("specs", config.specs),
         ("seeds", config.seeds),
@@ -374,6 +460,26 @@ def _claim(config: ReproConfig) -> None:
     write_json(path, manifest)
 
 
+def _pair_random(config: ReproConfig, manifest: dict[str, Any]) -> None:
+    """Record which DNAT runs the study's random runs copy; a command that would pair them with
+    the other tie is refused while random runs exist, as the table would mix two controls."""
+    source = random_source(config.methods)
+    if "random" not in config.methods or source is None:
+        return
+    stored = manifest.get("random_pairs_with", source)
+    made = any(
+        any(Path(config.out).glob(f"*/random/seed*/{name}")) for name in (CHECKPOINT, SUMMARY)
+    )
+    if stored != source and made:
+        raise ValueError(
+            f"{config.out}'s random runs copy the changes of its {stored} runs, but with "
+            f"--methods {','.join(config.methods)} they would copy its {source} runs (random "
+            f"pairs with cell when --methods has it, else full); give --methods that pair random "
+            f"with {stored}, or delete {config.out}/*/random to redo those runs"
+        )
+    manifest["random_pairs_with"] = source
+
+
 def _has_runs(folder: Path) -> bool:
     return any(folder.glob(f"*/seed*/{CHECKPOINT}")) or any(folder.glob(f"*/seed*/{SUMMARY}"))
 
@@ -382,6 +488,8 @@ def _refuse_changes(out: str, what: str, stored: dict | None, wanted: dict) -> N
     if stored is None or stored == wanted:
         return
     differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    if not differ:  # a setting added since, left at its default: the same study
+        return
     have = ", ".join(f"{k}={stored.get(k)!r}" for k in differ)
     want = ", ".join(f"{k}={wanted.get(k)!r}" for k in differ)
     raise ValueError(
@@ -407,41 +515,77 @@ def _gpus(device: str) -> list[str]:
 def _run_parallel(
     config: ReproConfig, pending: Sequence[Job], gpus: Sequence[str], reporter: ReproReporter
 ) -> list[RunResult]:
-    """One subprocess per GPU (CUDA_VISIBLE_DEVICES), each taking the next pending job."""
+    """One subprocess per GPU (CUDA_VISIBLE_DEVICES), each taking the next pending job that is
+    ready: a random job once its DNAT run has ended (if that failed, it fails at once)."""
     from fxdnat.engine import Interrupted
 
-    free: queue.Queue[str] = queue.Queue()
-    for gpu in gpus:
-        free.put(gpu)
-    stop, children = threading.Event(), _Children()
+    todo, children = _Pending(pending), _Children()
 
-    def one(index: int, job: Job) -> RunResult | None:
-        if stop.is_set():
-            return None
-        gpu = free.get()  # as many threads as GPUs: one is always free here
-        try:
-            reporter.run_start(
-                job, index, len(pending), (job.folder(config.out) / CHECKPOINT).exists()
-            )
-            result = _run_child(config, job, gpu, children)
-        finally:
-            free.put(gpu)
-        if result.status == "interrupted":
-            stop.set()
-        reporter.run_end(result, index, len(pending))
-        return result
+    def work(gpu: str) -> None:
+        while (taken := todo.take()) is not None:
+            index, job = taken
+            folder = job.folder(config.out)
+            reporter.run_start(job, index, len(pending), (folder / CHECKPOINT).exists())
+            try:
+                if todo.source_failed(job):  # nothing to train: recorded as failed, here
+                    result = run_one(config, job)
+                else:
+                    result = _run_child(config, job, gpu, children)
+            except BaseException:
+                todo.stop()  # a job waiting on this one would wait forever
+                raise
+            todo.end(job, result)
+            reporter.run_end(result, index, len(pending))
 
     with children.forward_sigterm(), ThreadPoolExecutor(len(gpus)) as pool:
-        futures = [pool.submit(one, k, job) for k, job in enumerate(pending)]
+        futures = [pool.submit(work, gpu) for gpu in gpus]
         try:
-            results = [f.result() for f in futures]
+            for future in futures:
+                future.result()
         except KeyboardInterrupt:
-            stop.set()
+            todo.stop()
             children.interrupt()  # each saves its checkpoint and exits
-            pool.shutdown(cancel_futures=True)
-    if stop.is_set():
+    if todo.stopped:
         raise Interrupted("the study was interrupted; rerun the same command to resume it")
-    return [r for r in results if r is not None]
+    return [todo.ended[job] for job in pending if job in todo.ended]
+
+
+class _Pending:
+    """The jobs not yet handed out, in order; a random job waits while its DNAT run, pending in
+    the same study, has not ended. An interrupted run stops the handing out."""
+
+    def __init__(self, pending: Sequence[Job]) -> None:
+        self.waiting = list(enumerate(pending))
+        self.pending = set(pending)
+        self.ended: dict[Job, RunResult] = {}
+        self.stopped = False
+        self.changed = threading.Condition()
+
+    def take(self) -> tuple[int, Job] | None:
+        """The next job that is ready; None when every job is handed out or the study stops."""
+        with self.changed:
+            while not self.stopped and self.waiting:
+                for k, (_, job) in enumerate(self.waiting):
+                    source = job.source
+                    if source is None or source not in self.pending or source in self.ended:
+                        return self.waiting.pop(k)
+                self.changed.wait()  # only random jobs are left, their DNAT runs still running
+            return None
+
+    def end(self, job: Job, result: RunResult) -> None:
+        with self.changed:
+            self.ended[job] = result
+            self.stopped |= result.status == "interrupted"
+            self.changed.notify_all()
+
+    def stop(self) -> None:
+        with self.changed:
+            self.stopped = True
+            self.changed.notify_all()
+
+    def source_failed(self, job: Job) -> bool:
+        source = job.source
+        return source in self.ended and self.ended[source].status != "done"
 
 
 class _Children:

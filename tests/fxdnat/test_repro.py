@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import statistics
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -185,24 +187,35 @@ def test_a_killed_run_is_resumed_and_every_attempt_is_costed(tmp_path):
 
 
 # ----------------------------------------------------------------- without training
-def _fake_transform(fail: set[tuple[str, int]]):
-    """Stands in for the engine: writes a summary (accuracy from the seed) or raises."""
+def _fake_transform(fail: set[tuple[str, int]], calls: list | None = None):
+    """Stands in for the engine: writes a summary (accuracy from the seed) or raises. A random
+    run changes as many edges as its config's `changes` asks for; ``calls`` collects configs."""
 
     def transform(config: engine.RunConfig, reporter=None, *, resume: bool = False) -> dict:
-        key = (config.method if config.method == "original" else config.tie, config.seed)
-        if key in fail:
-            raise engine.TrainingError(f"the loss became nan ({key[0]} seed {key[1]})")
+        method = {"dnat": config.tie, "original": "original", "random": "random"}[config.method]
+        if calls is not None:
+            calls.append(config)
+        if (method, config.seed) in fail:
+            raise engine.TrainingError(f"the loss became nan ({method} seed {config.seed})")
         dnat = config.method == "dnat"
         changed = {"layer1.0:0": "none"} if dnat and config.seed % 2 else {}
+        if config.method == "random":
+            kinds = [p.split("=") for p in (config.changes or "").split(",") if p]
+            picks = [kind for kind, count in kinds for _ in range(int(count))]
+            changed = {f"layer{k + 2}.0:0": kind for k, kind in enumerate(picks)}
+        counts = {c: list(changed.values()).count(c) for c in ("none", "identity")}
         summary = {
             "spec": config.spec,
             "method": config.method,
+            "tie": config.tie,
             "data": config.data,
             "test_acc": 0.9 + 0.01 * config.seed + 0.02 * dnat,
             "seconds": 1.0,
             "device": "cpu",
-            "edges": 18 if dnat else 0,
-            "decisions": {"same": 18 - len(changed), "none": len(changed)} if dnat else {},
+            "edges": 0 if config.method == "original" else 18,
+            "decisions": {}
+            if config.method == "original"
+            else {"same": 18 - len(changed), **counts},
             "changed": changed,
         }
         Path(config.out).mkdir(parents=True, exist_ok=True)
@@ -294,6 +307,11 @@ def test_report_reaggregates_a_study(copy):
         (["zoo:resnet20", "--out", "o", "--seeds", "5-1"], "bad seed list '5-1'"),
         (["zoo:resnet20", "--out", "o", "--methods", "cell,nat"], "unknown method(s) ['nat']"),
         (["zoo:resnet20", "--out", "o", "--shard", "3/2"], "shard '3/2' does not exist"),
+        (
+            ["zoo:resnet20", "--out", "o", "--methods", "original,random"],
+            "--methods original,random: random places as many changes as the DNAT run of the "
+            "same seed; add cell or full, e.g. --methods original,cell,random",
+        ),
         (["zoo:resnet2", "--out", "o"], "unknown zoo model 'resnet2'"),
         (["zoo:resnet20", "--out", "o", "--recipe", "quik"], "unknown recipe 'quik'"),
     ],
@@ -384,3 +402,170 @@ def test_every_study_setting_reaches_the_runs_config():
     )
     original = run_config(config, Job("zoo:resnet20", "original", 1))
     assert (original.method, original.seed) == ("original", 1)
+
+
+# ------------------------------------------------------------------ the random control
+def test_random_comes_last_for_its_seed_and_copies_cell_else_full(tmp_path):
+    config = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[1, 2],
+                         methods=["random", "full", "original", "cell"])  # fmt: skip
+    assert [(j.method, j.seed, j.pairs_with) for j in jobs(config)] == [
+        ("full", 1, None),
+        ("original", 1, None),
+        ("cell", 1, None),
+        ("random", 1, "cell"),
+        ("full", 2, None),
+        ("original", 2, None),
+        ("cell", 2, None),
+        ("random", 2, "cell"),
+    ]
+    config = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[3], methods=["random", "full"])
+    (full, control) = jobs(config)
+    assert control.source == full == Job("zoo:resnet20", "full", 3)
+
+
+def test_a_study_with_random_and_no_dnat_method_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"^--methods random,original: random places as many"):
+        ReproConfig(["zoo:resnet20"], str(tmp_path), methods=["random", "original"])
+
+
+def test_shards_keep_each_random_run_with_its_dnat_run(tmp_path):
+    methods = ["original", "cell", "full"]
+    specs = ["zoo:resnet20", "zoo:mobilenetv2"]
+    config = ReproConfig(specs, str(tmp_path), seeds=[1, 2, 3], methods=[*methods, "random"])
+    everything = jobs(config)
+    for n in (2, 3, 4, 7):
+        slices = [shard(everything, i, n) for i in range(1, n + 1)]
+        assert sorted(map(str, itertools.chain(*slices))) == sorted(map(str, everything))
+        for part in slices:
+            assert all(job.source in part for job in part if job.method == "random")
+        # the other jobs are sliced as in a study without random runs
+        plain = jobs(ReproConfig(specs, str(tmp_path), seeds=[1, 2, 3], methods=methods))
+        assert [[j for j in p if j.method != "random"] for p in slices] == [
+            shard(plain, i, n) for i in range(1, n + 1)
+        ]
+
+
+def _write_summary(folder: Path, **summary) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_random_runs_config_copies_its_dnat_runs_changes(tmp_path):
+    from fxdnat.repro import changes_text, run_config
+
+    config = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[1], methods=["full", "random"])
+    changed = {"layer1.0:0": "none", "layer2.1:1": "identity", "layer3.0:0": "identity"}
+    _write_summary(tmp_path / "resnet20" / "full" / "seed1", changed=changed)
+    (full, control) = jobs(config)
+    run = run_config(config, control)
+    assert (run.method, run.tie, run.seed) == ("random", "full", 1)
+    assert sorted(run.changes.split(",")) == ["identity=2", "none=1"]
+    assert run.out == str(tmp_path / "resnet20" / "random" / "seed1")
+    assert changes_text(changed) == "identity=2,none=1" and changes_text({}) == ""
+    with pytest.raises(ValueError, match=r"choice\(s\) \['same'\]; a random run places only"):
+        changes_text({"a": "same"})
+
+
+def test_a_random_run_without_its_dnat_result_says_why(tmp_path):
+    from fxdnat.repro import run_config
+
+    config = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[2], methods=["cell", "random"])
+    (cell, control) = jobs(config)
+    with pytest.raises(RuntimeError, match=r"its DNAT run \(resnet20 cell seed 2\) has no result "
+                       r"yet \(not run\); a random run copies"):  # fmt: skip
+        run_config(config, control)
+    cell.folder(tmp_path).mkdir(parents=True)
+    (cell.folder(tmp_path) / "run.json").write_text(json.dumps({"status": "failed"}))
+    with pytest.raises(RuntimeError, match=r"^its DNAT run \(resnet20 cell seed 2\) failed; "):
+        run_config(config, control)
+
+
+def test_a_random_study_trains_each_random_run_after_its_dnat_run(tmp_path, monkeypatch):
+    out, calls = tmp_path / "study", []
+    monkeypatch.setattr(engine, "transform", _fake_transform({("cell", 2)}, calls))
+    args = [
+        "repro",
+        "zoo:resnet20",
+        "--seeds",
+        "1-2",
+        "--methods",
+        "random,cell",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "2 of 4 runs failed" in result.output
+    # random seed 2 never reached the engine: its DNAT run had failed
+    assert [(c.method, c.tie, c.seed, c.changes) for c in calls] == [
+        ("dnat", "cell", 1, None),
+        ("random", "cell", 1, "none=1"),
+        ("dnat", "cell", 2, None),
+    ]
+    record = read(out / "resnet20" / "random" / "seed2" / "run.json")
+    assert record["status"] == "failed"
+    assert record["error"].startswith("its DNAT run (resnet20 cell seed 2) failed; ")
+    assert read(out / "repro.json")["random_pairs_with"] == "cell"
+    report = (out / "report.md").read_text()
+    assert "| model | DNAT cell | random (control) |" in report
+    assert "- resnet20 random seed 2: failed — its DNAT run (resnet20 cell seed 2) failed" in report
+
+    calls.clear()
+    monkeypatch.setattr(engine, "transform", _fake_transform(set(), calls))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert [(c.method, c.seed, c.changes) for c in calls] == [("dnat", 2, None), ("random", 2, "")]
+    # seed 1: cell 93 %, random 91 %; seed 2: cell 94 %, random 92 %
+
+
+def test_random_runs_keep_the_dnat_runs_they_copy(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    monkeypatch.setattr(engine, "transform", _fake_transform(set()))
+    args = ["repro", "zoo:resnet20", "--seeds", "1", "--out", str(out), "--methods"]
+    assert CliRunner().invoke(main, [*args, "full,random"]).exit_code == 0
+    result = CliRunner().invoke(main, [*args, "cell,full,random"])
+    assert result.exit_code == 2, result.output
+    assert (
+        f"{out}'s random runs copy the changes of its full runs, but with --methods "
+        "cell,full,random they would copy its cell runs" in " ".join(result.output.split())
+    )
+
+
+def test_with_several_gpus_a_random_run_waits_for_its_dnat_run_only(tmp_path, monkeypatch):
+    """Two pretend GPUs; cell seed 1 is slow and cell seed 2 fails: the second GPU trains cell
+    seed 2 meanwhile, and random seed 2 fails at once, without a subprocess."""
+    from fxdnat import repro
+    from fxdnat.repro import RunResult, run_config
+
+    events, lock = [], threading.Lock()
+
+    def child(config, job, gpu, children):
+        name = f"{job.method}{job.seed}"
+        with lock:
+            events.append(f"start {name}")
+        if job.method == "random":
+            run_config(config, job)  # its DNAT run's summary is there
+        time.sleep(0.5 if name == "cell1" else 0.0)
+        status = "failed" if name == "cell2" else "done"
+        folder = job.folder(config.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "run.json").write_text(json.dumps({"status": status}))
+        if status == "done":
+            (folder / "summary.json").write_text(json.dumps({"changed": {}, "test_acc": 0.5}))
+        with lock:
+            events.append(f"end {name}")
+        return RunResult(job, status)
+
+    monkeypatch.setattr(repro, "_gpus", lambda device: ["0", "1"])
+    monkeypatch.setattr(repro, "_run_child", child)
+    results = run_study(study(tmp_path / "study", methods=["cell", "random"]))
+    assert [(r.job.method, r.job.seed, r.status) for r in results] == [
+        ("cell", 1, "done"),
+        ("random", 1, "done"),
+        ("cell", 2, "failed"),
+        ("random", 2, "failed"),
+    ]
+    assert events.index("start cell2") < events.index("end cell1") < events.index("start random1")
+    assert "start random2" not in events
+    record = read(tmp_path / "study" / "resnet20" / "random" / "seed2" / "run.json")
+    assert record["error"].startswith("its DNAT run (resnet20 cell seed 2) failed; ")
