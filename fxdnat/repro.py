@@ -62,6 +62,11 @@ MANIFEST, RUN_RECORD, RUN_LOG = "repro.json", "run.json", "log.txt"
 # `fxdnat repro --report` aggregates without importing torch
 CHECKPOINT, METRICS, SUMMARY = "checkpoint.pt", "metrics.jsonl", "summary.json"
 REPORT = "report.md"
+MISSING = "—"  # a report's cell for what no run says (yet)
+# issue 15: θ_same starts at 1 and θ_identity, θ_none at 0, so an edge changes once θ has moved
+# by about 1; lr·√T (the θ steps' noise) above 0.3 made the seeds' decisions mostly noise; a
+# margin under 0.1 is a decision θ barely preferred
+REACH_NEEDED, NOISE_LIMIT, UNSURE = 1.0, 0.3, 0.1
 # ReproConfig fields that say where and how a study runs, not what it computes: a rerun may
 # change them freely; every other field must match the study already in the folder
 _WHERE = ("specs", "out", "seeds", "methods", "data_dir", "download", "device", "workers", "shard")
@@ -905,6 +910,12 @@ class RunRow:
     params: tuple[int | None, int | None] = (None, None)  # before, after
     flops: tuple[int | None, int | None] = (None, None)
     error: str | None = None
+    # how sure DNAT was; None where the summary does not say (older fxdnat, original runs)
+    tie: str | None = None  # a DNAT or random run's θ tie
+    margins: dict[str, float] | None = None  # per edge: θ's largest allowed entry − the second
+    flipped: list[str] | None = None  # edges whose decision changed in the last arch. epochs
+    finalize: dict[str, Any] | None = None  # accuracy (0..1) before and after finalize
+    reach: dict[str, Any] | None = None  # θ's steps and lr, lr·T, lr·√T
 
 
 @dataclass
@@ -960,13 +971,18 @@ def _row(folder: Path, seed: int, default_data: str) -> RunRow | None:
     row.changed = summary.get("changed", {})
     row.params = (summary.get("params_before"), summary.get("params_after"))
     row.flops = (summary.get("flops_before"), summary.get("flops_after"))
+    row.tie = summary.get("tie")
+    row.margins, row.flipped = summary.get("margins"), summary.get("flipped")
+    row.finalize, row.reach = summary.get("finalize"), summary.get("reach")
     return row
 
 
 def aggregate(out: str | Path) -> Report:
-    """Write the study's tables into OUT: report.md (Table 1 in the paper's layout, Table 2
-    per seed, edge choices and seed agreement, failures), one CSV per table and data set, and
-    a plot per data set. Returns them; safe to call while the study still runs."""
+    """Write the study's tables into OUT: report.md (Table 1 in the paper's layout with DNAT
+    against the random control, Table 2 per seed, Table 3 the networks' size, edge choices with
+    seed agreement and how sure DNAT was, when DNAT will change the network, failures), one CSV
+    per table and data set, and a plot per data set. Returns them; safe to call while the study
+    still runs."""
     out = Path(out)
     if not out.is_dir():
         raise FileNotFoundError(
@@ -1018,13 +1034,20 @@ def _data_section(
     parts = [f"## {data}"]
     for name, (lines, table) in (
         ("table1", _table1(groups, models, methods)),
+        ("random", _versus_random(groups, models, methods)),
         ("table2", _table2(groups, models, methods)),
+        ("table3", _table3(groups, models, methods)),
         ("choices", _choices(groups, models, methods)),
     ):
+        if not lines:  # a study without random runs has no pairs
+            continue
         path = out / f"{name}-{stem}.csv"
         _write_csv(path, table)
         files.append(path)
         parts.append(lines)
+    reach = _reach(rows)
+    if reach:
+        parts.append(reach)
     plot = out / f"accuracy-{stem}.png"
     _plot(groups, models, methods, data, plot)
     files.append(plot)
@@ -1053,9 +1076,9 @@ def _cell(s: dict[str, Any], seeds: int) -> str:
     """ "mean / std / hours device", with notes on missing seeds."""
     notes = [f"n={s['seeds']}"] if 0 < s["seeds"] < seeds else []
     notes += [f"{s[k]} {k}" for k in ("failed", "incomplete") if s[k]]
-    text = "–"
+    text = MISSING
     if s["mean_acc"] is not None:
-        std = f"{s['std_acc']:.2f}" if s["std_acc"] is not None else "–"
+        std = f"{s['std_acc']:.2f}" if s["std_acc"] is not None else MISSING
         text = f"{s['mean_acc']:.2f} / {std} / {_hours(s['device_hours'])} {s['devices']}"
     return f"{text.rstrip()} ({', '.join(notes)})" if notes else text.rstrip()
 
@@ -1105,7 +1128,7 @@ def _table2(groups: dict, models: Sequence[str], methods: Sequence[str]) -> tupl
 
 def _seed_cell(row: RunRow | None) -> str:
     if row is None:
-        return "–"
+        return MISSING
     return (
         f"{row.test_acc:.2f}" if row.status == "done" and row.test_acc is not None else row.status
     )
@@ -1132,8 +1155,103 @@ def _csv_run(r: RunRow) -> dict[str, Any]:
     }
 
 
+def _versus_random(
+    groups: dict, models: Sequence[str], methods: Sequence[str]
+) -> tuple[str, list[dict]]:
+    """Each random run against the DNAT run whose number of changes it copied (same model and
+    seed): the accuracy DNAT's choice of edges is worth over a random choice of as many."""
+    if "random" not in methods:
+        return "", []
+    table = [pair for model in models for pair in _pairs(groups, model, methods)]
+    lines = [
+        "**DNAT vs random at equal changes** (a random run makes as many identity and none "
+        "changes as the DNAT run of its seed, placed at random; accuracy difference in points, "
+        "paired by seed):",
+        "",
+    ]
+    for model in (m for m in models if groups[m, "random"]):
+        pairs = [p for p in table if p["model"] == model]
+        fair = [p for p in pairs if p["equal_changes"]]
+        if not fair:
+            lines.append(f"- {model}: no seed has both a DNAT and a random result yet")
+            continue
+        differences = [p["difference"] for p in fair]
+        wins = sum(d > 0 for d in differences)
+        lines.append(
+            f"- {model}, {METHOD_LABELS[fair[0]['dnat_method']]} − random: "
+            f"{statistics.fmean(differences):+.2f} points on average over {len(fair)} "
+            f"seed{'s' if len(fair) != 1 else ''}; DNAT better on {wins} of {len(fair)}"
+        )
+        if len(fair) < len(pairs):
+            lines[-1] += (
+                f" ({len(pairs) - len(fair)} left out: the random run's changes differ from its "
+                "DNAT run's, which was redone after it; delete the random run to redo it)"
+            )
+    return "\n".join(lines), table
+
+
+def _pairs(groups: dict, model: str, methods: Sequence[str]) -> list[dict[str, Any]]:
+    def finished(runs: Sequence[RunRow]) -> dict[int, RunRow]:
+        return {r.seed: r for r in runs if r.status == "done" and r.test_acc is not None}
+
+    pairs = []
+    for seed, control in sorted(finished(groups[model, "random"]).items()):
+        source = control.tie if control.tie in DNAT_METHODS else random_source(methods)
+        dnat = finished(groups.get((model, source), [])).get(seed)
+        if dnat is None:
+            continue
+        counts = [{k: r.decisions.get(k, 0) for k in (IDENTITY, NONE)} for r in (dnat, control)]
+        pairs.append(
+            {
+                "model": model,
+                "dnat_method": source,
+                "seed": seed,
+                "dnat_acc": dnat.test_acc,
+                "random_acc": control.test_acc,
+                "difference": dnat.test_acc - control.test_acc,
+                IDENTITY: counts[0][IDENTITY],
+                NONE: counts[0][NONE],
+                "equal_changes": counts[0] == counts[1],
+            }
+        )
+    return pairs
+
+
+def _table3(groups: dict, models: Sequence[str], methods: Sequence[str]) -> tuple[str, list[dict]]:
+    """Parameters and FLOPs of each method's trained network, % of the original's."""
+    lines = [
+        "### Table 3: the trained network's size, % of the original: parameters / FLOPs (mean "
+        "over seeds of after ÷ before)",
+        "",
+        _md_row(["model", *(METHOD_LABELS[m] for m in methods)]),
+        _md_row(["---"] * (len(methods) + 1)),
+    ]
+    table = []
+    for model in models:
+        cells = []
+        for method in methods:
+            done = [r for r in groups[model, method] if r.status == "done"]
+            row = {"model": model, "method": method, "seeds": len(done)}
+            for what in ("params", "flops"):
+                sizes = [getattr(r, what) for r in done]
+                row[f"{what}_before"] = _mean([b for b, _ in sizes])
+                row[f"{what}_after"] = _mean([a for _, a in sizes])
+                row[f"{what}_pct"] = _mean([100 * a / b for b, a in sizes if a is not None and b])
+            table.append(row)
+            cells.append(f"{_num(row['params_pct'], 1)} / {_num(row['flops_pct'], 1)}")
+        lines.append(_md_row([model, *cells]))
+    return "\n".join(lines), table
+
+
 def _choices(groups: dict, models: Sequence[str], methods: Sequence[str]) -> tuple[str, list[dict]]:
-    """Per DNAT method: mean edge counts per choice, and how alike the seeds decided."""
+    """Per DNAT method, and the random control (the agreement chance gives): mean edge counts
+    per choice, how alike the seeds decided, and how sure θ was of its decisions."""
+    table = [
+        _choice_row(model, method, done)
+        for model, method in itertools.product(models, methods)
+        if method != "original"  # the original has no edges to choose
+        and (done := [r for r in groups[model, method] if r.status == "done"])
+    ]
     lines = [
         "### Edge choices: mean edges per choice over seeds; seed agreement (mean over edges of "
         "the fraction of seed pairs choosing alike) and edges on which all seeds agree",
@@ -1141,22 +1259,51 @@ def _choices(groups: dict, models: Sequence[str], methods: Sequence[str]) -> tup
         _md_row(["model", "method", "edges", *CHOICES, "seed agreement", "unanimous edges"]),
         _md_row(["---"] * (len(CHOICES) + 5)),
     ]
-    table = []
-    for model, method in itertools.product(models, methods):
-        done = [r for r in groups[model, method] if r.status == "done"]
-        if method == "original" or not done:  # the original has no edges to choose
-            continue
-        row = _choice_row(model, method, done)
-        table.append(row)
+    for row in table:
         counts = (f"{row[c]:.1f}" for c in CHOICES)
         cells = [str(row["edges"]), *counts, _percent(row["agreement"]), _percent(row["unanimous"])]
-        lines.append(_md_row([model, METHOD_LABELS[method], *cells]))
+        lines.append(_md_row([row["model"], METHOD_LABELS[row["method"]], *cells]))
+    lines += [
+        "",
+        "### How sure DNAT was: θ's margin at decide (its largest allowed entry minus the second; "
+        f"median and min over edges and seeds), unsure edges (margin < {UNSURE}) and edges whose "
+        "decision flipped in the last architecture epochs (mean per seed), and the accuracy "
+        "finalize lost (gated network before − finalized after, points: mean / max over seeds)",
+        "",
+        _md_row(_SURE_COLUMNS),
+        _md_row(["---"] * len(_SURE_COLUMNS)),
+    ]
+    for row in table:
+        cells = [
+            _num(row["margin_median"], 3),
+            _num(row["margin_min"], 3),
+            _num(row["unsure"], 1),
+            _num(row["flipped"], 1),
+            _gap(row["finalize_gap_mean"], row["finalize_gap_max"]),
+            _gap(row["finalize_gap_bn_mean"], row["finalize_gap_bn_max"]),
+        ]
+        lines.append(_md_row([row["model"], METHOD_LABELS[row["method"]], *cells]))
     return "\n".join(lines), table
+
+
+_SURE_COLUMNS = (
+    "model",
+    "method",
+    "median margin",
+    "min margin",
+    "unsure edges",
+    "flipped edges",
+    "finalize gap",
+    "after BN re-estimation",
+)
 
 
 def _choice_row(model: str, method: str, done: Sequence[RunRow]) -> dict[str, Any]:
     edges = max(r.edges for r in done)
     agreed = agreement([r.changed for r in done], edges=edges)  # None under two seeds
+    margins = [m for r in done for m in (r.margins or {}).values()]
+    unsure = [sum(m < UNSURE for m in r.margins.values()) for r in done if r.margins]
+    gaps = {key: _finalize_gaps(done, key) for key in ("acc_after", "acc_after_bn")}
     return {
         "model": model,
         "method": method,
@@ -1165,7 +1312,83 @@ def _choice_row(model: str, method: str, done: Sequence[RunRow]) -> dict[str, An
         **{c: statistics.fmean(r.decisions.get(c, 0) for r in done) for c in CHOICES},
         "agreement": agreed.pairwise if agreed else None,
         "unanimous": agreed.unanimous if agreed else None,
+        "margin_median": statistics.median(margins) if margins else None,
+        "margin_min": min(margins, default=None),
+        "unsure": _mean(unsure),
+        "flipped": _mean([len(r.flipped) for r in done if r.flipped is not None]),
+        "finalize_gap_mean": _mean(gaps["acc_after"]),
+        "finalize_gap_max": max(gaps["acc_after"], default=None),
+        "finalize_gap_bn_mean": _mean(gaps["acc_after_bn"]),
+        "finalize_gap_bn_max": max(gaps["acc_after_bn"], default=None),
     }
+
+
+def _finalize_gaps(done: Sequence[RunRow], after: str) -> list[float]:
+    """Per run, the accuracy points finalize lost: the gated network's before, ``after``'s."""
+    gaps = []
+    for r in done:
+        before, then = (r.finalize or {}).get("acc_before"), (r.finalize or {}).get(after)
+        if before is not None and then is not None:
+            gaps.append(100 * (before - then))
+    return gaps
+
+
+def _reach(rows: Sequence[RunRow]) -> str:
+    """When will DNAT change the network: θ's reach lr·T and noise lr·√T, median over the
+    DNAT runs, and the regime they put the study in."""
+    done = [r.reach for r in rows if r.method in DNAT_METHODS and r.status == "done"]
+    reach = [x for x in done if x and x.get("lr_T") is not None and x.get("lr_sqrt_T") is not None]
+    if not reach:
+        return ""
+    median = {
+        key: statistics.median(values) if (values := [x[key] for x in reach if key in x]) else None
+        for key in ("theta_steps", "theta_lr", "lr_T", "lr_sqrt_T", "warmup_steps")
+    }
+    travel, noise = median["lr_T"], median["lr_sqrt_T"]
+    low, high = min(x["lr_T"] for x in reach), max(x["lr_T"] for x in reach)
+    spread = f" (runs: {low:.2f} to {high:.2f})" if f"{low:.2f}" != f"{high:.2f}" else ""
+    return "\n".join(
+        [
+            "### When will DNAT change the network?",
+            "",
+            "Adam moves θ by about its learning rate per step, so in T steps an edge's θ can "
+            f"travel about lr·T; a change needs about {REACH_NEEDED:g} (θ_same starts at 1, "
+            "θ_identity and θ_none at 0). The steps' noise adds up like a random walk, to about "
+            f"lr·√T: above ~{NOISE_LIMIT:g} the seeds' decisions are mostly noise. This study's "
+            f"DNAT runs (median of {len(reach)}): T = {_num(median['theta_steps'], 0)} θ steps "
+            f"(after {_num(median['warmup_steps'], 0)} ω-only warm-up steps), θ lr = "
+            f"{_num(median['theta_lr'], 3, 'g')}: lr·T = {travel:.2f}{spread}, lr·√T = "
+            f"{noise:.3f}.",
+            "",
+            _regime(travel, noise),
+        ]
+    )
+
+
+def _regime(travel: float, noise: float) -> str:
+    """Which regime a study's median lr·T and lr·√T put it in, and what to change."""
+    steps = "more architecture epochs (--arch-epochs) or a smaller --batch-size"
+    steps_first = (
+        f"aise θ's steps ({steps}) before raising θ's lr: steps grow the reach faster than the "
+        "noise (lr·T ÷ lr·√T = √T), a larger lr grows both alike."
+    )
+    if travel < REACH_NEEDED:
+        noisy = ", and what it changes is mostly noise" if noise > NOISE_LIMIT else ""
+        return (
+            f"**Out of reach**: θ cannot travel the {REACH_NEEDED:g} a change needs, so DNAT "
+            f"keeps almost every edge as it is{noisy}. R{steps_first}"
+        )
+    if noise > NOISE_LIMIT:
+        return (
+            "**Noise**: θ can travel far enough, but the seeds' decisions are mostly noise. "
+            f"Give θ more steps ({steps}) at a smaller lr: lr·T stays above "
+            f"{REACH_NEEDED:g} while lr·√T falls."
+        )
+    return (
+        "**In reach**: θ can travel far enough and the noise stays small, so the seeds' "
+        "decisions are mostly signal (the margins and seed agreement above say how sure). "
+        f"Should DNAT change too little, r{steps_first}"
+    )
 
 
 def _failures(rows: Sequence[RunRow]) -> str:
@@ -1211,6 +1434,23 @@ def _plot(
     fig.savefig(path, dpi=120)
 
 
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _num(value: float | None, digits: int, kind: str = "f") -> str:
+    if value is None:
+        return MISSING
+    if kind == "f":  # no "-0.00" for a difference that rounds to nothing
+        value = round(value, digits) + 0.0
+    return f"{value:.{digits}{kind}}"
+
+
+def _gap(mean: float | None, most: float | None) -> str:
+    return MISSING if mean is None else f"{_num(mean, 2)} / {_num(most, 2)}"
+
+
 def _md_row(cells: Iterable[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -1229,7 +1469,7 @@ def _hours(hours: float) -> str:
 
 
 def _percent(fraction: float | None) -> str:
-    return "–" if fraction is None else f"{100 * fraction:.1f} %"
+    return MISSING if fraction is None else f"{100 * fraction:.1f} %"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,211 @@
+"""The report of a study, on hand-written summaries: the random column and its pairing by seed,
+how sure DNAT was (margins, flips, finalize gap), the networks' size, θ's reach, and summaries
+written before any of these existed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from fxdnat.repro import MISSING, aggregate
+
+REACH = {"theta_steps": 400, "theta_lr": 0.005, "lr_T": 2.0, "lr_sqrt_T": 0.1, "warmup_steps": 40}
+MARGINS = {  # per seed of the cell runs
+    1: {"a": 0.5, "b": 0.05, "c": 0.8, "d": 1.2},
+    2: {"a": 0.3, "b": 0.02, "c": 0.09, "d": 0.6},
+    3: {"a": 0.4, "b": 0.2, "c": 0.7, "d": 0.9},
+}
+FINALIZE = {  # accuracy before finalize, after it, after BN re-estimation
+    1: {"scale": "keep", "acc_before": 0.94, "acc_after": 0.93, "acc_after_bn": 0.935},
+    2: {"scale": "keep", "acc_before": 0.93, "acc_after": 0.90, "acc_after_bn": None},
+    3: {"scale": "one", "acc_before": 0.95, "acc_after": 0.95, "acc_after_bn": 0.955},
+}
+
+
+def run(out: Path, where: str, seed: int, **summary) -> None:
+    """A run's summary in OUT/<where>/seed<k>, ``where`` being "<model>/<method>"."""
+    folder = out / where / f"seed{seed}"
+    folder.mkdir(parents=True)
+    summary = {"data": "digits", "device": "cpu", "seconds": 36.0, **summary}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def choice(changed: dict[str, str], edges: int = 4) -> dict:
+    kinds = list(changed.values())
+    decisions = {c: kinds.count(c) for c in ("none", "identity")}
+    return {
+        "edges": edges,
+        "changed": changed,
+        "decisions": {"same": edges - len(kinds), **decisions},
+    }
+
+
+@pytest.fixture
+def study(tmp_path) -> Path:
+    """resnet20 × (original, cell, random) × seeds 1-3, and an "old" model whose cell runs
+    predate margins, flips, finalize and reach."""
+    out = tmp_path / "study"
+    cell_changes = {
+        1: {"a": "none", "b": "identity"},
+        2: {"a": "none"},
+        3: {"a": "none", "b": "identity"},
+    }
+    # the random seed-3 run copied other changes: its DNAT run was redone after it
+    random_changes = {
+        1: {"c": "none", "d": "identity"},
+        2: {"d": "none"},
+        3: {"c": "none", "d": "none"},
+    }
+    for seed, acc in zip((1, 2, 3), (0.90, 0.91, 0.92), strict=True):
+        sizes = dict(params_before=1000, params_after=1000, flops_before=2000, flops_after=2000)
+        run(out, "resnet20/original", seed, method="original", test_acc=acc, **sizes)
+    for seed, acc, params, flops in (
+        (1, 0.93, 800, 1500),
+        (2, 0.92, 900, 1600),
+        (3, 0.95, 700, 1400),
+    ):
+        sizes = dict(params_before=1000, params_after=params, flops_before=2000, flops_after=flops)
+        run(
+            out,
+            "resnet20/cell",
+            seed,
+            method="dnat",
+            tie="cell",
+            test_acc=acc,
+            margins=MARGINS[seed],
+            flipped=["b"] * (seed % 2),
+            finalize=FINALIZE[seed],
+            reach=REACH,
+            **choice(cell_changes[seed]),
+            **sizes,
+        )
+    for seed, acc in ((1, 0.92), (2, 0.925), (3, 0.90)):
+        run(
+            out,
+            "resnet20/random",
+            seed,
+            method="random",
+            tie="cell",
+            test_acc=acc,
+            margins={},
+            **choice(random_changes[seed]),
+        )
+    for seed in (1, 2):
+        run(out, "old/cell", seed, method="dnat", test_acc=0.8, **choice({"a": "none"}))
+    return out
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def number(text: str) -> float | None:
+    return float(text) if text else None
+
+
+def test_table_1_has_the_random_column_and_dnat_is_paired_with_it_by_seed(study):
+    report = aggregate(study).markdown
+    assert "| model | original | DNAT cell | random (control) |" in report
+    # seed 1: 93 − 92 = +1; seed 2: 92 − 92.5 = −0.5; seed 3 left out (its changes differ)
+    assert (
+        "- resnet20, DNAT cell − random: +0.25 points on average over 2 seeds; DNAT better on 1 "
+        "of 2 (1 left out: the random run's changes differ from its DNAT run's" in report
+    )
+    assert "- old" not in report  # no random runs
+    # printed with Table 1, before Table 2
+    assert report.index("DNAT vs random at equal changes") < report.index("### Table 2")
+    pairs = read_csv(study / "random-digits.csv")
+    assert [(p["seed"], p["equal_changes"]) for p in pairs] == [
+        ("1", "True"),
+        ("2", "True"),
+        ("3", "False"),
+    ]
+    assert [number(p["difference"]) for p in pairs] == pytest.approx([1.0, -0.5, 5.0])
+    assert (pairs[0]["identity"], pairs[0]["none"], pairs[0]["dnat_method"]) == ("1", "1", "cell")
+
+
+def test_how_sure_dnat_was_summarises_margins_flips_and_the_finalize_gap(study):
+    aggregate(study)
+    rows = {(r["model"], r["method"]): r for r in read_csv(study / "choices-digits.csv")}
+    cell = rows["resnet20", "cell"]
+    margins = [m for seed in MARGINS.values() for m in seed.values()]
+    assert number(cell["margin_median"]) == pytest.approx(statistics.median(margins))
+    assert number(cell["margin_min"]) == pytest.approx(0.02)
+    assert number(cell["unsure"]) == pytest.approx((1 + 2 + 0) / 3)  # margins under 0.1
+    assert number(cell["flipped"]) == pytest.approx((1 + 0 + 1) / 3)
+    assert number(cell["finalize_gap_mean"]) == pytest.approx((1 + 3 + 0) / 3)
+    assert number(cell["finalize_gap_max"]) == pytest.approx(3)
+    assert number(cell["finalize_gap_bn_mean"]) == pytest.approx((0.5 - 0.5) / 2)
+    assert number(cell["finalize_gap_bn_max"]) == pytest.approx(0.5)
+    assert (number(cell["identity"]), number(cell["none"])) == pytest.approx((2 / 3, 1))
+    # the control: as many changes, its own agreement; no margins, flips or finalize to show
+    control = rows["resnet20", "random"]
+    assert (number(control["none"]), number(control["identity"])) == pytest.approx((4 / 3, 1 / 3))
+    assert all(
+        control[k] == "" for k in ("margin_median", "unsure", "flipped", "finalize_gap_mean")
+    )
+
+
+def test_summaries_without_the_new_fields_show_a_dash(study):
+    report = aggregate(study).markdown
+    dashes = " | ".join([MISSING] * 6)
+    assert f"| old | DNAT cell | {dashes} |" in report
+    assert f"| resnet20 | random (control) | {dashes} |" in report
+    assert (
+        "| resnet20 | DNAT cell | 0.450 | 0.020 | 1.0 | 0.7 | 1.33 / 3.00 | 0.00 / 0.50 |" in report
+    )
+    assert "| old | — | 80.00 / 0.00 / 0.020 cpu (n=2) | — |" in report  # Table 1 as before
+    assert f"| old | {MISSING} / {MISSING} | " in report  # Table 3: no sizes
+
+
+def test_table_3_gives_each_methods_size_against_the_original(study):
+    report = aggregate(study).markdown
+    assert "| resnet20 | 100.0 / 100.0 | 80.0 / 75.0 | " in report
+    rows = {(r["model"], r["method"]): r for r in read_csv(study / "table3-digits.csv")}
+    assert number(rows["resnet20", "cell"]["params_pct"]) == pytest.approx(80)
+    assert number(rows["resnet20", "cell"]["flops_after"]) == pytest.approx(1500)
+    assert number(rows["resnet20", "original"]["flops_pct"]) == pytest.approx(100)
+
+
+def test_the_report_says_when_dnat_will_change_the_network(study):
+    report = aggregate(study).markdown
+    section = report[report.index("### When will DNAT change the network?") :]
+    assert (
+        "This study's DNAT runs (median of 3): T = 400 θ steps (after 40 ω-only warm-up steps), "
+        "θ lr = 0.005: lr·T = 2.00, lr·√T = 0.100." in section
+    )
+    assert "**In reach**" in section
+
+
+@pytest.mark.parametrize(
+    ("travel", "noise", "regime", "advice"),
+    [
+        (0.5, 0.05, "**Out of reach**", "Raise θ's steps (more architecture epochs (--arch"),
+        (0.9, 0.35, "what it changes is mostly noise", "Raise θ's steps"),
+        (5.0, 0.5, "**Noise**", "Give θ more steps (more architecture epochs (--arch-epochs)"),
+        (47.0, 0.12, "**In reach**", "Should DNAT change too little, raise θ's steps (more"),
+    ],
+)
+def test_the_regime_follows_reach_and_noise(travel, noise, regime, advice):
+    from fxdnat.repro import _regime
+
+    text = _regime(travel, noise)
+    assert regime in text and advice in text
+
+
+def test_a_study_without_random_or_reach_has_neither_section(study):
+    for folder in study.glob("resnet20/*"):
+        if folder.name != "original":
+            for path in folder.glob("*/summary.json"):
+                path.unlink()
+            for path in folder.glob("*"):
+                path.rmdir()
+            folder.rmdir()
+    report = aggregate(study)
+    assert "DNAT vs random" not in report.markdown and "When will DNAT" not in report.markdown
+    assert not (study / "random-digits.csv").exists()
