@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -24,10 +25,12 @@ log = logging.getLogger(__name__)
 _PREFERENCE = (SAME, "identity", NONE)
 
 
-def decide(gated: fx.GraphModule) -> dict[str, str]:
-    """``{edge name: choice}``: the argmax of each edge's θ row over its allowed choices."""
+def decide(gated: fx.GraphModule, theta: torch.Tensor | None = None) -> dict[str, str]:
+    """``{edge name: choice}``: the argmax of each edge's θ row over its allowed choices.
+
+    ``theta`` (groups × 3, e.g. an epoch of a run's θ history) replaces the module's own θ."""
     arch = _architecture(gated)
-    theta = arch.theta.detach().float().cpu()
+    theta = (arch.theta if theta is None else theta).detach().float().cpu()
     decisions = {
         edge.name: _best(theta[arch.group_of[edge.name]], edge.choices) for edge in arch.edges
     }
@@ -42,6 +45,54 @@ def decide(gated: fx.GraphModule) -> dict[str, str]:
                 decisions[keep.name],
             )
     return decisions
+
+
+def margins(gated: fx.GraphModule, theta: torch.Tensor | None = None) -> dict[str, float]:
+    """``{edge name: margin}``: how sure each decision is, the largest allowed θ entry of the
+    edge's row minus the second largest (θ units; 0 is a tie, an edge that needed to travel
+    about 1 to change and did has a margin near its distance past the tie)."""
+    arch = _architecture(gated)
+    theta = (arch.theta if theta is None else theta).detach().float().cpu()
+    found = {}
+    for edge in arch.edges:
+        row = theta[arch.group_of[edge.name]]
+        top = sorted((row[CHOICES.index(c)].item() for c in edge.choices), reverse=True)
+        found[edge.name] = top[0] - top[1] if len(top) > 1 else math.inf
+    return found
+
+
+def random_changes(
+    edges: Sequence[Edge], counts: Mapping[str, int], rng: random.Random
+) -> dict[str, str]:
+    """Exactly ``counts[kind]`` edges take each kind ("identity", "none"), drawn with ``rng``
+    among the edges that allow it, every other edge "same", and no join left dead (draws that
+    would kill one are redrawn): the control that places a DNAT run's changes at random.
+
+    Raises ValueError when there are not enough edges that allow a kind."""
+    for kind, wanted in counts.items():
+        able = sum(kind in e.choices for e in edges)
+        if wanted > able:
+            raise ValueError(
+                f"{wanted} edges should become {kind!r} but only {able} of the {len(edges)} "
+                "edges can"
+            )
+    for _ in range(1000):
+        decisions = {edge.name: SAME for edge in edges}
+        for kind in rng.sample(sorted(counts), len(counts)):  # neither kind gets first pick
+            free = [e.name for e in edges if kind in e.choices and decisions[e.name] == SAME]
+            if counts[kind] > len(free):
+                break
+            for name in rng.sample(free, counts[kind]):
+                decisions[name] = kind
+        else:
+            try:
+                return check_decisions(edges, decisions)
+            except ValueError:  # a join left dead
+                pass
+    raise ValueError(
+        f"could not place {dict(counts)} on distinct edges without removing every operand of "
+        "a join"
+    )
 
 
 def check_decisions(

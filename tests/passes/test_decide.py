@@ -95,3 +95,39 @@ def test_random_decisions_are_valid_reproducible_and_reach_every_choice():
         passes.check_decisions(edges, decisions)  # never a dead join
     assert {d[":0"] for d in drawn} == {"none", "same"}
     assert passes.random_decisions(edges, random.Random(7)) == drawn[7]
+
+
+def test_margins_are_the_gap_between_the_two_best_allowed_entries():
+    gated = gated_of("downsample")  # ":0" allows none and same only
+    set_theta(gated, [[0.2, 5.0, 0.1], [0.0, 0.0, 1.3]])
+    margins = passes.margins(gated)
+    assert margins[":0"] == pytest.approx(0.1)  # identity's 5.0 is not allowed
+    assert margins[":1"] == pytest.approx(1.3)
+    history = torch.tensor([[0.0, 0.0, 1.0], [0.9, 0.0, 0.2]])
+    assert passes.margins(gated, history)[":1"] == pytest.approx(0.7)
+    assert passes.decide(gated, history) == {":0": "same", ":1": "none"}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_changes_place_exactly_the_counts_and_never_kill_a_join(seed):
+    import random
+
+    gated = gated_of("chain")  # three operands of one join, each allows none and identity
+    edges = gated.arch.edges
+    counts = {"none": 2, "identity": 1}
+    decisions = passes.random_changes(edges, counts, random.Random(seed))
+    assert sorted(decisions.values()) == ["identity", "none", "none"]
+    passes.check_decisions(edges, decisions)  # no dead join
+    again = passes.random_changes(edges, counts, random.Random(seed))
+    assert again == decisions  # a function of the seed
+
+
+def test_random_changes_refuse_more_changes_than_edges_allow():
+    import random
+
+    gated = gated_of("downsample")  # no edge allows identity
+    with pytest.raises(ValueError, match="1 edges should become 'identity' but only 0"):
+        passes.random_changes(gated.arch.edges, {"identity": 1}, random.Random(0))
+    with pytest.raises(ValueError, match="without removing every operand"):
+        chain = gated_of("chain").arch.edges
+        passes.random_changes(chain, {"none": 3}, random.Random(0))

@@ -1,0 +1,75 @@
+"""θ's reach: how far the architecture stage can move θ, and whether noise will decide instead.
+
+θ starts at (none, identity, same) = (0, 0, 1), so an edge changes only when an entry of its row
+overtakes θ_same by travelling about 1. Adam moves each entry by at most about its learning rate
+per step, so over T θ steps an entry travels at most about **lr·T** (the reach); where the
+gradient's sign is noise, the steps add up like a random walk, about **lr·√T**. The paper's
+protocol on CIFAR-10 (Kim & Lee 2020 §4: 300 epochs of 50,000 / 96 steps at lr 3e-4) has
+lr·T ≈ 47 and lr·√T ≈ 0.12: far reach, little noise. A recipe states its reach
+(``Recipe.theta_reach``) and the engine sets θ's lr to reach / T for the data set at hand, so
+more θ steps (more epochs, smaller batches) lower the noise at the same reach.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+NEEDED = 1.0
+"""How far an entry must travel for an edge to change: θ_same − θ_identity at the start."""
+NOISY = 0.3
+"""lr·√T above which seeds' decisions are largely noise: fxdnat's ResNet20 runs at lr·√T 1.7
+(θ lr 0.15, 132 steps) agreed on 72 % of edges; see docs/reproducibility.md."""
+
+UNSURE = 0.1
+"""A decision whose θ margin (its top two entries' gap) is under this is reported as unsure."""
+
+
+@dataclass(frozen=True)
+class Reach:
+    """The θ schedule of a run's architecture stage."""
+
+    theta_steps: int  # T: θ updates in the stage (after the ω warm-up)
+    warmup_steps: int  # ω-only steps before them
+    theta_lr: float
+
+    @property
+    def lr_T(self) -> float:
+        return self.theta_lr * self.theta_steps
+
+    @property
+    def lr_sqrt_T(self) -> float:
+        return self.theta_lr * math.sqrt(self.theta_steps)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {**asdict(self), "lr_T": self.lr_T, "lr_sqrt_T": self.lr_sqrt_T}
+
+    def warnings(self) -> list[str]:
+        """Plain sentences for a run that cannot change an edge, or whose choices noise makes."""
+        if self.theta_steps == 0:
+            return []
+        found = []
+        if self.lr_T < NEEDED:
+            found.append(
+                f"θ can move at most lr·T = {self.lr_T:.2g} in {self.theta_steps} θ steps and an "
+                f"edge changes only after about {NEEDED:g}: you will get the original network. "
+                "Give θ more steps (--arch-epochs, a smaller --batch-size) or more reach "
+                "(--theta-reach)"
+            )
+        if self.lr_sqrt_T > NOISY:
+            found.append(
+                f"θ's noise scale lr·√T = {self.lr_sqrt_T:.2g} is above {NOISY:g}: the choices "
+                "will differ between seeds. Give θ more steps (--arch-epochs, a smaller "
+                "--batch-size) at the same reach, rather than a larger θ learning rate"
+            )
+        return found
+
+
+def plan(
+    steps_per_epoch: int, arch_epochs: int, warmup_epochs: int, theta_lr: float, reach: float | None
+) -> Reach:
+    """The stage's θ schedule; with ``reach`` set, θ's lr is reach / T."""
+    theta_steps = max(arch_epochs - warmup_epochs, 0) * steps_per_epoch
+    if reach is not None and theta_steps:
+        theta_lr = reach / theta_steps
+    return Reach(theta_steps, warmup_epochs * steps_per_epoch, theta_lr)
