@@ -276,7 +276,7 @@ _TRAINING_OPTIONS = (
         "--data",
         default="digits",
         show_default=True,
-        help="digits (offline), cifar10, tinyimagenet or imagefolder:PATH.",
+        help="digits or digits-hard (offline), cifar10, tinyimagenet or imagefolder:PATH.",
     ),
     click.option(
         "--data-dir",
@@ -305,9 +305,27 @@ _TRAINING_OPTIONS = (
         default=None,
         help="Epochs of the architecture stage (ω and θ) within --epochs.",
     ),
+    click.option(
+        "--warmup-epochs",
+        type=click.IntRange(min=0),
+        default=None,
+        help="ω-only epochs at the start of the architecture stage, before θ trains.",
+    ),
     click.option("--batch-size", type=click.IntRange(min=1), default=None),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="ω's lr."),
-    click.option("--theta-lr", type=click.FloatRange(min=0, min_open=True), default=None),
+    click.option(
+        "--theta-reach",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="lr·T, how far θ can travel in its T steps: sets θ's lr to REACH / T (an edge "
+        "changes after about 1).",
+    ),
+    click.option(
+        "--theta-lr",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="θ's lr, as given (instead of the recipe's --theta-reach).",
+    ),
     click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on CUDA)."),
     click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True),
     click.option(
@@ -330,10 +348,17 @@ def _training_options(command: Callable) -> Callable:
 @_training_options
 @click.option(
     "--method",
-    type=click.Choice(["dnat", "original"]),
+    type=click.Choice(["dnat", "original", "random"]),
     default="dnat",
     show_default=True,
-    help="original: train the untouched model with the same recipe.",
+    help="original: train the untouched model with the same recipe; random: the control, "
+    "--changes placed at random edges instead of where θ puts them.",
+)
+@click.option(
+    "--changes",
+    default=None,
+    help="For --method random: how many edges change, e.g. identity=2,none=1 (a DNAT run's "
+    "counts, in its summary.json).",
 )
 @click.option(
     "--tie",
@@ -400,7 +425,7 @@ def _typed(fields: dict[str, str]) -> set[str]:
 
 def _default_out(spec: str, method: str, tie: str, seed: int) -> str:
     name = spec.split(":")[-1].replace("/", "_").replace(".", "_")
-    suffix = method if method == "original" else f"dnat-{tie}"
+    suffix = method if method == "original" else f"{method}-{tie}"
     return f"runs/{name}-{suffix}-s{seed}"
 
 
@@ -541,7 +566,9 @@ def export(checkpoint: str, out: str, trust_code: bool) -> None:
     "--methods",
     default="original,cell,full",
     show_default=True,
-    help="Comma list: original (the untouched model, same recipe), cell, full (DNAT's θ ties).",
+    help="Comma list: original (the untouched model, same recipe), cell, full (DNAT's θ ties), "
+    "random (the control: as many changes as the same seed's cell run, else its full run, placed "
+    "at random).",
 )
 @_training_options
 @click.option(
@@ -561,7 +588,7 @@ def export(checkpoint: str, out: str, trust_code: bool) -> None:
     "--shard",
     default=None,
     help="Run only slice i of n (e.g. 2/4), for job launchers; give every shard the same "
-    "SPECs, --seeds and --methods.",
+    "SPECs, --seeds and --methods. A random run goes in the shard of the DNAT run it copies.",
 )
 @click.option(
     "--report",
@@ -583,8 +610,9 @@ def repro(
     """Train SPECs with every method and seed, resumably, and aggregate the paper's tables.
 
     Finished runs are skipped and cut ones resumed, so rerunning the same command continues a
-    study. Writes OUT/report.md (Table 1: mean / std / device-hours; Table 2: per seed; edge
-    choices and seed agreement), CSVs and a plot.
+    study. Writes OUT/report.md (Table 1: mean / std / device-hours, and DNAT against random at
+    equal changes; Table 2: per seed; Table 3: size against the original; edge choices, seed
+    agreement and how sure DNAT was; when DNAT will change the network), CSVs and a plot.
     """
     from fxdnat import repro as harness
 

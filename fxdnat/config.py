@@ -16,13 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-METHODS = ("dnat", "original")
+METHODS = ("dnat", "original", "random")
 ARCH_UPDATES = ("alternate", "joint")
 
 RUNTIME = ("out", "data_dir", "download", "device", "workers", "compile", "channels_last")
 """Fields a resumed run may change: where and how fast it runs, not what it computes."""
 # compared as the recipe they resolve to: "--epochs 15" agrees with a run whose recipe has 15
-_RECIPE_FIELDS = ("recipe", "epochs", "arch_epochs", "batch_size", "lr", "theta_lr")
+_RECIPE_FIELDS = (
+    "recipe",
+    "epochs",
+    "arch_epochs",
+    "warmup_epochs",
+    "batch_size",
+    "lr",
+    "theta_lr",
+    "theta_reach",
+)
+CHANGE_KINDS = ("identity", "none")
 
 
 @dataclass
@@ -35,15 +45,18 @@ class RunConfig:
     data_dir: str | None = None  # stored absolute
     download: bool = False
     recipe: str | None = None  # default: the zoo model's, else "paper"
-    method: str = "dnat"  # "original" trains the untouched model with the same recipe
+    method: str = "dnat"  # "original": the untouched model; "random": the control (`changes`)
+    changes: str | None = None  # method "random": how many edges change, "identity=2,none=1"
     tie: str = "cell"
     granularity: str = "branch"
     arch_update: str = "alternate"
     epochs: int | None = None
     arch_epochs: int | None = None
+    warmup_epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     theta_lr: float | None = None
+    theta_reach: float | None = None
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
@@ -66,6 +79,10 @@ class RunConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
+        if self.method == "random":
+            self.changes = format_changes(parse_changes(self.changes or ""))
+        elif self.changes:
+            raise ValueError("changes (--changes) are for --method random only")
         # the checkpoint must find the data from any working folder (`fxdnat eval` elsewhere)
         self.data = resolve_name(self.data)
         if self.data_dir is not None:
@@ -87,9 +104,11 @@ def resolve_recipe(c: RunConfig):
         for k, v in (
             ("epochs", c.epochs),
             ("arch_epochs", c.arch_epochs),
+            ("warmup_epochs", c.warmup_epochs),
             ("batch_size", c.batch_size),
             ("lr", c.lr),
             ("theta_lr", c.theta_lr),
+            ("theta_reach", c.theta_reach),
         )
         if v is not None
     }
@@ -97,7 +116,31 @@ def resolve_recipe(c: RunConfig):
         overrides["arch_epochs"] = min(recipe.arch_epochs, overrides["epochs"])
     if c.method == "original":
         overrides["arch_epochs"] = 0
+    if "warmup_epochs" not in overrides:  # a shorter stage keeps at least one θ epoch
+        arch = overrides.get("arch_epochs", recipe.arch_epochs)
+        overrides["warmup_epochs"] = min(recipe.warmup_epochs, max(arch - 1, 0))
+    if c.theta_lr is not None and c.theta_reach is None:  # an explicit lr is taken as it is
+        overrides["theta_reach"] = None
     return dataclasses.replace(recipe, **overrides)
+
+
+def parse_changes(text: str) -> dict[str, int]:
+    """``"identity=2,none=1"`` → ``{"identity": 2, "none": 1}``; ValueError naming the part."""
+    counts: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, sep, number = part.partition("=")
+        if not sep or kind not in CHANGE_KINDS or not number.isdigit():
+            raise ValueError(
+                f"--changes: cannot read {part!r}; expected KIND=COUNT with KIND one of "
+                f"{', '.join(CHANGE_KINDS)}, e.g. identity=2,none=1"
+            )
+        counts[kind] = counts.get(kind, 0) + int(number)
+    return counts
+
+
+def format_changes(counts: dict[str, int]) -> str:
+    """The canonical string of ``counts``: kinds in CHANGE_KINDS order, zeros left out."""
+    return ",".join(f"{k}={counts[k]}" for k in CHANGE_KINDS if counts.get(k))
 
 
 def resumed_config(

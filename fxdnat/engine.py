@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import random
 import signal
 import time
 from collections import Counter
@@ -29,8 +30,10 @@ from torch import fx, nn
 
 from fxdnat import checkpoint as ckpt
 from fxdnat._files import atomic_file, check_writable, remove_temporaries, write_json
-from fxdnat.config import RunConfig, resolve_recipe, resumed_config
+from fxdnat.config import RunConfig, parse_changes, resolve_recipe, resumed_config
 from fxdnat.ir import CHOICES, SAME
+from fxdnat.reach import Reach
+from fxdnat.reach import plan as _plan_reach
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,9 @@ class _State:
     partial: dict[str, float] = field(default_factory=dict)  # running sums of a cut epoch
     rng: dict[str, Any] = field(default_factory=dict)
     elapsed: float = 0.0
+    margins: dict[str, float] | None = None  # θ's top-two gap per edge at decide
+    flipped: list[str] | None = None  # edges whose decision changed in the stage's last epochs
+    finalize: dict[str, Any] | None = None  # scale, test accuracy just before and after
 
 
 class Reporter:
@@ -170,12 +176,12 @@ class Trainer:
         from fxdnat.specs import build_model
 
         c = self.config
-        self.recipe = resolve_recipe(c)
+        recipe = resolve_recipe(c)
         self.train_loader, self.test_loader, self.info = make_loaders(
             c.data,
             c.data_dir,
-            batch_size=self.recipe.batch_size,
-            cutout=self.recipe.cutout,
+            batch_size=recipe.batch_size,
+            cutout=recipe.cutout,
             download=c.download,
             workers=c.workers,
             seed=c.seed,
@@ -183,6 +189,15 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             limit=c.limit,
         )
+        self.reach = plan_reach(
+            len(self.train_loader),
+            recipe.arch_epochs,
+            recipe.warmup_epochs,
+            recipe.theta_lr,
+            recipe.theta_reach,
+            searches=c.method == "dnat",
+        )
+        self.recipe = dataclasses.replace(recipe, theta_lr=self.reach.theta_lr)
         if stored is not None:
             self._restore(stored)
             return
@@ -211,7 +226,7 @@ class Trainer:
             self.edges = discover(self.traced, c.granularity)
             self.module = gate(self.traced, self.edges, tie=c.tie)
             if self.recipe.arch_epochs == 0:
-                self._finalize()
+                self._finalize(before=None)
         self.drop_path = zoo.set_drop_path_prob(self.module, 0.0) > 0
         self._place()
         self.opt_w = self._weight_optimizer()
@@ -260,7 +275,7 @@ class Trainer:
 
     def _theta_optimizer(self) -> torch.optim.Adam | None:
         theta, r = self._theta(), self.recipe
-        if theta is None:
+        if theta is None or self.config.method != "dnat":  # random: θ stays (0, 0, 1)
             return None
         return torch.optim.Adam(
             [theta], lr=r.theta_lr, betas=r.theta_betas, weight_decay=r.theta_weight_decay
@@ -278,6 +293,8 @@ class Trainer:
                 "edges": len(self.edges),
                 "tie": c.tie,
                 "groups": self._theta().shape[0] if self._theta() is not None else None,
+                "reach": self.reach.to_dict(),
+                "warnings": self.reach.warnings() if self.state.stage == "arch" else [],
                 "device": str(self.device),
                 "world": self.world,
                 "resumed_at": self.state.epoch,
@@ -292,14 +309,14 @@ class Trainer:
                 except Interrupted:
                     self._save()
                     raise
+                self.reporter.epoch_end(record)
+                if self.state.stage == "arch" and self.state.epoch == r.arch_epochs:
+                    record["finalize"] = self._finalize(before=record["test_acc"])
                 self.state.metrics.append(record)
                 if self.rank == 0:  # the folder appears with the first finished epoch
                     self.out.mkdir(parents=True, exist_ok=True)
                     with (self.out / METRICS).open("a") as f:
                         f.write(json.dumps(record) + "\n")
-                self.reporter.epoch_end(record)
-                if self.state.stage == "arch" and self.state.epoch == r.arch_epochs:
-                    self._finalize()
                 self._save()
         self.state.stage = "done"
         self._save()
@@ -399,13 +416,20 @@ class Trainer:
         x = x.to(self.device, non_blocking=True, memory_format=fmt)
         return x, y.to(self.device, non_blocking=True)
 
+    def _searching(self) -> bool:
+        """θ trains in this epoch: the architecture stage of DNAT, after ω's warm-up."""
+        s, r = self.state, self.recipe
+        return s.stage == "arch" and self.opt_theta is not None and s.epoch >= r.warmup_epochs
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         clip = self.recipe.grad_clip
-        searching = self.state.stage == "arch"
+        gated = self.state.stage == "arch"
+        searching = self._searching()
         alternate = searching and self.config.arch_update != "joint"
-        # ω's step of the alternating update needs no gradient of θ: with θ a constant the joins
-        # keep nothing for it. Not under DDP, whose reducer expects every parameter it was given.
-        frozen = alternate and self.world == 1
+        # ω's step of the alternating update (and any step while θ waits) needs no gradient of
+        # θ: with θ a constant the joins keep nothing for it. Not under DDP, whose reducer
+        # expects every parameter it was given.
+        frozen = gated and (alternate or not searching) and self.world == 1
         with self.module.arch.frozen() if frozen else contextlib.nullcontext():
             loss, logits = self._loss(self.model, x, y)
         self.first_nan.watch(loss, self.state.step, _OMEGA_LOSS)
@@ -421,6 +445,8 @@ class Trainer:
         else:
             loss.backward()
             self._clip_and_step(clip)
+            if gated:  # under DDP θ got a gradient it must not keep for its first step
+                self._theta().grad = None
         correct = (logits.argmax(1) == y).sum().double()
         return loss, correct
 
@@ -507,7 +533,10 @@ class Trainer:
         s, r = self.state, self.recipe
         if step == 0 and s.epoch == 0:
             return None
-        searching = s.stage == "arch" or (step == 0 and s.epoch == r.arch_epochs)
+        first = step == 0 and s.epoch == r.arch_epochs  # follows the stage's last update
+        searching = self.opt_theta is not None and (
+            (s.stage == "arch" and s.epoch >= r.warmup_epochs + (step == 0)) or first
+        )
         if not searching:
             return "ω"
         return "joint" if self.config.arch_update == "joint" else "θ"
@@ -541,12 +570,15 @@ class Trainer:
         return dict(Counter(decide(self.module).values()))
 
     # ------------------------------------------------------------------------- finalize
-    def _finalize(self) -> None:
-        from fxdnat.passes import decide, finalize
+    def _finalize(self, before: float | None) -> dict[str, Any]:
+        """Decide and finalize; ``before`` is the gated network's test accuracy (None when the
+        stage had no epoch). Returns what the metrics log records: the scale, the accuracy
+        just before and just after, and after re-estimating BN statistics if the recipe asks."""
+        from fxdnat.passes import finalize
 
-        gated = self.module
-        decisions = decide(gated)
-        final = finalize(gated, decisions)
+        gated, r = self.module, self.recipe
+        decisions, scale = self._decisions(gated)
+        final = finalize(gated, decisions, scale=scale)
         old_opt = getattr(self, "opt_w", None)
         self.module, self.state.decisions, self.state.stage = final, decisions, "net"
         if old_opt is not None:  # carry ω's momentum for the weights that remain
@@ -558,6 +590,14 @@ class Trainer:
                 if old:
                     self.opt_w.state[param] = {k: v.clone() for k, v in old.items()}
             self.opt_theta = None
+        record: dict[str, Any] = {"scale": scale, "acc_before": before, "acc_after": None}
+        if before is not None:  # an empty stage has no "before" to compare with
+            record["acc_after"] = self.evaluate()[1]
+        record["acc_after_bn"] = None
+        if r.bn_recalibration:
+            record["bn_seconds"] = self._recalibrate_bn(r.bn_recalibration)
+            record["acc_after_bn"] = self.evaluate()[1] if before is not None else None
+        self.state.finalize = record
         changed = {k: v for k, v in decisions.items() if v != SAME}
         self.reporter.event(
             "finalize",
@@ -565,8 +605,64 @@ class Trainer:
                 "epoch": self.state.epoch,
                 "changed": changed,
                 "counts": dict(Counter(decisions.values())),
+                "margins": self.state.margins,
+                "flipped": self.state.flipped,
+                **record,
             },
         )
+        return record
+
+    def _decisions(self, gated: fx.GraphModule) -> tuple[dict[str, str], str]:
+        """The choices and how finalize scales them: DNAT's argmax θ (its margins and late
+        flips kept in the state), or the random control's draw at coefficient 1."""
+        from fxdnat.passes import decide, margins, random_changes
+
+        c = self.config
+        if c.method == "random":
+            counts = parse_changes(c.changes or "")
+            rng = random.Random(c.seed)
+            return random_changes(self.edges, counts, rng), "one"
+        decisions = decide(gated)
+        self.state.margins = margins(gated)
+        searched = self.recipe.arch_epochs - self.recipe.warmup_epochs
+        late = self.state.theta_history[-max(2, searched // 4) :]
+        self.state.flipped = sorted(
+            {
+                name
+                for theta in late
+                for name, choice in decide(gated, theta).items()
+                if choice != decisions[name]
+            }
+        )
+        return decisions, self.recipe.finalize_scale
+
+    @torch.no_grad()
+    def _recalibrate_bn(self, batches: int) -> float:
+        """Re-estimate every BatchNorm's running statistics as the plain average over
+        ``batches`` training batches (the rest of the network in eval mode); returns seconds.
+        The statistics were learned under the gated network's mix of candidates."""
+        start = time.perf_counter()
+        norms = [
+            m
+            for m in self.module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average: every batch weighs the same
+        self.module.eval()
+        for m in norms:
+            m.train()
+        for step, (x, _) in enumerate(self.train_loader):
+            if step == batches:
+                break
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                self.module(self._to_device(x, x)[0])
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        self.module.train()
+        return time.perf_counter() - start
 
     # ---------------------------------------------------------------------- checkpoints
     def _save(self) -> None:
@@ -585,6 +681,7 @@ class Trainer:
                 "tie": self.config.tie,
                 "edges": [e.to_dict() for e in self.edges],
                 "decisions": s.decisions,
+                "finalize_scale": (s.finalize or {}).get("scale", self._scale()),
                 "theta": self._theta().detach().cpu() if self._theta() is not None else None,
                 "theta_history": s.theta_history,
                 "choices": list(CHOICES),
@@ -598,6 +695,9 @@ class Trainer:
                 "versions": _versions(),
             },
         )
+
+    def _scale(self) -> str:
+        return "one" if self.config.method == "random" else self.recipe.finalize_scale
 
     def _draw_cells(self, summary: dict) -> None:
         """The cell diagram beside the checkpoint; a drawing that fails must not lose the run."""
@@ -640,6 +740,12 @@ class Trainer:
             "edges": len(self.edges),
             "decisions": dict(Counter(decisions.values())),
             "changed": {k: v for k, v in decisions.items() if v != SAME},
+            "tie": self.config.tie,
+            "changes": self.config.changes,
+            "margins": self.state.margins or {},
+            "flipped": self.state.flipped or [],
+            "finalize": self.state.finalize,
+            "reach": self.reach.to_dict(),
             "seconds": self.state.elapsed,
             "world": self.world,
             "device": str(self.device),
@@ -648,6 +754,15 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------------- helpers
+def plan_reach(
+    steps: int, arch: int, warmup: int, lr: float, reach: float | None, *, searches: bool
+) -> Reach:
+    """The run's θ schedule (fxdnat.reach); a run that trains no θ has none."""
+    if not searches:
+        return Reach(0, 0, lr)
+    return _plan_reach(steps, arch, warmup, lr, reach)
+
+
 def _model_kwargs(spec: str, recipe) -> dict:
     """Zoo models with an auxiliary head build it when the recipe weighs it."""
     from fxdnat import zoo

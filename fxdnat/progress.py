@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import statistics
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fxdnat.engine import Reporter
+from fxdnat.reach import UNSURE
 
 
 class RichReporter(Reporter):
@@ -26,6 +29,16 @@ class RichReporter(Reporter):
             f"{rows}, {r['epochs']} epochs ({r['arch_epochs']} architecture), "
             f"batch {r['batch_size']}, {info['device']}{world}{resumed}"
         )
+        reach = info.get("reach") or {}
+        if reach.get("theta_steps"):
+            self.console.print(
+                f"θ: {reach['theta_steps']} steps at lr {reach['theta_lr']:.3g} after "
+                f"{reach['warmup_steps']} ω-only steps: reach lr·T {reach['lr_T']:.3g} (an edge "
+                f"changes after about 1), noise lr·√T {reach['lr_sqrt_T']:.2g}",
+                highlight=False,
+            )
+        for warning in info.get("warnings", []):
+            self.console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         if info["tie"] == "cell" and info["groups"] == info["edges"]:
             self.console.print(
                 "note: no two cells share a structure, so cell mode equals full mode"
@@ -80,6 +93,25 @@ class RichReporter(Reporter):
                 f"[bold]finalize[/] after epoch {data['epoch']}: "
                 f"{len(changed)} edges changed ({listed})"
             )
+            margins = data.get("margins") or {}
+            if margins:
+                unsure = sum(m < UNSURE for m in margins.values())
+                flipped = data.get("flipped") or []
+                self.console.print(
+                    f"  how sure: θ margin min {min(margins.values()):.2f}, median "
+                    f"{statistics.median(margins.values()):.2f}; {unsure} of {len(margins)} "
+                    f"edges under {UNSURE}; {len(flipped)} flipped in the last epochs"
+                    + (f" ({', '.join(flipped)})" if flipped else ""),
+                    highlight=False,
+                )
+            if data.get("acc_after") is not None:
+                bn = data.get("acc_after_bn")
+                after_bn = f", {100 * bn:.2f}% after BN re-estimation" if bn is not None else ""
+                self.console.print(
+                    f"  test accuracy {100 * data['acc_before']:.2f}% gated → "
+                    f"{100 * data['acc_after']:.2f}% finalized (scale {data['scale']}){after_bn}",
+                    highlight=False,
+                )
 
     def finish(self, summary: dict) -> None:
         table = Table(title="fxdnat transform", show_header=False)

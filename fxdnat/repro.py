@@ -45,6 +45,7 @@ from typing import Any
 from fxdnat._files import write_json
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.ir import CHOICES, IDENTITY, NONE, SAME
+from fxdnat.reach import NEEDED, NOISY, UNSURE
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ MISSING = "—"  # a report's cell for what no run says (yet)
 # issue 15: θ_same starts at 1 and θ_identity, θ_none at 0, so an edge changes once θ has moved
 # by about 1; lr·√T (the θ steps' noise) above 0.3 made the seeds' decisions mostly noise; a
 # margin under 0.1 is a decision θ barely preferred
-REACH_NEEDED, NOISE_LIMIT, UNSURE = 1.0, 0.3, 0.1
 # ReproConfig fields that say where and how a study runs, not what it computes: a rerun may
 # change them freely; every other field must match the study already in the folder
 _WHERE = ("specs", "out", "seeds", "methods", "data_dir", "download", "device", "workers", "shard")
@@ -88,9 +88,11 @@ class ReproConfig:
     arch_update: str = "alternate"
     epochs: int | None = None
     arch_epochs: int | None = None
+    warmup_epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     theta_lr: float | None = None
+    theta_reach: float | None = None
     limit: int | None = None
     deterministic: bool = False
     device: str = "auto"
@@ -1352,9 +1354,9 @@ def _reach(rows: Sequence[RunRow]) -> str:
             "### When will DNAT change the network?",
             "",
             "Adam moves θ by about its learning rate per step, so in T steps an edge's θ can "
-            f"travel about lr·T; a change needs about {REACH_NEEDED:g} (θ_same starts at 1, "
+            f"travel about lr·T; a change needs about {NEEDED:g} (θ_same starts at 1, "
             "θ_identity and θ_none at 0). The steps' noise adds up like a random walk, to about "
-            f"lr·√T: above ~{NOISE_LIMIT:g} the seeds' decisions are mostly noise. This study's "
+            f"lr·√T: above ~{NOISY:g} the seeds' decisions are mostly noise. This study's "
             f"DNAT runs (median of {len(reach)}): T = {_num(median['theta_steps'], 0)} θ steps "
             f"(after {_num(median['warmup_steps'], 0)} ω-only warm-up steps), θ lr = "
             f"{_num(median['theta_lr'], 3, 'g')}: lr·T = {travel:.2f}{spread}, lr·√T = "
@@ -1372,17 +1374,17 @@ def _regime(travel: float, noise: float) -> str:
         f"aise θ's steps ({steps}) before raising θ's lr: steps grow the reach faster than the "
         "noise (lr·T ÷ lr·√T = √T), a larger lr grows both alike."
     )
-    if travel < REACH_NEEDED:
-        noisy = ", and what it changes is mostly noise" if noise > NOISE_LIMIT else ""
+    if travel < NEEDED:
+        noisy = ", and what it changes is mostly noise" if noise > NOISY else ""
         return (
-            f"**Out of reach**: θ cannot travel the {REACH_NEEDED:g} a change needs, so DNAT "
+            f"**Out of reach**: θ cannot travel the {NEEDED:g} a change needs, so DNAT "
             f"keeps almost every edge as it is{noisy}. R{steps_first}"
         )
-    if noise > NOISE_LIMIT:
+    if noise > NOISY:
         return (
             "**Noise**: θ can travel far enough, but the seeds' decisions are mostly noise. "
             f"Give θ more steps ({steps}) at a smaller lr: lr·T stays above "
-            f"{REACH_NEEDED:g} while lr·√T falls."
+            f"{NEEDED:g} while lr·√T falls."
         )
     return (
         "**In reach**: θ can travel far enough and the noise stays small, so the seeds' "

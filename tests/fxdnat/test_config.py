@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from fxdnat.checkpoint import CheckpointError
-from fxdnat.config import RUNTIME, RunConfig, resumed_config
+from fxdnat.config import RUNTIME, RunConfig, resolve_recipe, resumed_config
 
 ASKED_ANOTHER = "--resume: runs/r holds another run than the one asked for: "
 HOW_TO = "; to continue that run drop what differs, for a new run choose another --out"
@@ -153,3 +153,25 @@ def test_an_image_folder_and_a_data_folder_are_stored_absolute(tmp_path, monkeyp
     assert (config.data, config.data_dir) == (f"imagefolder:{tmp_path}/pets", f"{tmp_path}/d")
     home = RunConfig(spec="zoo:resnet20", out="r", data="imagefolder:~/pets")
     assert home.data == f"imagefolder:{home.data.split(':', 1)[1]}" and "~" not in home.data
+
+
+def test_changes_are_read_for_the_random_control_only():
+    from fxdnat.config import parse_changes
+
+    assert parse_changes("none=1, identity=2,none=1") == {"none": 2, "identity": 2}
+    config = RunConfig("zoo:resnet20", "out", method="random", changes="none=1,identity=2")
+    assert config.changes == "identity=2,none=1"  # canonical: the resume comparison is exact
+    assert RunConfig("zoo:resnet20", "out", method="random").changes == ""
+    with pytest.raises(ValueError, match="cannot read 'skip=1'; expected KIND=COUNT"):
+        parse_changes("skip=1")
+    with pytest.raises(ValueError, match="for --method random only"):
+        RunConfig("zoo:resnet20", "out", changes="none=1")
+
+
+def test_a_shorter_architecture_stage_keeps_a_theta_epoch():
+    recipe = resolve_recipe(RunConfig("zoo:resnet20", "out", recipe="quick", arch_epochs=1))
+    assert recipe.warmup_epochs == 0
+    explicit = RunConfig("zoo:resnet20", "out", recipe="quick", theta_lr=0.3)
+    assert resolve_recipe(explicit).theta_reach is None  # an explicit lr is taken as given
+    with pytest.raises(ValueError, match="--warmup-epochs must be below --arch-epochs"):
+        resolve_recipe(RunConfig("zoo:resnet20", "out", arch_epochs=3, warmup_epochs=3))

@@ -20,7 +20,15 @@ from fxdnat.engine import (
 )
 
 # 128 digits, batch 32: 4 steps an epoch; θ moves fast enough to change edges
-SMALL = dict(recipe="quick", limit=128, batch_size=32, epochs=3, arch_epochs=2, theta_lr=0.2)
+SMALL = dict(
+    recipe="quick",
+    limit=128,
+    batch_size=32,
+    epochs=3,
+    arch_epochs=2,
+    warmup_epochs=0,
+    theta_lr=0.2,
+)
 
 
 def config(tmp_path, name="run", **overrides) -> RunConfig:
@@ -328,3 +336,84 @@ def test_text_files_are_replaced_atomically_too(tmp_path):
         raise RuntimeError("killed mid-write")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+class Heard(Reporter):
+    """Keeps what the engine reports."""
+
+    def __init__(self) -> None:
+        self.info: dict = {}
+        self.events: list[tuple[str, dict]] = []
+
+    def start(self, info: dict) -> None:
+        self.info = info
+
+    def event(self, name: str, data: dict) -> None:
+        self.events.append((name, data))
+
+
+def test_finalize_keeps_the_trained_network_and_the_log_says_so(tmp_path):
+    # θ moves (lr 0.05 over 8 steps) but no edge changes: finalize must not change accuracy
+    trainer = run(config(tmp_path, theta_lr=0.05))
+    assert not trainer.summary["changed"]
+    theta = ckpt.load(tmp_path / "run" / "checkpoint.pt")["theta_history"][-1]
+    assert not torch.equal(theta[:, 2], torch.ones(4))  # θ_same is no longer 1
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split()]
+    done = records[1]["finalize"]
+    assert done["scale"] == "keep" and done["acc_before"] == records[1]["test_acc"]
+    assert abs(done["acc_after"] - done["acc_before"]) <= 1 / 128  # one image at most
+    assert trainer.summary["finalize"] == done
+    margins = trainer.summary["margins"]
+    assert set(margins) == {e.name for e in trainer.edges} and min(margins.values()) > 0
+    assert trainer.summary["reach"]["theta_steps"] == 8
+    assert trainer.summary["reach"]["lr_T"] == pytest.approx(0.4)
+
+
+def test_warm_up_trains_omega_before_theta(tmp_path):
+    trainer = run(config(tmp_path, epochs=3, arch_epochs=3, warmup_epochs=2))
+    history = ckpt.load(tmp_path / "run" / "checkpoint.pt")["theta_history"]
+    assert torch.equal(history[0], history[1]) and not torch.equal(history[1], history[2])
+    assert torch.equal(history[0][:, 1:], torch.tensor([[0.0, 1.0]] * 4))  # θ as it started
+    assert trainer.summary["reach"]["warmup_steps"] == 8
+    assert trainer.summary["reach"]["theta_steps"] == 4
+
+
+def test_theta_reach_sets_thetas_lr_and_warns_when_no_edge_can_change(tmp_path):
+    heard = Heard()
+    cfg = config(tmp_path, theta_lr=None, theta_reach=0.5, arch_epochs=2)
+    trainer = Trainer(cfg, heard)
+    trainer.run()
+    assert trainer.recipe.theta_lr == pytest.approx(0.5 / 8)  # 2 epochs of 4 steps
+    assert heard.info["reach"]["lr_T"] == pytest.approx(0.5)
+    assert any("you will get the original network" in w for w in heard.info["warnings"])
+    noisy = Trainer(config(tmp_path, "noisy", theta_lr=0.2), Heard())  # lr·√T = 0.57
+    assert [w for w in noisy.reach.warnings() if "differ between seeds" in w]
+    assert not [w for w in noisy.reach.warnings() if "original network" in w]  # lr·T = 1.6
+
+
+def test_random_control_changes_the_given_number_of_edges(tmp_path):
+    trainer = run(config(tmp_path, method="random", changes="identity=2,none=1"))
+    changed = trainer.summary["changed"]
+    assert sorted(changed.values()) == ["identity", "identity", "none"]
+    data = ckpt.load(tmp_path / "run" / "checkpoint.pt")
+    assert all(torch.equal(t, data["theta_history"][0]) for t in data["theta_history"])
+    assert data["finalize_scale"] == "one" and trainer.summary["margins"] == {}
+    again = run(config(tmp_path, "again", method="random", changes="identity=2,none=1"))
+    assert again.summary["changed"] == changed  # placed by the seed
+    network, _ = load_network(tmp_path / "run" / "checkpoint.pt")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(network(x), trainer.module.eval()(x), atol=1e-5)
+
+
+def test_bn_recalibration_after_finalize(tmp_path, monkeypatch):
+    import dataclasses
+
+    from fxdnat import engine
+
+    resolve = engine.resolve_recipe
+    monkeypatch.setattr(
+        engine, "resolve_recipe", lambda c: dataclasses.replace(resolve(c), bn_recalibration=2)
+    )
+    trainer = run(config(tmp_path))
+    done = trainer.summary["finalize"]
+    assert done["acc_after_bn"] is not None and done["bn_seconds"] > 0

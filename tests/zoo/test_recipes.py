@@ -30,6 +30,7 @@ def test_paper_recipe_is_the_darts_protocol():
         momentum=0.9,
         weight_decay=3e-4,
         grad_clip=5.0,
+        theta_reach=46.8,
     )
     theta = (paper.theta_lr, paper.theta_betas, paper.theta_weight_decay)
     assert theta == (3e-4, (0.5, 0.999), 1e-3)
@@ -68,15 +69,30 @@ def test_quick_recipe():
     quick = get_recipe("quick", model="darts", dataset="tinyimagenet")  # no overrides apply
     assert quick == Recipe(
         name="quick",
-        epochs=15,
-        arch_epochs=6,
-        batch_size=64,
+        epochs=120,
+        arch_epochs=80,
+        batch_size=16,
         lr=0.05,
         momentum=0.9,
         weight_decay=5e-4,
         grad_clip=5.0,
         theta_lr=0.01,
+        warmup_epochs=10,
+        theta_reach=30.0,
     )
+    # on 32-px digits the earlier quick run, whose θ cannot reach a change (lr·T 1.3)
+    digits = get_recipe("quick", dataset="digits")
+    assert (digits.epochs, digits.arch_epochs, digits.batch_size) == (15, 6, 64)
+    assert (digits.warmup_epochs, digits.theta_lr, digits.theta_reach) == (0, 0.01, None)
+
+
+def test_the_paper_recipe_keeps_the_papers_theta_reach_on_cifar10():
+    from fxdnat.reach import plan
+
+    paper = get_recipe("paper", dataset="cifar10")
+    reach = plan(50_000 // 96, paper.arch_epochs, 0, paper.theta_lr, paper.theta_reach)
+    assert reach.theta_lr == pytest.approx(3e-4)  # Kim & Lee 2020 §4, the DARTS value
+    assert reach.lr_sqrt_T == pytest.approx(0.118, abs=1e-3)
 
 
 def test_unknown_recipe_and_model():
