@@ -4,6 +4,15 @@ Each ``dnat_mix`` becomes the sum of its edges' chosen candidates, in the origin
 ``same`` reads the op's output, ``identity`` the edge's input, ``none`` drops the operand (an add
 with a missing operand becomes its other operand). Then whatever has become dead goes: nodes,
 submodules and parameters.
+
+``scale`` says what a kept candidate is multiplied by. ``"keep"`` (the default, what training
+uses) keeps its learned coefficient c = θ[row, choice]: after training θ_same is 0.8-1.4, not 1,
+and the weights (BatchNorm statistics above all) were learned under those factors, so reading θ
+as one-hot would change the network. c goes into the weight and bias of the branch's last
+affine op (a norm, convolution or linear layer, possibly behind dropout, drop-path or views;
+see ``passes/_fold.py``) where that is exact and nothing else sees it; otherwise, and for
+identity candidates, the sum multiplies the candidate by the constant c (none where c is
+exactly 1). ``"one"`` reads θ as one-hot on the decisions: every candidate counts once.
 """
 
 from __future__ import annotations
@@ -13,23 +22,38 @@ from collections.abc import Mapping
 
 from torch import fx
 
-from fxdnat.arch import Tree, dnat_mix
+from fxdnat.arch import Architecture, Tree, dnat_mix
 from fxdnat.frontend import memory
 from fxdnat.frontend.functionalize import INPLACE, reinplace_
-from fxdnat.ir import IDENTITY, META_KEY, SAME
+from fxdnat.ir import CHOICES, IDENTITY, META_KEY, NONE, SAME
 from fxdnat.passes import _graph
+from fxdnat.passes._fold import fold_scale_
 from fxdnat.passes.decide import _architecture, check_decisions
 from fxdnat.passes.gate import ARCH, COPY_META, EDGES_META
 
+SCALES = ("keep", "one")
+"""What finalize multiplies a kept candidate by: its learned θ entry ("keep"), or 1 ("one")."""
 
-def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphModule:
-    """The network that ``gated`` computes with θ one-hot on ``decisions``, without the gates.
+
+def finalize(
+    gated: fx.GraphModule, decisions: Mapping[str, str], *, scale: str = "keep"
+) -> fx.GraphModule:
+    """The network that ``gated`` computes with θ masked to ``decisions``, without the gates.
 
     ``decisions`` maps edge names to choices (edges left out keep "same"); it must not remove
-    every operand of a join (:func:`decide` guarantees that).
+    every operand of a join (:func:`decide` guarantees that). ``scale="keep"``: each edge's θ
+    row keeps only its decided entry, at its learned value; ``scale="one"``: θ one-hot on
+    ``decisions``. ``final.meta["fxdnat"]`` records the decisions, the scale, each kept edge's
+    coefficient and the modules coefficients were folded into.
     """
+    if scale not in SCALES:
+        raise ValueError(
+            f"unknown scale {scale!r}; expected one of {SCALES} ('keep' keeps each kept "
+            "candidate's learned coefficient, 'one' sets it to 1)"
+        )
     arch = _architecture(gated)
     decisions = check_decisions(arch.edges, decisions)
+    coefficients = _coefficients(arch, decisions, scale)
     final = _graph.copy_module(gated)
     graph = final.graph
     before = _graph.used_tensor_names(final)
@@ -46,8 +70,10 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
     writes = _Writes(graph)
     named = {node.name: node for node in graph.nodes}
     fresh: set[fx.Node] = set()  # the adds written back: values no one else holds
+    folded: dict[str, str] = {}  # edge name -> module its coefficient went into
     for mix in mixes:
-        created = _write_back(mix, decisions, named, writes)
+        factors = _fold(final, mix, decisions, coefficients, folded)
+        created = _write_back(mix, decisions, named, writes, factors)
         fresh |= created
         if mix not in live:  # a join nobody read: its adds were dead code, which stays
             dead_before |= created
@@ -57,13 +83,61 @@ def finalize(gated: fx.GraphModule, decisions: Mapping[str, str]) -> fx.GraphMod
             _make_out_of_place(node)
     memory.eliminate_dead_code(final, keep=dead_before)
     reinplace_(final, fresh)  # the front end's out-of-place rewrites, back where safe
-    if any(node.op == "call_module" and node.target == ARCH for node in graph.nodes):
+    _remove_machinery(final, before)
+    final.meta[META_KEY] = {
+        **final.meta.get(META_KEY, {}),
+        "decisions": dict(decisions),
+        "scale": scale,
+        "coefficients": coefficients,
+        "folded": folded,
+    }
+    return _graph.finish(final)
+
+
+def _coefficients(arch: Architecture, decisions: dict, scale: str) -> dict[str, float]:
+    """Each kept edge's coefficient, a Python number: its decided θ entry, or 1."""
+    theta = arch.theta.detach().cpu().tolist()
+    kept = [(edge.name, choice) for edge in arch.edges if (choice := decisions[edge.name]) != NONE]
+    if scale == "one":
+        return {name: 1.0 for name, _ in kept}
+    return {name: theta[arch.group_of[name]][CHOICES.index(choice)] for name, choice in kept}
+
+
+def _fold(final, mix: fx.Node, decisions: dict, coefficients: dict, folded: dict) -> list[float]:
+    """Fold the coefficients of the mix's kept "same" candidates into their ops where that is
+    exact (see ``_fold.fold_scale_``); returns the factor left to multiply, per leaf. A factor of
+    0 stays a multiply: folding it would erase the op's weights."""
+    factors = []
+    for name, same, _ in mix.meta[EDGES_META]["edges"]:
+        c = coefficients.get(name, 1.0)
+        if decisions[name] == SAME and c not in (0.0, 1.0):
+            value = _read_once(mix, same)
+            if value is not None and (path := fold_scale_(final, value, c)) is not None:
+                folded[name], c = path, 1.0
+        factors.append(c)
+    return factors
+
+
+def _read_once(mix: fx.Node, index: int) -> fx.Node | None:
+    """The value the mix reads as its tensor ``index``, where nothing but the mix reads it
+    (directly or through gate's copy) and one leaf alone takes it as its candidate; else None."""
+    leaves = mix.meta[EDGES_META]["edges"]
+    if sum((same == index) + (identity == index) for _, same, identity in leaves) != 1:
+        return None
+    tensor = mix.args[2 + index]
+    value = _original(tensor)
+    if _graph.use_count(value) != 1 or _graph.use_count(tensor) != 1:
+        return None
+    return value
+
+
+def _remove_machinery(final: fx.GraphModule, before: set[str]) -> None:
+    """θ's module, and the submodules and tensors nothing reads any more."""
+    if any(node.op == "call_module" and node.target == ARCH for node in final.graph.nodes):
         raise RuntimeError("the architecture is still read after finalize; please report this")
     final.delete_submodule(ARCH)
     final.delete_all_unused_submodules()
     _graph.delete_tensors(final, before - _graph.used_tensor_names(final))
-    final.meta[META_KEY] = {**final.meta.get(META_KEY, {}), "decisions": dict(decisions)}
-    return _graph.finish(final)
 
 
 class _Writes:
@@ -89,15 +163,18 @@ class _Writes:
         return later.reach(mix, mix) or later.reach(value, mix)
 
 
-def _write_back(mix: fx.Node, decisions: dict, named: dict, writes: _Writes) -> set[fx.Node]:
-    """Replace ``mix`` by the sum of its edges' choices; returns the nodes created. Where the
-    sum collapses to an existing value that is written in place later, the value is copied."""
+def _write_back(
+    mix: fx.Node, decisions: dict, named: dict, writes: _Writes, factors: list[float]
+) -> set[fx.Node]:
+    """Replace ``mix`` by the sum of its edges' choices, each times its leaf's factor; returns
+    the nodes created. Where the sum collapses to an existing value that is written in place
+    later, the value is copied."""
     (tree, _), tensors = mix.args[1], [_original(t) for t in mix.args[2:]]
     values = [
         _chosen(decisions[name], tensors[same], None if identity is None else tensors[identity])
         for name, same, identity in mix.meta[EDGES_META]["edges"]
     ]
-    writer = _Sum(mix, named)
+    writer = _Sum(mix, named, factors)
     value = writer.emit(tree, values)
     if value is None:
         raise RuntimeError(f"every operand of {mix.name} is 'none'; please report this")
@@ -136,20 +213,24 @@ _ZERO = object()  # the literal 0 of builtin sum, while it is still added to som
 class _Sum:
     """Writes a mix's sum back as adds, each with its original op where that stays correct."""
 
-    def __init__(self, mix: fx.Node, named: dict[str, fx.Node]):
-        self.graph, self.mix, self.named = mix.graph, mix, named
+    def __init__(self, mix: fx.Node, named: dict[str, fx.Node], factors: list[float]):
+        self.graph, self.mix, self.named, self.factors = mix.graph, mix, named, factors
         self.adds = iter(mix.meta[EDGES_META]["adds"])  # in pre-order, as gate wrote them
         self.created: set[fx.Node] = set()
 
-    def emit(self, tree: Tree, values: list[fx.Node | None]) -> fx.Node | None:
-        """Adds of the live ``values`` in ``tree``'s association; None where nothing is left."""
+    def emit(self, tree: Tree, values: list[fx.Node | None], at: str | None = None):
+        """Adds of the live ``values`` in ``tree``'s association; None where nothing is left.
+        A leaf's factor is multiplied in where the add that reads it stands (``at``)."""
         if tree is None:
             return _ZERO
         if isinstance(tree, int):
-            return values[tree]
+            value, c = values[tree], self.factors[tree]
+            if value is None or c == 1:
+                return value
+            return self._create(at, "call_function", operator.mul, (value, c))
         op, target, mutated, origin, anchor = next(self.adds)
         left, right, alpha = tree
-        a, b = self.emit(left, values), self.emit(right, values)
+        a, b = self.emit(left, values, anchor), self.emit(right, values, anchor)
         if a is None or b is None:  # one side went: the other alone (`0 +` nothing is nothing)
             kept = b if a is None else a
             if kept is _ZERO:
