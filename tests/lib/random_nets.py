@@ -1,6 +1,7 @@
 """Random residual networks with the patterns real models have: in-place calls on shared
 activations (module, method and functional spellings, and writes through a view), drop-path
-with p > 0, unused size reads, side inputs, dict inputs and returned intermediate features.
+with p > 0, unused size reads, side inputs, dict inputs, returned intermediate features, and a
+module called in several places or one whose weight another module holds too.
 
 A network is a chain of steps over a growing list of states (state 0 is the input x):
 ("op", src, kind) appends op(states[src]); ("join", style, [(src, kind), ...]) appends the sum
@@ -33,6 +34,8 @@ OPS = (
     "drop_path",  # conv then DropPath(0.3)
     "se_unpacked",  # b, c, _, _ = x.size(): two reads nobody uses
     "raw",  # the state itself, no op: joins of states, the same state twice in one join
+    "shared_conv",  # one conv module, called wherever a step names it
+    "tied_conv",  # a conv of its own whose weight is shared_conv's
 )
 SIDE_OPS = ("side_gate",)  # reads the second input as well
 WRITES = ("relu_", "relu_module", "mul_", "silu_function", "view_mul_", "setitem")
@@ -129,18 +132,30 @@ class RandomNet(nn.Module):
         super().__init__()
         self.steps, self.returns = steps, returns
         self.ops = nn.ModuleList()
+        self._shared: list[nn.Conv2d] = []  # a list: registered only where a step uses it
         for step in steps:
             if step[0] == "write":
                 self.ops.append(nn.ModuleList([Write(step[2])]))
                 continue
             kinds = [step[2]] if step[0] == "op" else [k for _, k in step[2]]
-            self.ops.append(nn.ModuleList(make_op(k) or nn.Identity() for k in kinds))
+            self.ops.append(nn.ModuleList(self._op(k) for k in kinds))
         self.raw = [
             [kind == "raw" for kind in ([s[2]] if s[0] == "op" else [k for _, k in s[2]])]
             if s[0] != "write"
             else [False]
             for s in steps
         ]
+
+    def _op(self, kind: str) -> nn.Module:
+        if kind not in ("shared_conv", "tied_conv"):
+            return make_op(kind) or nn.Identity()
+        if not self._shared:
+            self._shared.append(nn.Conv2d(C, C, 1))
+        if kind == "shared_conv":
+            return self._shared[0]
+        tied = nn.Conv2d(C, C, 1)
+        tied.weight = self._shared[0].weight
+        return tied
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}, returns={self.returns}"

@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fxdnat.ir import CHOICES, NONE
+from fxdnat.passes._graph import copy_module
+
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -216,6 +219,47 @@ def assert_same_function(
                 assert torch.equal(g, w), f"outputs differ (train={train})"
         else:
             torch.testing.assert_close(got, want, **tolerances, msg=f"train={train}")
+
+
+def assert_same_buffers_after_training(a: nn.Module, b: nn.Module, inputs: tuple, **tolerances):
+    """One train-mode forward of each (copies, the same RNG seed) leaves every buffer of ``a``
+    (BatchNorm's running statistics) as it leaves the buffer of that name in ``b``."""
+    a, b = copy.deepcopy(a).train(), copy.deepcopy(b).train()
+    for module in (a, b):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            module(*copy.deepcopy(inputs))
+    theirs = dict(b.named_buffers())
+    for name, buffer in a.named_buffers():
+        torch.testing.assert_close(buffer, theirs[name], **tolerances, msg=name)
+
+
+def random_theta(shape: torch.Size, seed: int) -> torch.Tensor:
+    """θ as training leaves it, and then some: entries in [-1.5, 1.5], a few exactly 1 or 0."""
+    generator = torch.Generator().manual_seed(seed)
+    theta = torch.rand(shape, generator=generator) * 3 - 1.5
+    kind = torch.randint(0, 6, shape, generator=generator)
+    return theta.masked_fill(kind == 0, 1.0).masked_fill(kind == 1, 0.0)
+
+
+def untied_masked(gated: fx.GraphModule, full: fx.GraphModule, decisions: dict) -> fx.GraphModule:
+    """A copy of ``full`` (the same network gated with one θ row per edge) computing what
+    ``gated`` computes with θ masked to ``decisions``: each edge's row keeps only its decided
+    entry, at the value it has in ``gated`` (DESIGN.md invariant 3, scale="keep"). Rows that
+    ``gated`` shares between edges are untied first, so edges of one row may decide apart."""
+    reference = copy_module(full)  # deepcopy fails on hook-based weight_norm
+    arch, theta = gated.arch, gated.arch.theta.detach()
+    masked = torch.zeros_like(reference.arch.theta)
+    for edge in arch.edges:
+        choice = decisions.get(edge.name, "same")
+        if choice != NONE:
+            column = CHOICES.index(choice)
+            masked[reference.arch.group_of[edge.name], column] = theta[
+                arch.group_of[edge.name], column
+            ]
+    with torch.no_grad():
+        reference.arch.theta.copy_(masked)
+    return reference
 
 
 def _flatten(value) -> list[torch.Tensor]:

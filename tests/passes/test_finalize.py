@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 import random
 import subprocess
 import sys
@@ -11,7 +12,9 @@ import warnings
 import pytest
 import torch
 from messy import InplaceReluBlock, InplaceStyles
-from support import CASES, assert_same_function, inputs_for, op_signature
+from support import CASES, assert_same_function, inputs_for, op_signature, untied_masked
+from timm.layers import BatchNormAct2d, DropPath
+from torchvision.ops import StochasticDepth
 
 import fxdnat
 from fxdnat import passes
@@ -26,6 +29,11 @@ def pipeline(name: str, dtype=torch.float64, granularity: str = "branch"):
     gm = fxdnat.trace(model, inputs)
     edges = passes.discover(gm, granularity)
     return model, gm, edges, passes.gate(gm, edges), inputs
+
+
+def masked(gated, decisions):
+    """A copy of ``gated`` with θ masked to ``decisions`` (gated has its own row per edge)."""
+    return untied_masked(gated, gated, decisions)
 
 
 def all_valid_decisions(edges):
@@ -294,10 +302,16 @@ def test_finalize_after_training_with_weight_and_spectral_norm(norm):
     optimizer = torch.optim.SGD(dnat.weights(), lr=0.1)
     dnat.weight_step(dnat.module(x).sum(), optimizer)
     dnat.theta_step(dnat.module(x).sum(), dnat.theta_optimizer())
-    final = dnat.finalize({e.name: "same" for e in dnat.edges})
+    decisions = {e.name: "same" for e in dnat.edges}
+    final = dnat.finalize(decisions)  # scale="keep": θ_same is no longer 1
+    # a weight computed from other parameters takes no factor: the sum multiplies instead
+    assert final.meta["fxdnat"]["folded"] == {}
+    one = passes.finalize(dnat.module, decisions, scale="one")
+    reference = masked(dnat.module, decisions).eval()  # deepcopy fails on this module
+    final.eval(), one.eval()
+    torch.testing.assert_close(final(x), reference(x))
     dnat.arch.assign({})
-    dnat.module.eval(), final.eval()
-    torch.testing.assert_close(final(x), dnat.module(x))
+    torch.testing.assert_close(one(x), dnat.module.eval()(x))
 
 
 def test_a_finalized_module_pickles_and_loads_without_fxdnat(tmp_path):
@@ -364,3 +378,193 @@ def test_a_leaf_that_writes_its_input_in_train_mode_only():
             return y + self.g(self.center(y))
 
     assert_finalize_matches_gated_for_every_decision(Net().double())
+
+
+# ------------------------------------------------- scale="keep": learned coefficients kept
+class Residual(torch.nn.Module):
+    """``x + tail(conv(x))``: the branch's last affine op, and what stands between it and the
+    join, are the test's to choose."""
+
+    def __init__(self, tail: torch.nn.Module, c: int = 4) -> None:
+        super().__init__()
+        self.conv, self.tail = torch.nn.Conv2d(c, c, 3, padding=1), tail
+
+    def forward(self, x):
+        return x + self.tail(self.conv(x))
+
+
+def keep_pipeline(model, theta_rows, decisions, granularity="branch"):
+    """(final with scale="keep", gated with θ set to ``theta_rows`` in edge order, inputs).
+    Edge ":0" of ``Residual`` is the skip x, ":1" the branch."""
+    model = model.double()
+    inputs = inputs_for(model, dtype=torch.float64)
+    gm = fxdnat.trace(model, inputs)
+    gated = passes.gate(gm, passes.discover(gm, granularity))
+    with torch.no_grad():
+        gated.arch.theta.copy_(torch.tensor(theta_rows))
+    return passes.finalize(gated, decisions), gated, inputs
+
+
+def muls(final) -> list[tuple]:
+    return [n.args for n in final.graph.nodes if n.target is operator.mul]
+
+
+def test_keep_folds_the_coefficient_into_the_last_batchnorm():
+    tail = torch.nn.BatchNorm2d(4)
+    final, gated, inputs = keep_pipeline(Residual(tail), [[0, 0, 1], [0, 0.5, 1.25]], {})
+    assert muls(final) == []
+    assert op_signature(final) == op_signature(passes.finalize(gated, {}, scale="one"))
+    assert final.meta["fxdnat"]["folded"] == {":1": "tail"}
+    assert final.meta["fxdnat"]["coefficients"] == {":0": 1.0, ":1": 1.25}
+    assert final.meta["fxdnat"]["scale"] == "keep"
+    # new tensors, scaled; the gated module's own are as they were
+    assert final.tail.weight is not gated.tail.weight
+    torch.testing.assert_close(final.tail.weight, 1.25 * gated.tail.weight, rtol=0, atol=0)
+    torch.testing.assert_close(final.tail.bias, 1.25 * gated.tail.bias, rtol=0, atol=0)
+    assert torch.equal(gated.tail.weight, tail.weight.double())
+    assert final.tail.weight.dtype == torch.float64 and final.tail.weight.requires_grad
+    assert_same_function(final, masked(gated, {}), inputs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        lambda: torch.nn.Identity(),  # the conv itself
+        lambda: torch.nn.Sequential(torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.3)),
+        lambda: torch.nn.Sequential(torch.nn.BatchNorm2d(4), DropPath(0.3)),
+        lambda: torch.nn.Sequential(torch.nn.BatchNorm2d(4), StochasticDepth(0.3, "row")),
+    ],
+)
+def test_keep_folds_through_ops_that_commute_with_a_factor(tail):
+    final, gated, inputs = keep_pipeline(Residual(tail()), [[0, 0, 1], [0, 0.5, -0.75]], {})
+    assert muls(final) == [] and ":1" in final.meta["fxdnat"]["folded"]
+    assert_same_function(final, masked(gated, {}), inputs, rtol=1e-12, atol=1e-12)
+
+
+class Views(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(32, 32)
+
+    def forward(self, x):  # (2, 4, 8) -> (2, 32) -> (2, 4, 8)
+        return x + self.fc(x.flatten(1)).view(-1, 4, 8)
+
+
+def test_keep_folds_into_a_linear_layer_behind_a_view():
+    model = Views().double()
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    gm = fxdnat.trace(model, x)
+    gated = passes.gate(gm, passes.discover(gm))
+    with torch.no_grad():
+        gated.arch.theta.copy_(torch.tensor([[0, 0, 1], [0, 0.5, 1.5]]))
+    final = passes.finalize(gated, {})
+    assert muls(final) == [] and final.meta["fxdnat"]["folded"] == {":1": "fc"}
+    assert_same_function(final, masked(gated, {}), (x,), rtol=1e-12, atol=1e-12)
+
+
+class Shared(torch.nn.Module):
+    """The branch's last op is called twice (and the second call's result is returned)."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return x + self.bn(x.relu()), self.bn(x)
+
+
+class Tied(torch.nn.Module):
+    """Two convolutions hold one weight."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(c, c, 1), torch.nn.Conv2d(c, c, 1)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return x + self.a(x.relu()) + self.b(x)
+
+
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [
+        (lambda: CASES["escape"](), "the branch's output is returned too"),
+        (lambda: Shared(), "the BatchNorm is called twice"),
+        (lambda: Tied(), "the weight is tied"),
+        (lambda: Residual(torch.nn.ReLU()), "no affine op at the end"),
+        (lambda: Residual(BatchNormAct2d(4)), "timm's norm applies an activation after it"),
+    ],
+)
+def test_keep_multiplies_where_folding_would_change_another_reader(model, why):
+    model = model()
+    rows = [[0, 0.5, 1.5]] * 3
+    gm = fxdnat.trace(model.double(), inputs_for(model, dtype=torch.float64))
+    edges = passes.discover(gm)
+    final, gated, inputs = keep_pipeline(model, rows[: len(edges)], {})
+    assert final.meta["fxdnat"]["folded"] == {}, why
+    assert sorted(c for _, c in muls(final)) == [1.5] * len(edges), why
+    assert [n for n, _ in final.named_parameters()] == [n for n, _ in gm.named_parameters()]
+    assert all(torch.equal(p, gm.get_parameter(n)) for n, p in final.named_parameters())
+    assert_same_function(final, masked(gated, {}), inputs, rtol=1e-12, atol=1e-12)
+
+
+def test_keep_multiplies_an_identity_candidate_and_skips_factors_of_one():
+    final, gated, inputs = keep_pipeline(
+        Residual(torch.nn.BatchNorm2d(4)), [[0, 0, 1], [0, -0.5, 1]], {":1": "identity"}
+    )
+    x = next(n for n in final.graph.nodes if n.op == "placeholder")
+    assert muls(final) == [(x, -0.5)]  # the skip's θ_same is 1: no multiply
+    assert final.meta["fxdnat"]["folded"] == {}
+    assert final.meta["fxdnat"]["coefficients"] == {":0": 1.0, ":1": -0.5}
+    assert_same_function(final, masked(gated, {":1": "identity"}), inputs, rtol=0, atol=0)
+
+
+def test_keep_multiplies_a_coefficient_of_zero_and_keeps_the_weights():
+    tail = torch.nn.BatchNorm2d(4)
+    final, gated, inputs = keep_pipeline(Residual(tail), [[0, 0, 1], [0, 0.5, 0.0]], {})
+    assert [c for _, c in muls(final)] == [0.0]
+    assert torch.equal(final.tail.weight, gated.tail.weight)
+    assert_same_function(final, masked(gated, {}), inputs, rtol=0, atol=0)
+
+
+def test_keep_folds_an_op_edge_and_its_join_into_the_same_batchnorm():
+    final, gated, inputs = keep_pipeline(
+        Residual(torch.nn.BatchNorm2d(4)), [[0, 0, 1.0]] * 4, {}, granularity="op"
+    )
+    edges = gated.arch.edges
+    rows = {e.name: [0, 0.5, 1.0] for e in edges}
+    rows[next(e.name for e in edges if e.kind == "op" and "tail" in e.operand)] = [0, 0.5, 2.0]
+    rows[":1"] = [0, 0.5, -1.5]
+    with torch.no_grad():
+        gated.arch.theta.copy_(torch.tensor([rows[e.name] for e in edges]))
+    final = passes.finalize(gated, {})
+    assert muls(final) == []
+    torch.testing.assert_close(final.tail.weight, -3.0 * gated.tail.weight, rtol=0, atol=0)
+    assert_same_function(final, masked(gated, {}), inputs, rtol=1e-12, atol=1e-12)
+
+
+def test_one_ignores_the_learned_coefficients():
+    final, gated, inputs = keep_pipeline(Residual(torch.nn.BatchNorm2d(4)), [[0, 0, 1]] * 2, {})
+    with torch.no_grad():
+        gated.arch.theta.copy_(torch.tensor([[0.3, 0.2, 1.5], [0, 0.7, 0.9]]))
+    one = passes.finalize(gated, {":1": "identity"}, scale="one")
+    assert muls(one) == [] and one.meta["fxdnat"]["scale"] == "one"
+    assert one.meta["fxdnat"]["coefficients"] == {":0": 1.0, ":1": 1.0}
+    gated.arch.assign({":1": "identity"})
+    assert_same_function(one, gated, inputs, rtol=1e-12, atol=1e-12)
+
+
+def test_an_unknown_scale_is_refused():
+    _, _, _, gated, _ = pipeline("chain")
+    with pytest.raises(ValueError, match=r"^unknown scale 'learned'; expected one of \('keep'"):
+        passes.finalize(gated, {}, scale="learned")
+
+
+def test_a_keep_result_exports_with_torch_export():
+    final, gated, inputs = keep_pipeline(
+        Residual(torch.nn.BatchNorm2d(4)), [[0, 0, 1.5], [0, 0.5, 1.25]], {}
+    )
+    final.eval()
+    assert final.meta["fxdnat"]["folded"] and muls(final)  # both kinds of factor
+    program = torch.export.export(final, inputs)
+    torch.testing.assert_close(program.module()(*inputs), final(*inputs))

@@ -1,5 +1,6 @@
 """Property tests: random networks written the way people write them keep the compiler's
-invariants (DESIGN.md 1, 2, 3, 4, 5) — see tests/lib/random_nets.py for what they contain."""
+invariants (DESIGN.md 1, 2, 3, 4, 5) — see tests/lib/random_nets.py for what they contain.
+Invariant 3 for both scales, at a random θ (entries in [-1.5, 1.5], some exactly 1 or 0)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from random_nets import SIZE, C, RandomNet, networks
-from support import assert_same_function, op_signature
+from support import (
+    assert_same_buffers_after_training,
+    assert_same_function,
+    op_signature,
+    random_theta,
+    untied_masked,
+)
 from timm.layers import DropPath
 
 import fxdnat
 from fxdnat import passes
+from fxdnat.passes.finalize import SCALES
 
 
 def settings_for(examples: int):
@@ -36,30 +44,46 @@ def check_invariants(net, inputs, granularity: str, tie: str, seed: int) -> None
         return
     gated = passes.gate(gm, edges, tie=tie if granularity == "branch" else "full")
     assert_same_function(gated, net, inputs, exact=granularity == "branch")  # 2
-    final = passes.finalize(gated, {})  # 4
-    assert op_signature(final) == op_signature(gm)
-    assert [n for n, _ in final.named_parameters()] == [n for n, _ in gm.named_parameters()]
-    assert_same_function(final, net, inputs, exact=True)
-    full = passes.gate(gm, edges)  # 3, with its own θ rows for every edge
+    for scale in SCALES:  # 4, at θ = (0, 0, 1)
+        final = passes.finalize(gated, {}, scale=scale)
+        assert op_signature(final) == op_signature(gm)
+        assert [n for n, _ in final.named_parameters()] == [n for n, _ in gm.named_parameters()]
+        assert_same_function(final, net, inputs, exact=True)
+    full = passes.gate(gm, edges)  # 3: the reference, with its own θ rows for every edge
     decisions = passes.random_decisions(edges, random.Random(seed))
+    with torch.no_grad():
+        gated.arch.theta.copy_(random_theta(gated.arch.theta.shape, seed))
     full.arch.assign(decisions)
-    final = passes.finalize(full, decisions)
-    final.graph.lint()
-    # a removed branch's drop-path no longer draws: train mode then differs by the RNG only
-    same_draws = _drop_paths(final) == _drop_paths(full)
-    modes = (False, True) if same_draws else (False,)
-    assert_same_function(final, full, inputs, modes=modes, rtol=1e-10, atol=1e-10)
-    _assert_same_gradients(final, full, net, inputs)  # in-place calls written back train
+    _check_finalized(passes.finalize(gated, decisions, scale="one"), full, net, inputs)
+    weights = {n: p.detach().clone() for n, p in gated.named_parameters()}
+    final = passes.finalize(gated, decisions, scale="keep")
+    assert all(torch.equal(p, weights[n]) for n, p in gated.named_parameters())  # a copy
+    _check_finalized(final, untied_masked(gated, full, decisions), net, inputs)
     generator = torch.Generator().manual_seed(seed)  # 5
     with torch.no_grad():
         full.arch.theta.copy_(torch.rand(full.arch.theta.shape, generator=generator) - 0.3)
     passes.check_decisions(edges, passes.decide(full))  # raises on a dead join
 
 
-def _assert_same_gradients(final, gated, net, inputs) -> None:
+def _check_finalized(final, gated, net, inputs) -> None:
+    """``final`` ≡ ``gated`` (θ set to what ``final`` compiled): outputs in eval mode, and in
+    train mode with BatchNorm's running statistics where both draw the same random numbers;
+    the gradients of the weights kept as they were."""
+    final.graph.lint()
+    # a removed branch's drop-path no longer draws: train mode then differs by the RNG only
+    same_draws = _drop_paths(final) == _drop_paths(gated)
+    modes = (False, True) if same_draws else (False,)
+    assert_same_function(final, gated, inputs, modes=modes, rtol=1e-10, atol=1e-10)
+    if same_draws:  # a folded BatchNorm's statistics are those of its unscaled input
+        assert_same_buffers_after_training(final, gated, inputs, rtol=1e-10, atol=1e-10)
+    folded = tuple(path + "." for path in final.meta["fxdnat"]["folded"].values())
+    _assert_same_gradients(final, gated, net, inputs, skip=folded)  # in-place calls train
+
+
+def _assert_same_gradients(final, gated, net, inputs, skip: tuple[str, ...] = ()) -> None:
     """The weights the final module keeps get the gradients they get in the gated module (for
     a network that trains as written: one that writes, in place, a tensor autograd saved cannot
-    be trained in eager mode either)."""
+    be trained in eager mode either); but not those under ``skip``, which finalize scaled."""
     try:
         _gradients(net, inputs)
     except RuntimeError as exc:
@@ -67,6 +91,8 @@ def _assert_same_gradients(final, gated, net, inputs) -> None:
         return
     grads, want = _gradients(final, inputs), _gradients(gated, inputs)
     for name, grad in grads.items():
+        if name.startswith(skip):
+            continue
         other = want[name]
         if grad is None or other is None:
             assert grad is None or not grad.any(), name
@@ -79,7 +105,8 @@ def _gradients(module, inputs) -> dict:
     out = [t for t in _tensors(module(*copy.deepcopy(inputs))) if t.requires_grad]
     if out:  # decisions may leave no weight between input and output
         sum(t.sum() for t in out).backward()
-    return {n: p.grad for n, p in module.named_parameters() if n != "arch.theta"}
+    named = module.named_parameters(remove_duplicate=False)  # a tied weight under each name
+    return {n: p.grad for n, p in named if n != "arch.theta"}
 
 
 def _tensors(value) -> list:
@@ -149,6 +176,8 @@ FOUND = [
         [1],
         "op",
     ),
+    # a weight tied between a kept branch and a removed one: named once in the gated module
+    ([("join", "add", [(0, "shared_conv"), (0, "tied_conv")])], [], "branch"),
 ]
 
 
