@@ -291,6 +291,19 @@ def test_digits_stats_match_train_split() -> None:
     assert abs(raw.std(unbiased=False).item() - info.std[0]) < 5e-5
 
 
+def test_digits_hard_stats_match_train_split() -> None:
+    train, test, info = make_datasets("digits-hard", augment=False)
+    assert (len(train), len(test), info.input_size) == (250, 1547, 8)
+    assert np.bincount(train.targets, minlength=10).tolist() == [25] * 10
+    normalised = torch.stack([train[i][0] for i in range(len(train))]).double()
+    assert normalised.shape[1:] == (3, 8, 8)
+    raw = normalised * info.std[0] + info.mean[0]
+    assert abs(raw.mean().item() - info.mean[0]) < 5e-5
+    assert abs(raw.std(unbiased=False).item() - info.std[0]) < 5e-5
+    again, _, _ = make_datasets("digits-hard", augment=False)  # the noise is fixed, not drawn
+    assert torch.equal(again[3][0], train[3][0])
+
+
 # --- CIFAR-10 -------------------------------------------------------------------------------
 
 
