@@ -567,8 +567,8 @@ def export(checkpoint: str, out: str, trust_code: bool) -> None:
     default="original,cell,full",
     show_default=True,
     help="Comma list: original (the untouched model, same recipe), cell, full (DNAT's θ ties), "
-    "random (the control: as many changes as the same seed's cell run, else its full run, placed "
-    "at random).",
+    "random (the control: as many changes as the same seed's run of the first DNAT method listed, "
+    "placed at random).",
 )
 @_training_options
 @click.option(

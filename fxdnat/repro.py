@@ -56,7 +56,7 @@ METHOD_LABELS = {
     "full": "DNAT full",
     "random": "random (control)",
 }
-DNAT_METHODS = ("cell", "full")  # DNAT's θ ties; a random run copies the first the study has
+DNAT_METHODS = ("cell", "full")  # DNAT's θ ties; a random run copies the first one listed
 DEFAULT_METHODS = ("original", "cell", "full")  # `fxdnat repro`'s --methods default
 MANIFEST, RUN_RECORD, RUN_LOG = "repro.json", "run.json", "log.txt"
 # the engine's file names (fxdnat.engine.CHECKPOINT, METRICS, SUMMARY), repeated here so that
@@ -201,8 +201,9 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def random_source(methods: Sequence[str]) -> str | None:
-    """The DNAT method whose runs a study's random runs copy: cell if it has it, else full."""
-    return next((m for m in DNAT_METHODS if m in methods), None)
+    """The DNAT method whose runs a study's random runs copy: the first of cell and full in
+    ``methods``, as the user ordered them (``--methods original,full,cell,random`` copies full)."""
+    return next((m for m in methods if m in DNAT_METHODS), None)
 
 
 def parse_methods(text: str) -> list[str]:

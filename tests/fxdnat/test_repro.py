@@ -405,18 +405,18 @@ def test_every_study_setting_reaches_the_runs_config():
 
 
 # ------------------------------------------------------------------ the random control
-def test_random_comes_last_for_its_seed_and_copies_cell_else_full(tmp_path):
+def test_random_comes_last_for_its_seed_and_copies_the_first_dnat_method_listed(tmp_path):
     config = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[1, 2],
                          methods=["random", "full", "original", "cell"])  # fmt: skip
     assert [(j.method, j.seed, j.pairs_with) for j in jobs(config)] == [
         ("full", 1, None),
         ("original", 1, None),
         ("cell", 1, None),
-        ("random", 1, "cell"),
+        ("random", 1, "full"),
         ("full", 2, None),
         ("original", 2, None),
         ("cell", 2, None),
-        ("random", 2, "cell"),
+        ("random", 2, "full"),
     ]
     config = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[3], methods=["random", "full"])
     (full, control) = jobs(config)
