@@ -1,9 +1,11 @@
 """The checkpoint format: plain tensors and Python values, written atomically, loaded safely.
 
 A checkpoint never pickles a module or code. It stores how to rebuild the network — the model
-spec, the trace settings, the edges, the decisions — and the tensors; loading replays
-build → trace → discover → gate (→ finalize), checks that the edges are the ones stored, and
-loads the weights. ``torch.load(weights_only=True)`` can read every checkpoint.
+spec, the trace settings, the edges, the decisions, finalize's scale and θ — and the tensors;
+loading replays build → trace → discover → gate (→ finalize), checks that the edges are the
+ones stored, and loads the weights. ``torch.load(weights_only=True)`` can read every
+checkpoint. With ``finalize_scale="keep"`` the graph holds θ's coefficients as constants, so the
+replay finalizes at the θ finalize saw; a checkpoint without the field predates it: "one".
 
 A checkpoint is data from whoever wrote it: loading one never imports or calls anything the
 caller did not name (docs/training.md, "What loading a checkpoint can do"). Every value must be
@@ -140,7 +142,8 @@ class Restored:
         if self.decisions is not None or not self.edges:
             return self.module, self.decisions or {}, False
         decisions = decide(self.module)
-        return finalize(self.module, decisions), decisions, True
+        scale = self.data.get("finalize_scale", "one")
+        return finalize(self.module, decisions, scale=scale), decisions, True
 
 
 def restore(
@@ -183,12 +186,37 @@ def restore(
         module = gate(traced, edges, tie=data["tie"])
         arch = module.arch
         if decisions is not None:
-            module = finalize(module, decisions)
+            scale = data.get("finalize_scale", "one")
+            if scale == "keep":  # the coefficients are literals of the graph: θ as finalize saw it
+                _set_theta(arch, _finalize_theta(data))
+            module = finalize(module, decisions, scale=scale)
     try:
         module.load_state_dict(data["model_state"], strict=strict)
     except RuntimeError as exc:
         raise CheckpointError(f"weights do not fit the rebuilt network: {exc}") from exc
     return Restored(module, traced, stored, decisions, data, arch)
+
+
+def _finalize_theta(data: dict[str, Any]) -> torch.Tensor | None:
+    """θ when the network was finalized: the stored θ, else (the engine stores the final
+    module's, which has none) the last of the architecture stage's history, taken right before
+    finalize; None where no architecture epoch ran (θ was still where gate starts it)."""
+    if data.get("theta") is not None:
+        return data["theta"]
+    history = data.get("theta_history") or []
+    return history[-1] if history else None
+
+
+def _set_theta(arch: Any, theta: torch.Tensor | None) -> None:
+    if theta is None:
+        return
+    if theta.shape != arch.theta.shape:
+        raise CheckpointError(
+            f"the checkpoint's θ has shape {tuple(theta.shape)} but its edges make "
+            f"{tuple(arch.theta.shape)}; was it written by another version of fxdnat?"
+        )
+    with torch.no_grad():
+        arch.theta.copy_(theta)
 
 
 def _checked(data: dict[str, Any]) -> tuple[dict[str, Any], list[Edge]]:
@@ -225,8 +253,28 @@ def _checked(data: dict[str, Any]) -> tuple[dict[str, Any], list[Edge]]:
         "decisions",
         f"a choice of {', '.join(CHOICES)} per edge",
     )
+    from fxdnat.passes.finalize import SCALES
+
+    scale = data.get("finalize_scale", "one")  # written since finalize took a scale
+    _expect(type(scale) is str and scale in SCALES, "finalize_scale", " or ".join(SCALES))
+    theta, history = data.get("theta"), data.get("theta_history", [])
+    _expect(theta is None or _is_theta(theta), "theta", "a (rows, 3) tensor")
+    _expect(
+        type(history) is list and all(_is_theta(t) for t in history),
+        "theta_history",
+        "a list of (rows, 3) tensors",
+    )
     _expect(type(data.get("model_state")) in _MAPPINGS, "model_state", "a state dict")
     return model, stored
+
+
+def _is_theta(value: Any) -> bool:
+    return (
+        isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and value.dim() == 2
+        and value.shape[1] == len(CHOICES)
+    )
 
 
 def _expect(ok: bool, field: str, expected: str) -> None:

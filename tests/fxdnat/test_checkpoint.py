@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import save_checkpoint
+from checkpoints import save_checkpoint, save_finalized
 from click.testing import CliRunner
 
 from fxdnat import checkpoint as ckpt
@@ -206,6 +206,9 @@ def test_a_pickled_payload_in_any_field_is_refused_unrun(base, tmp_path, field):
             "decisions is not a choice of none, identity, same per edge",
         ),
         (lambda d: d.update(tie="../x"), "tie is not cell or full"),
+        (lambda d: d.update(finalize_scale="learned"), "finalize_scale is not keep or one"),
+        (lambda d: d.update(finalize_scale=["keep"]), "finalize_scale is not keep or one"),
+        (lambda d: d.update(theta=torch.zeros(3)), "theta is not a (rows, 3) tensor"),
         (lambda d: d.update(edges="all"), "edges is not a list"),
     ],
 )
@@ -257,3 +260,112 @@ def test_a_genuine_checkpoint_loads_without_trust(base):
     network, data = load_network(base)
     assert data["model"]["spec"] == "zoo:resnet20"
     assert network(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+# ------------------------------------------------ finalize's scale: the replay is the same graph
+def trained_theta(path: Path) -> torch.Tensor:
+    """ResNet20's θ as training leaves it: θ_same in 0.8-1.4, the other entries small."""
+    edges = len(torch.load(path, weights_only=True)["edges"])
+    generator = torch.Generator().manual_seed(0)
+    theta = torch.rand(edges, 3, generator=generator) * 0.4 - 0.2
+    theta[:, 2] = torch.rand(edges, generator=generator) * 0.6 + 0.8
+    return theta
+
+
+DECISIONS = {"layer1.0:0": "identity", "layer2.1:0": "none", "layer3.2:1": "none"}
+
+
+@pytest.fixture(scope="module")
+def theta(base) -> torch.Tensor:
+    return trained_theta(base)
+
+
+def restored_outputs(path: Path, x: torch.Tensor):
+    module = ckpt.restore(ckpt.load(path)).module.eval()
+    with torch.no_grad():
+        return module, module(x)
+
+
+@pytest.mark.parametrize("scale", ["keep", "one"])
+def test_a_finalized_network_with_learned_coefficients_reloads_to_the_same_outputs(
+    tmp_path, theta, scale
+):
+    path, final = save_finalized(
+        tmp_path / "ckpt.pt", "zoo:resnet20", DECISIONS, theta=theta, scale=scale
+    )
+    assert torch.load(path, weights_only=True)["finalize_scale"] == scale
+    x = torch.randn(2, 3, 32, 32)
+    module, got = restored_outputs(path, x)
+    assert module.code == final.code  # a multiply's coefficient is a literal of the graph
+    with torch.no_grad():
+        torch.testing.assert_close(got, final.eval()(x), rtol=0, atol=0)
+    assert module.meta["fxdnat"]["coefficients"] == final.meta["fxdnat"]["coefficients"]
+
+
+def test_the_replay_takes_theta_from_the_history_where_the_final_module_stored_none(
+    tmp_path, theta
+):
+    """The engine stores the final module's θ, which it no longer has: the last θ of the
+    architecture stage is the one finalize saw."""
+    path, final = save_finalized(
+        tmp_path / "ckpt.pt", "zoo:resnet20", DECISIONS, theta=theta, scale="keep"
+    )
+    data = torch.load(path, weights_only=True)
+    data["theta"] = None
+    torch.save(data, path)
+    x = torch.randn(2, 3, 32, 32)
+    module, got = restored_outputs(path, x)
+    assert module.code == final.code
+    with torch.no_grad():
+        torch.testing.assert_close(got, final.eval()(x), rtol=0, atol=0)
+
+
+def test_a_checkpoint_from_before_the_scale_reloads_as_one(tmp_path, theta):
+    path, final = save_finalized(tmp_path / "old.pt", "zoo:resnet20", DECISIONS, theta=theta)
+    assert "finalize_scale" not in torch.load(path, weights_only=True)
+    assert final.meta["fxdnat"]["scale"] == "one"
+    module, _ = restored_outputs(path, torch.zeros(1, 3, 32, 32))
+    assert module.meta["fxdnat"]["scale"] == "one" and module.code == final.code
+
+
+def test_a_theta_history_of_the_wrong_shape_is_refused(base):
+    """restore validates it (the replay may read it); ``fxdnat plot`` does not restore."""
+    data = torch.load(base, weights_only=True)
+    data["theta_history"] = [torch.zeros(2, 2)]
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"^the checkpoint's field theta_history is not a list of \(rows, 3\) tensors ",
+    ):
+        ckpt.restore(data)
+
+
+def test_a_theta_that_does_not_fit_the_edges_is_refused(base, tmp_path, theta):
+    path, _ = save_finalized(
+        tmp_path / "ckpt.pt", "zoo:resnet20", DECISIONS, theta=theta, scale="keep"
+    )
+    data = torch.load(path, weights_only=True)
+    data["theta"] = data["theta"][:-1]
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"^the checkpoint's θ has shape \(17, 3\) but its edges make \(18, 3\); ",
+    ):
+        ckpt.restore(data)
+
+
+def test_an_architecture_stage_checkpoint_is_finalized_at_its_scale(tmp_path, theta):
+    path, gated = save_finalized(
+        tmp_path / "arch.pt", "zoo:resnet20", DECISIONS, theta=theta, scale="keep", stage="arch"
+    )
+    final, decisions, now = ckpt.restore(ckpt.load(path)).final()
+    assert now and final.meta["fxdnat"]["scale"] == "keep"
+    assert final.meta["fxdnat"]["folded"]  # θ_same is not 1: the branches' bn2 carry it
+
+
+def test_a_keep_checkpoint_exports(tmp_path, theta):
+    from fxdnat.export import export
+
+    path, _ = save_finalized(
+        tmp_path / "ckpt.pt", "zoo:resnet20", DECISIONS, theta=theta, scale="keep"
+    )
+    done = export(path, tmp_path / "net.pt2")
+    assert done.max_error is not None and done.max_error < 1e-4
