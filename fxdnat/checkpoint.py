@@ -253,6 +253,13 @@ def _checked(data: dict[str, Any]) -> tuple[dict[str, Any], list[Edge]]:
         "decisions",
         f"a choice of {', '.join(CHOICES)} per edge",
     )
+    _check_finalize_fields(data)
+    _expect(type(data.get("model_state")) in _MAPPINGS, "model_state", "a state dict")
+    return model, stored
+
+
+def _check_finalize_fields(data: dict[str, Any]) -> None:
+    """What the replay of finalize reads: its scale, and θ."""
     from fxdnat.passes.finalize import SCALES
 
     scale = data.get("finalize_scale", "one")  # written since finalize took a scale
@@ -264,8 +271,6 @@ def _checked(data: dict[str, Any]) -> tuple[dict[str, Any], list[Edge]]:
         "theta_history",
         "a list of (rows, 3) tensors",
     )
-    _expect(type(data.get("model_state")) in _MAPPINGS, "model_state", "a state dict")
-    return model, stored
 
 
 def _is_theta(value: Any) -> bool:

@@ -46,11 +46,7 @@ def finalize(
     ``decisions``. ``final.meta["fxdnat"]`` records the decisions, the scale, each kept edge's
     coefficient and the modules coefficients were folded into.
     """
-    if scale not in SCALES:
-        raise ValueError(
-            f"unknown scale {scale!r}; expected one of {SCALES} ('keep' keeps each kept "
-            "candidate's learned coefficient, 'one' sets it to 1)"
-        )
+    _check_scale(scale)
     arch = _architecture(gated)
     decisions = check_decisions(arch.edges, decisions)
     coefficients = _coefficients(arch, decisions, scale)
@@ -84,14 +80,17 @@ def finalize(
     memory.eliminate_dead_code(final, keep=dead_before)
     reinplace_(final, fresh)  # the front end's out-of-place rewrites, back where safe
     _remove_machinery(final, before)
-    final.meta[META_KEY] = {
-        **final.meta.get(META_KEY, {}),
-        "decisions": dict(decisions),
-        "scale": scale,
-        "coefficients": coefficients,
-        "folded": folded,
-    }
+    record = {"decisions": decisions, "scale": scale, "coefficients": coefficients}
+    final.meta[META_KEY] = {**final.meta.get(META_KEY, {}), **record, "folded": folded}
     return _graph.finish(final)
+
+
+def _check_scale(scale: str) -> None:
+    if scale not in SCALES:
+        raise ValueError(
+            f"unknown scale {scale!r}; expected one of {SCALES} ('keep' keeps each kept "
+            "candidate's learned coefficient, 'one' sets it to 1)"
+        )
 
 
 def _coefficients(arch: Architecture, decisions: dict, scale: str) -> dict[str, float]:
