@@ -326,6 +326,13 @@ _TRAINING_OPTIONS = (
         default=None,
         help="θ's lr, as given (instead of the recipe's --theta-reach).",
     ),
+    click.option(
+        "--theta-weight-decay",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="θ's L2 weight decay (Adam's; DARTS's 1e-3 by default): a pull of every θ "
+        "towards 0, the 'none' threshold.",
+    ),
     click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on CUDA)."),
     click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True),
     click.option(

@@ -31,6 +31,7 @@ _RECIPE_FIELDS = (
     "lr",
     "theta_lr",
     "theta_reach",
+    "theta_weight_decay",
 )
 CHANGE_KINDS = ("identity", "none")
 
@@ -57,6 +58,7 @@ class RunConfig:
     lr: float | None = None
     theta_lr: float | None = None
     theta_reach: float | None = None
+    theta_weight_decay: float | None = None
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
@@ -109,6 +111,7 @@ def resolve_recipe(c: RunConfig):
             ("lr", c.lr),
             ("theta_lr", c.theta_lr),
             ("theta_reach", c.theta_reach),
+            ("theta_weight_decay", c.theta_weight_decay),
         )
         if v is not None
     }

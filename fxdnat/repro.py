@@ -93,6 +93,7 @@ class ReproConfig:
     lr: float | None = None
     theta_lr: float | None = None
     theta_reach: float | None = None
+    theta_weight_decay: float | None = None
     limit: int | None = None
     deterministic: bool = False
     device: str = "auto"
