@@ -28,6 +28,8 @@ class Group:
     summary: str  # the first edge's op summary
     allowed: tuple[str, ...]
     decision: str | None
+    margin: float | None = None  # θ's top-two gap at decide: how sure the decision is
+    flipped: bool = False  # the decision changed in the stage's last epochs
 
 
 def plot(checkpoint: str | Path, out: str | Path, *, trust_code: bool = False) -> Path:
@@ -71,6 +73,8 @@ def _groups(data: dict, trust_code: bool = False) -> list[Group]:
     restored = ckpt.restore(data, trust_code=trust_code)
     arch = restored.arch
     decisions = data.get("decisions") or {}
+    margins = data["state"].get("margins") or {}
+    flipped = set(data["state"].get("flipped") or [])
     groups = []
     for row in range(arch.num_groups):
         edges = arch.edges_of(row)
@@ -78,7 +82,16 @@ def _groups(data: dict, trust_code: bool = False) -> list[Group]:
         label = first.name + (f" (x{len(edges)})" if len(edges) > 1 else "")
         allowed = tuple(c for c in CHOICES if bool(arch.mask[row, CHOICES.index(c)]))
         summary = op_summary(restored.traced, first)
-        groups.append(Group(label, summary, allowed, decisions.get(first.name)))
+        groups.append(
+            Group(
+                label,
+                summary,
+                allowed,
+                decisions.get(first.name),
+                margins.get(first.name),
+                first.name in flipped,
+            )
+        )
     return groups
 
 
@@ -125,6 +138,8 @@ def _theta_panels(figure, history: torch.Tensor, groups, shown: list[int], colum
             column = CHOICES.index(choice)
             ax.plot(epochs, history[:, row, column].tolist(), color=COLOURS[choice], label=choice)
         chosen = f" -> {group.decision}" if group.decision else ""
+        if group.margin is not None:
+            chosen += f" (margin {group.margin:.2f}{', flipped late' if group.flipped else ''})"
         ax.set_title(f"{group.label}{chosen}\n{_shorten(group.summary)}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -68,6 +68,7 @@ class Subject:
     accuracy: float | None = None
     params: tuple[int, int] | None = None  # before -> after
     progress: str | None = None  # "epoch 3 of 6" for the architecture stage
+    margins: dict[str, float] | None = None  # how sure each decision is: θ's top-two gap
 
     def cells(self) -> list[str]:
         """The cells that own edges, in graph order (of their first operand)."""
@@ -109,6 +110,11 @@ def from_checkpoint(path: str | Path, *, trust_code: bool = False) -> Subject:
         recipe = data.get("recipe") or {}
         progress = f"epoch {data['state']['epoch']} of {recipe.get('arch_epochs', '?')}"
     metrics = data["state"].get("metrics") or []
+    margins = data["state"].get("margins")
+    if searching and restored.arch is not None:  # the margins of the preferences shown
+        from fxdnat.passes.decide import margins as theta_margins
+
+        margins = theta_margins(restored.module)
     return Subject(
         gm=restored.traced,
         edges=restored.edges,
@@ -120,6 +126,7 @@ def from_checkpoint(path: str | Path, *, trust_code: bool = False) -> Subject:
         accuracy=metrics[-1]["test_acc"] if metrics else None,
         params=(count_params(restored.traced), count_params(final)),
         progress=progress,
+        margins=margins or None,
     )
 
 
@@ -151,6 +158,7 @@ def draw_run(
         data=summary.get("data"),
         accuracy=summary.get("test_acc"),
         params=(summary["params_before"], summary["params_after"]),
+        margins=summary.get("margins") or None,
     )
     return write(render(subject), path)
 
@@ -624,12 +632,16 @@ def _arc(
     inner = _changed_ops(subject, edge)
     if inner:
         label += "; " + ", ".join(inner)
+    sure = ""
+    if subject.margins and edge.name in subject.margins:  # θ's gap: how sure the choice is
+        sure = f"θ margin {subject.margins[edge.name]:.2f}"
+        label += f" [{sure}]"
     dot.edge(
         tail,
         head,
         label=_wrap(label),
         id=edge.name,
-        tooltip=f"{edge.name}: {choice}",
+        tooltip=f"{edge.name}: {choice}" + (f", {sure}" if sure else ""),
         **{"class": f"dnat {choice}"},
         **EDGE_STYLES[choice],
     )

@@ -81,3 +81,12 @@ def test_unknown_format_is_one_line_with_exit_2(cell_ckpt, tmp_path):
     assert result.output == (
         f"Error: unknown plot format '.gif' for {out}; supported: .png, .svg, .pdf\n"
     )
+
+
+def test_each_panel_says_how_sure_its_decision_is(cell_ckpt):
+    data = ckpt.load(cell_ckpt)
+    data["state"]["margins"] = {"layer1.0:0": 0.42, "layer1.0:1": 1.5}
+    data["state"]["flipped"] = ["layer1.0:0"]
+    first, second, *_ = plotting._groups(data)
+    assert (first.margin, first.flipped) == (0.42, True)
+    assert (second.margin, second.flipped) == (1.5, False)

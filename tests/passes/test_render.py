@@ -16,6 +16,7 @@ from checkpoints import save_checkpoint
 from click.testing import CliRunner
 from support import BuiltinSum, InplaceAdd
 
+from fxdnat import checkpoint as ckpt
 from fxdnat.cli import main
 from fxdnat.engine import Trainer
 from fxdnat.frontend import trace
@@ -296,3 +297,16 @@ def test_fxdnat_transform_prints_the_cell_diagram_path(tmp_path):
     assert re.search(rf"cell diagram +│ {re.escape(str(out / 'cells.svg'))}", result.output)
     assert len(svg_edges(out / "cells.svg")) >= 4
     assert (out / "checkpoint.pt").is_file()
+
+
+def test_every_edge_is_labelled_with_its_theta_margin(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", "zoo:resnet20", DECISIONS)
+    data = ckpt.load(path)
+    data["state"]["margins"] = {name: 0.5 + i / 100 for i, name in enumerate(data["decisions"])}
+    ckpt.save(path, data)
+    out = tmp_path / "m.svg"
+    result = CliRunner().invoke(main, ["render", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    labels = {name: e["label"] for name, e in svg_edges(out).items()}
+    assert labels["layer1.0:0"].endswith("[θ margin 0.50]")
+    assert all("θ margin" in label for label in labels.values())
