@@ -90,8 +90,7 @@ def random_changes(
             except ValueError:  # a join left dead
                 pass
     raise ValueError(
-        f"could not place {dict(counts)} on distinct edges without removing every operand of "
-        "a join"
+        f"could not place {dict(counts)} on distinct edges without removing every operand of a join"
     )
 
 
