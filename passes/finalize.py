@@ -12,7 +12,11 @@ as one-hot would change the network. c goes into the weight and bias of the bran
 affine op (a norm, convolution or linear layer, possibly behind dropout, drop-path or views;
 see ``passes/_fold.py``) where that is exact and nothing else sees it; otherwise, and for
 identity candidates, the sum multiplies the candidate by the constant c (none where c is
-exactly 1). ``"one"`` reads θ as one-hot on the decisions: every candidate counts once.
+exactly 1). A candidate the decisions drop is not lost where a kept candidate of the same join
+reads the same tensor: a residual branch's identity and the block's skip both read x, so a
+block whose branch keeps "same" and whose θ_identity learned 0.35 next to a skip at 1.3 keeps
+its skip at 1.65 — the same tensor, counted once with both coefficients (``_merge_dropped``).
+``"one"`` reads θ as one-hot on the decisions: every candidate counts once.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ def finalize(
 
     ``decisions`` maps edge names to choices (edges left out keep "same"); it must not remove
     every operand of a join (:func:`decide` guarantees that). ``scale="keep"``: each edge's θ
-    row keeps only its decided entry, at its learned value; ``scale="one"``: θ one-hot on
-    ``decisions``. ``final.meta["fxdnat"]`` records the decisions, the scale, each kept edge's
+    row keeps only its decided entry, at its learned value, plus the entries of dropped
+    candidates that read the same tensor as a kept one of the join; ``scale="one"``: θ one-hot
+    on ``decisions``. ``final.meta["fxdnat"]`` records the decisions, the scale, each kept edge's
     coefficient and the modules coefficients were folded into.
     """
     _check_scale(scale)
@@ -68,6 +73,8 @@ def finalize(
     fresh: set[fx.Node] = set()  # the adds written back: values no one else holds
     folded: dict[str, str] = {}  # edge name -> module its coefficient went into
     for mix in mixes:
+        if scale == "keep":
+            _merge_dropped(mix, arch, decisions, coefficients)
         factors = _fold(final, mix, decisions, coefficients, folded)
         created = _write_back(mix, decisions, named, writes, factors)
         fresh |= created
@@ -100,6 +107,32 @@ def _coefficients(arch: Architecture, decisions: dict, scale: str) -> dict[str, 
     if scale == "one":
         return {name: 1.0 for name, _ in kept}
     return {name: theta[arch.group_of[name]][CHOICES.index(choice)] for name, choice in kept}
+
+
+def _merge_dropped(mix: fx.Node, arch: Architecture, decisions: dict, coefficients: dict) -> None:
+    """Add the coefficient of each candidate the decisions drop to that of a kept candidate of
+    the same join that reads the same tensor (the first one, in the join's order). Joins whose
+    adds scale an operand (``add(a, b, alpha=2)``) are left as they are: rare, and their terms
+    weigh differently."""
+    (_, terms), tensors = mix.args[1], [_original(t) for t in mix.args[2:]]
+    if any(scale != 1 for _, _, scale in terms):
+        return
+    theta, mask = arch.theta.detach().cpu().tolist(), arch.mask.cpu().tolist()
+    leaves = mix.meta[EDGES_META]["edges"]
+    owner: dict[fx.Node, str] = {}  # tensor -> the edge whose kept candidate reads it
+    for name, same, identity in leaves:
+        index = {SAME: same, IDENTITY: identity}.get(decisions[name])
+        if index is not None:
+            owner.setdefault(tensors[index], name)
+    for name, same, identity in leaves:
+        row = arch.group_of[name]
+        for choice, index in ((SAME, same), (IDENTITY, identity)):
+            column = CHOICES.index(choice)
+            if choice == decisions[name] or index is None or not mask[row][column]:
+                continue
+            kept = owner.get(tensors[index])
+            if kept is not None:
+                coefficients[kept] += theta[row][column]
 
 
 def _fold(final, mix: fx.Node, decisions: dict, coefficients: dict, folded: dict) -> list[float]:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxdnat.ir import CHOICES, NONE
+from fxdnat.ir import CHOICES, IDENTITY, NONE, SAME
 from fxdnat.passes._graph import copy_module
 
 
@@ -248,18 +248,54 @@ def untied_masked(gated: fx.GraphModule, full: fx.GraphModule, decisions: dict) 
     entry, at the value it has in ``gated`` (DESIGN.md invariant 3, scale="keep"). Rows that
     ``gated`` shares between edges are untied first, so edges of one row may decide apart."""
     reference = copy_module(full)  # deepcopy fails on hook-based weight_norm
-    arch, theta = gated.arch, gated.arch.theta.detach()
-    masked = torch.zeros_like(reference.arch.theta)
+    arch, theta = gated.arch, gated.arch().detach().double()
+    kept = {}  # edge name -> (choice, coefficient)
     for edge in arch.edges:
-        choice = decisions.get(edge.name, "same")
+        choice = decisions.get(edge.name, SAME)
         if choice != NONE:
-            column = CHOICES.index(choice)
-            masked[reference.arch.group_of[edge.name], column] = theta[
-                arch.group_of[edge.name], column
-            ]
+            kept[edge.name] = [choice, theta[arch.group_of[edge.name], CHOICES.index(choice)]]
+    for edges in _plain_joins(gated).values():  # dropped candidates on a kept one's tensor
+        _merge_into_kept(edges, decisions, theta, arch, kept)
+    # float64: a merged coefficient is a sum, which finalize adds up as a Python number
+    reference.arch.to(torch.float64)
+    masked = torch.zeros_like(reference.arch.theta)
+    for name, (choice, coefficient) in kept.items():
+        masked[reference.arch.group_of[name], CHOICES.index(choice)] = coefficient
     with torch.no_grad():
         reference.arch.theta.copy_(masked)
     return reference
+
+
+def _plain_joins(gated: fx.GraphModule) -> dict[str, list]:
+    """The edges of each join whose adds scale no operand (no ``alpha``), by join."""
+    from fxdnat.passes.finalize import is_mix
+    from fxdnat.passes.gate import EDGES_META
+
+    by_name = {edge.name: edge for edge in gated.arch.edges}
+    joins = {}
+    for node in gated.graph.nodes:
+        if is_mix(node) and all(scale == 1 for _, _, scale in node.args[1][1]):
+            joins[node.name] = [by_name[name] for name, _, _ in node.meta[EDGES_META]["edges"]]
+    return joins
+
+
+def _merge_into_kept(edges, decisions, theta, arch, kept) -> None:
+    """finalize(scale="keep") adds a dropped candidate's θ entry to a kept candidate of the
+    same join that reads the same value: "same" reads the edge's operand, "identity" its
+    source (for a skip, operand and source are one value)."""
+    reads = {SAME: lambda e: e.operand, IDENTITY: lambda e: e.source}
+    owners = {}
+    for edge in edges:
+        if edge.name in kept:
+            owners.setdefault(reads[kept[edge.name][0]](edge), edge.name)
+    for edge in edges:
+        choice = decisions.get(edge.name, SAME)
+        for dropped in (c for c in (SAME, IDENTITY) if c in edge.choices and c != choice):
+            owner = owners.get(reads[dropped](edge))
+            if owner is not None:
+                kept[owner][1] = (
+                    kept[owner][1] + theta[arch.group_of[edge.name], CHOICES.index(dropped)]
+                )
 
 
 def _flatten(value) -> list[torch.Tensor]:

@@ -411,7 +411,7 @@ def muls(final) -> list[tuple]:
 
 def test_keep_folds_the_coefficient_into_the_last_batchnorm():
     tail = torch.nn.BatchNorm2d(4)
-    final, gated, inputs = keep_pipeline(Residual(tail), [[0, 0, 1], [0, 0.5, 1.25]], {})
+    final, gated, inputs = keep_pipeline(Residual(tail), [[0, 0, 1], [0, 0, 1.25]], {})
     assert muls(final) == []
     assert op_signature(final) == op_signature(passes.finalize(gated, {}, scale="one"))
     assert final.meta["fxdnat"]["folded"] == {":1": "tail"}
@@ -436,7 +436,7 @@ def test_keep_folds_the_coefficient_into_the_last_batchnorm():
     ],
 )
 def test_keep_folds_through_ops_that_commute_with_a_factor(tail):
-    final, gated, inputs = keep_pipeline(Residual(tail()), [[0, 0, 1], [0, 0.5, -0.75]], {})
+    final, gated, inputs = keep_pipeline(Residual(tail()), [[0, 0, 1], [0, 0, -0.75]], {})
     assert muls(final) == [] and ":1" in final.meta["fxdnat"]["folded"]
     assert_same_function(final, masked(gated, {}), inputs, rtol=1e-12, atol=1e-12)
 
@@ -456,7 +456,7 @@ def test_keep_folds_into_a_linear_layer_behind_a_view():
     gm = fxdnat.trace(model, x)
     gated = passes.gate(gm, passes.discover(gm))
     with torch.no_grad():
-        gated.arch.theta.copy_(torch.tensor([[0, 0, 1], [0, 0.5, 1.5]]))
+        gated.arch.theta.copy_(torch.tensor([[0, 0, 1], [0, 0, 1.5]]))
     final = passes.finalize(gated, {})
     assert muls(final) == [] and final.meta["fxdnat"]["folded"] == {":1": "fc"}
     assert_same_function(final, masked(gated, {}), (x,), rtol=1e-12, atol=1e-12)
@@ -497,7 +497,7 @@ class Tied(torch.nn.Module):
 )
 def test_keep_multiplies_where_folding_would_change_another_reader(model, why):
     model = model()
-    rows = [[0, 0.5, 1.5]] * 3
+    rows = [[0, 0, 1.5]] * 3
     gm = fxdnat.trace(model.double(), inputs_for(model, dtype=torch.float64))
     edges = passes.discover(gm)
     final, gated, inputs = keep_pipeline(model, rows[: len(edges)], {})
@@ -521,7 +521,7 @@ def test_keep_multiplies_an_identity_candidate_and_skips_factors_of_one():
 
 def test_keep_multiplies_a_coefficient_of_zero_and_keeps_the_weights():
     tail = torch.nn.BatchNorm2d(4)
-    final, gated, inputs = keep_pipeline(Residual(tail), [[0, 0, 1], [0, 0.5, 0.0]], {})
+    final, gated, inputs = keep_pipeline(Residual(tail), [[0, 0, 1], [0, 0, 0.0]], {})
     assert [c for _, c in muls(final)] == [0.0]
     assert torch.equal(final.tail.weight, gated.tail.weight)
     assert_same_function(final, masked(gated, {}), inputs, rtol=0, atol=0)
@@ -534,7 +534,7 @@ def test_keep_folds_an_op_edge_and_its_join_into_the_same_batchnorm():
     edges = gated.arch.edges
     rows = {e.name: [0, 0.5, 1.0] for e in edges}
     rows[next(e.name for e in edges if e.kind == "op" and "tail" in e.operand)] = [0, 0.5, 2.0]
-    rows[":1"] = [0, 0.5, -1.5]
+    rows[":1"] = [0, 0, -1.5]
     with torch.no_grad():
         gated.arch.theta.copy_(torch.tensor([rows[e.name] for e in edges]))
     final = passes.finalize(gated, {})
@@ -568,3 +568,21 @@ def test_a_keep_result_exports_with_torch_export():
     assert final.meta["fxdnat"]["folded"] and muls(final)  # both kinds of factor
     program = torch.export.export(final, inputs)
     torch.testing.assert_close(program.module()(*inputs), final(*inputs))
+
+
+def test_keep_adds_a_dropped_identity_to_the_skip_that_reads_the_same_tensor():
+    # the branch keeps "same" but learned θ_identity 0.5 next to a skip at 1.25: the skip reads
+    # the same x, so the finalized block is 1.75·x + 1.5·bn(conv(x)), exactly the trained one
+    final, gated, inputs = keep_pipeline(
+        Residual(torch.nn.BatchNorm2d(4)), [[0, 0, 1.25], [0, 0.5, 1.5]], {}
+    )
+    assert final.meta["fxdnat"]["coefficients"] == {":0": 1.75, ":1": 1.5}
+    x = next(n for n in final.graph.nodes if n.op == "placeholder")
+    assert muls(final) == [(x, 1.75)] and final.meta["fxdnat"]["folded"] == {":1": "tail"}
+    assert_same_function(final, gated, inputs, rtol=1e-12, atol=1e-12)  # θ unmasked
+    # where no kept candidate reads x (the skip chose none), the identity's share goes
+    final, gated, inputs = keep_pipeline(
+        Residual(torch.nn.BatchNorm2d(4)), [[0.9, 0, 0.2], [0, 0.5, 1.5]], {":0": "none"}
+    )
+    assert final.meta["fxdnat"]["coefficients"] == {":1": 1.5} and muls(final) == []
+    assert_same_function(final, masked(gated, {":0": "none"}), inputs, rtol=1e-12, atol=1e-12)

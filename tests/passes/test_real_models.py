@@ -172,14 +172,17 @@ def test_keep_equals_masked_gated_in_train_and_eval_with_running_statistics(trai
 def test_keep_with_every_branch_kept_folds_into_the_last_norm_and_adds_nothing(trained):
     """All "same", and θ_same exactly 1 on every shortcut (edge ":1" of a block: the skip,
     whose x feeds the next branch too, or ResNet20's option-A padding, neither of which a
-    factor can go into, so theirs would stay a multiply): the network has the original's ops
+    factor can go into, so theirs would stay a multiply), θ_identity 0 on every branch (a
+    dropped identity's coefficient joins the skip's): the network has the original's ops
     and parameter names, and each residual branch's last norm carries its factor, in new
     tensors."""
     _, gm, edges, gated, inputs = trained
     gated = copy.deepcopy(gated)
     shortcuts = [gated.arch.group_of[e.name] for e in edges if e.name.endswith(":1")]
+    branches = [gated.arch.group_of[e.name] for e in edges if e.name.endswith(":0")]
     with torch.no_grad():
         gated.arch.theta[shortcuts, 2] = 1.0
+        gated.arch.theta[branches, 1] = 0.0  # else the identity's share joins the skip's
     final = passes.finalize(gated, {})
     assert op_signature(final) == op_signature(gm)  # no multiply added
     assert [n for n, _ in final.named_parameters()] == [n for n, _ in gm.named_parameters()]
