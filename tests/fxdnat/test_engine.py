@@ -358,7 +358,7 @@ def test_finalize_keeps_the_trained_network_and_the_log_says_so(tmp_path):
     assert not trainer.summary["changed"]
     theta = ckpt.load(tmp_path / "run" / "checkpoint.pt")["theta_history"][-1]
     assert not torch.equal(theta[:, 2], torch.ones(4))  # θ_same is no longer 1
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split()]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     done = records[1]["finalize"]
     assert done["scale"] == "keep" and done["acc_before"] == records[1]["test_acc"]
     assert abs(done["acc_after"] - done["acc_before"]) <= 1 / 128  # one image at most
