@@ -127,6 +127,23 @@ class RichReporter(Reporter):
             "edges",
             f"{summary['edges']} ({decisions or 'untouched'}), {len(summary['changed'])} changed",
         )
+        margins = summary.get("margins") or {}
+        if margins:  # how sure the decisions are
+            weakest = min(margins, key=margins.__getitem__)
+            unsure = sum(m < UNSURE for m in margins.values())
+            table.add_row(
+                "θ margins",
+                f"min {margins[weakest]:.2f} ({weakest}), median "
+                f"{statistics.median(margins.values()):.2f}; {unsure} under {UNSURE}, "
+                f"{len(summary.get('flipped') or [])} flipped late",
+            )
+        done = summary.get("finalize") or {}
+        if done.get("acc_after") is not None:
+            table.add_row(
+                "finalize",
+                f"test {100 * done['acc_before']:.2f}% → {100 * done['acc_after']:.2f}% "
+                f"(scale {done['scale']})",
+            )
         table.add_row("time", f"{summary['seconds']:.0f} s")
         table.add_row("checkpoint", summary["checkpoint"])
         for label, path in summary.get("artifacts", {}).items():

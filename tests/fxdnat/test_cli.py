@@ -112,6 +112,11 @@ def test_transform_then_eval(tmp_path):
     result = run("transform", "zoo:resnet20", *SMALL, "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "fxdnat transform" in result.output and "269,722 →" in result.output
+    # the θ schedule and its warning first; how sure the decisions are, and finalize, at the end
+    assert "reach lr·T 0.02" in result.output and "you will get the original network" in (
+        result.output
+    )
+    assert "θ margins" in result.output and "(scale keep)" in result.output
     result = run("eval", str(out / "checkpoint.pt"), "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
