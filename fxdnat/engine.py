@@ -654,11 +654,12 @@ class Trainer:
         self.module.eval()
         for m in norms:
             m.train()
-        for step, (x, _) in enumerate(self.train_loader):
+        for step, batch in enumerate(self.train_loader):
             if step == batches:
                 break
+            x, _ = self._to_device(*batch)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                self.module(self._to_device(x, x)[0])
+                self.module(x)
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
         self.module.train()
