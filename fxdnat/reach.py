@@ -17,9 +17,12 @@ from dataclasses import asdict, dataclass
 
 NEEDED = 1.0
 """How far an entry must travel for an edge to change: θ_same − θ_identity at the start."""
-NOISY = 0.3
-"""lr·√T above which seeds' decisions are largely noise: fxdnat's ResNet20 runs at lr·√T 1.7
-(θ lr 0.15, 132 steps) agreed on 72 % of edges; see docs/reproducibility.md."""
+NOISY = 1.0
+"""lr·√T from which a random walk alone can carry an entry the distance a change needs
+(:data:`NEEDED`), so noise can decide edges whose gradient says little. Measured with ResNet20:
+at lr·√T 0.93 (digits-hard, quick recipe) five seeds of DNAT full chose alike on every edge; at
+1.7 (digits, θ lr 0.15 over 132 steps) three seeds agreed on 72 % of edges
+(docs/reproducibility.md)."""
 
 UNSURE = 0.1
 """A decision whose θ margin (its top two entries' gap) is under this is reported as unsure."""
@@ -56,11 +59,12 @@ class Reach:
                 "Give θ more steps (--arch-epochs, a smaller --batch-size) or more reach "
                 "(--theta-reach)"
             )
-        if self.lr_sqrt_T > NOISY:
+        if self.lr_sqrt_T >= NOISY:
             found.append(
-                f"θ's noise scale lr·√T = {self.lr_sqrt_T:.2g} is above {NOISY:g}: the choices "
-                "will differ between seeds. Give θ more steps (--arch-epochs, a smaller "
-                "--batch-size) at the same reach, rather than a larger θ learning rate"
+                f"θ's noise scale lr·√T = {self.lr_sqrt_T:.2g} is {NOISY:g} or more, the "
+                "distance a change needs: noise can decide edges and seeds will differ. Give θ "
+                "more steps (--arch-epochs, a smaller --batch-size) at the same reach, rather "
+                "than a larger θ learning rate"
             )
         return found
 

@@ -386,9 +386,11 @@ def test_theta_reach_sets_thetas_lr_and_warns_when_no_edge_can_change(tmp_path):
     assert trainer.recipe.theta_lr == pytest.approx(0.5 / 8)  # 2 epochs of 4 steps
     assert heard.info["reach"]["lr_T"] == pytest.approx(0.5)
     assert any("you will get the original network" in w for w in heard.info["warnings"])
-    noisy = Trainer(config(tmp_path, "noisy", theta_lr=0.2), Heard())  # lr·√T = 0.57
-    assert [w for w in noisy.reach.warnings() if "differ between seeds" in w]
-    assert not [w for w in noisy.reach.warnings() if "original network" in w]  # lr·T = 1.6
+    noisy = Trainer(config(tmp_path, "noisy", theta_lr=0.4), Heard())  # lr·√T = 1.13
+    assert [w for w in noisy.reach.warnings() if "seeds will differ" in w]
+    assert not [w for w in noisy.reach.warnings() if "original network" in w]  # lr·T = 3.2
+    fine = Trainer(config(tmp_path, "fine", theta_lr=0.2), Heard())  # lr·T 1.6, lr·√T 0.57
+    assert fine.reach.warnings() == []
 
 
 def test_random_control_changes_the_given_number_of_edges(tmp_path):
