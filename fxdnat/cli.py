@@ -18,6 +18,7 @@ import click
 from fxdnat import __version__
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.config import RUNTIME, flag
+from fxdnat.repro_layout import DEFAULT_METHODS
 
 # what a resumed run may change, as the options that set it (fxdnat.config.RUNTIME)
 RUNTIME_OPTIONS = [flag(name) for name in RUNTIME if name != "out"]
@@ -571,7 +572,7 @@ def export(checkpoint: str, out: str, trust_code: bool) -> None:
 )
 @click.option(
     "--methods",
-    default="original,cell,full",
+    default=",".join(DEFAULT_METHODS),
     show_default=True,
     help="Comma list: original (the untouched model, same recipe), cell, full (DNAT's θ ties), "
     "random (the control: as many changes as the same seed's run of the first DNAT method listed, "
@@ -621,13 +622,15 @@ def repro(
     equal changes; Table 2: per seed; Table 3: size against the original; edge choices, seed
     agreement and how sure DNAT was; when DNAT will change the network), CSVs and a plot.
     """
-    from fxdnat import repro as harness
+    from fxdnat.repro_report import aggregate  # alone, for --report: no torch, no harness
 
     if report_dir is not None:
         if specs or out:
             raise UserError("--report DIR only re-aggregates; give it no SPEC and no --out")
-        _print_report(harness.aggregate(report_dir))
+        _print_report(aggregate(report_dir))
         return
+    from fxdnat import repro as harness
+
     if not specs or out is None:
         raise UserError("give SPECs and --out DIR (or --report DIR to re-aggregate a study)")
     config = harness.ReproConfig(
@@ -639,7 +642,7 @@ def repro(
         **options,
     )
     results = _run_study(config)
-    _print_report(harness.aggregate(out))
+    _print_report(aggregate(out))
     failed = [r for r in results if r.status == "failed"]
     if failed:
         click.echo(f"{len(failed)} of {len(results)} runs failed; see {out}/report.md", err=True)

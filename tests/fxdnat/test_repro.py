@@ -1,5 +1,5 @@
-"""The reproducibility harness: a tiny real study, skip / redo / resume, shards, failures, the
-report's numbers against the runs' summaries, and seed agreement on hand-made decisions."""
+"""The reproducibility harness: a tiny real study, skip / redo / resume, shards, failures, and
+the report's numbers against the runs' summaries."""
 
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ from fxdnat.repro import (
     ReproConfig,
     ReproReporter,
     aggregate,
-    agreement,
     jobs,
     parse_seeds,
     parse_shard,
     run_study,
     shard,
 )
+from fxdnat.repro_layout import CHECKPOINT, METRICS, SUMMARY
 
 # 64 digits, batch 32: 2 steps an epoch; one architecture epoch, one network epoch
 TINY = dict(recipe="quick", limit=64, batch_size=32, epochs=2, arch_epochs=1, device="cpu")
@@ -328,40 +328,17 @@ def test_a_rerun_with_other_settings_is_refused(tiny):
         run_study(study(tiny[0], epochs=3))
 
 
+def test_the_study_names_the_engines_files_as_the_engine_does():
+    # repro_layout repeats them so that `fxdnat repro --report` needs no torch
+    assert (CHECKPOINT, METRICS, SUMMARY) == (engine.CHECKPOINT, engine.METRICS, engine.SUMMARY)
+
+
 def test_seed_lists_and_shards_parse():
     assert parse_seeds("1-5") == [1, 2, 3, 4, 5]
     assert parse_seeds("0,3,7-8") == [0, 3, 7, 8]
     assert parse_shard("2/4") == (2, 4)
     with pytest.raises(ValueError, match="repeats a seed"):
         parse_seeds("1-3,2")
-
-
-# --------------------------------------------------------------------------- agreement
-def test_agreement_on_hand_made_decisions():
-    seeds = [
-        {"a": "none", "b": "same", "c": "identity"},
-        {"a": "none", "b": "same", "c": "same"},
-        {"a": "none", "b": "identity", "c": "none"},
-    ]
-    agreed = agreement(seeds)
-    # a: all 3 pairs alike; b: 1 of 3; c: none of 3
-    assert agreed.pairwise == pytest.approx((1 + 1 / 3 + 0) / 3)
-    assert agreed.unanimous == pytest.approx(1 / 3)
-    assert (agreed.edges, agreed.seeds) == (3, 3)
-
-
-def test_agreement_from_changed_edges_only():
-    # summaries list only the edges that changed: 3 more edges stayed "same" in every seed
-    agreed = agreement([{"a": "none"}, {"a": "none"}, {}], edges=4)
-    assert agreed.pairwise == pytest.approx((1 / 3 + 3) / 4)
-    assert agreed.unanimous == pytest.approx(3 / 4)
-    assert agreement([{}, {}], edges=5).pairwise == 1.0
-
-
-def test_agreement_needs_two_seeds_and_a_true_edge_count():
-    assert agreement([{"a": "none"}]) is None
-    with pytest.raises(ValueError, match="2 edges are named but edges=1"):
-        agreement([{"a": "none"}, {"b": "identity"}], edges=1)
 
 
 @pytest.mark.slow

@@ -1,17 +1,20 @@
 """The report of a study, on hand-written summaries: the random column and its pairing by seed,
-how sure DNAT was (margins, flips, finalize gap), the networks' size, θ's reach, and summaries
-written before any of these existed."""
+how sure DNAT was (margins, flips, finalize gap), the networks' size, θ's reach, summaries
+written before any of these existed, seed agreement on hand-made decisions, and all of it
+without torch."""
 
 from __future__ import annotations
 
 import csv
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from fxdnat.repro import MISSING, aggregate
+from fxdnat.repro_report import MISSING, aggregate, agreement
 
 REACH = {"theta_steps": 400, "theta_lr": 0.005, "lr_T": 2.0, "lr_sqrt_T": 0.1, "warmup_steps": 40}
 MARGINS = {  # per seed of the cell runs
@@ -192,7 +195,7 @@ def test_the_report_says_when_dnat_will_change_the_network(study):
     ],
 )
 def test_the_regime_follows_reach_and_noise(travel, noise, regime, advice):
-    from fxdnat.repro import _regime
+    from fxdnat.repro_report import _regime
 
     text = _regime(travel, noise)
     assert regime in text and advice in text
@@ -209,3 +212,42 @@ def test_a_study_without_random_or_reach_has_neither_section(study):
     report = aggregate(study)
     assert "DNAT vs random" not in report.markdown and "When will DNAT" not in report.markdown
     assert not (study / "random-digits.csv").exists()
+
+
+def test_report_aggregates_without_torch(study):
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom fxdnat.cli import main\n"
+        f"result = CliRunner().invoke(main, ['repro', '--report', {str(study)!r}])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --------------------------------------------------------------------------- agreement
+def test_agreement_on_hand_made_decisions():
+    seeds = [
+        {"a": "none", "b": "same", "c": "identity"},
+        {"a": "none", "b": "same", "c": "same"},
+        {"a": "none", "b": "identity", "c": "none"},
+    ]
+    agreed = agreement(seeds)
+    # a: all 3 pairs alike; b: 1 of 3; c: none of 3
+    assert agreed.pairwise == pytest.approx((1 + 1 / 3 + 0) / 3)
+    assert agreed.unanimous == pytest.approx(1 / 3)
+    assert (agreed.edges, agreed.seeds) == (3, 3)
+
+
+def test_agreement_from_changed_edges_only():
+    # summaries list only the edges that changed: 3 more edges stayed "same" in every seed
+    agreed = agreement([{"a": "none"}, {"a": "none"}, {}], edges=4)
+    assert agreed.pairwise == pytest.approx((1 / 3 + 3) / 4)
+    assert agreed.unanimous == pytest.approx(3 / 4)
+    assert agreement([{}, {}], edges=5).pairwise == 1.0
+
+
+def test_agreement_needs_two_seeds_and_a_true_edge_count():
+    assert agreement([{"a": "none"}]) is None
+    with pytest.raises(ValueError, match="2 edges are named but edges=1"):
+        agreement([{"a": "none"}, {"b": "identity"}], edges=1)

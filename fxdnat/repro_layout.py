@@ -1,0 +1,42 @@
+"""A study's vocabulary and folder, without torch: the methods a study compares and the files
+``fxdnat.repro`` writes and ``fxdnat.repro_report`` reads, defined once for both.
+
+A study folder holds ``OUT/repro.json`` (the manifest), ``OUT/report.md`` with its CSVs and
+plots, and one folder per run, ``OUT/<model>/<method>/seed<k>/``, with the engine's files and the
+harness's ``run.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+METHODS = ("original", "cell", "full", "random")
+DNAT_METHODS = ("cell", "full")  # DNAT's θ ties; a random run copies the first one listed
+DEFAULT_METHODS = ("original", "cell", "full")  # `fxdnat repro`'s --methods default
+
+MANIFEST, REPORT = "repro.json", "report.md"
+RUN_RECORD, RUN_LOG = "run.json", "log.txt"
+OUTPUT_LOG = "output.log"  # a run subprocess's stdout and stderr
+# the engine's file names (fxdnat.engine.CHECKPOINT, METRICS, SUMMARY), repeated here so that
+# `fxdnat repro --report` aggregates without importing torch
+CHECKPOINT, METRICS, SUMMARY = "checkpoint.pt", "metrics.jsonl", "summary.json"
+
+
+def model_name(spec: str) -> str:
+    """The folder and table name of a spec: "zoo:resnet20" → "resnet20"."""
+    name = spec.split(":")[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+
+
+def random_source(methods: Sequence[str]) -> str | None:
+    """The DNAT method whose runs a study's random runs copy: the first of cell and full in
+    ``methods``, as the user ordered them (``--methods original,full,cell,random`` copies full)."""
+    return next((m for m in methods if m in DNAT_METHODS), None)
+
+
+def read_json(path: Path) -> dict:
+    """The file's object, {} when it does not exist (every writer replaces files atomically)."""
+    return json.loads(path.read_text()) if path.exists() else {}
