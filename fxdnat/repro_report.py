@@ -552,7 +552,9 @@ def _reach(rows: Sequence[RunRow]) -> str:
             "Adam moves θ by about its learning rate per step, so in T steps an edge's θ can "
             f"travel about lr·T; a change needs about {NEEDED:g} (θ_same starts at 1, "
             "θ_identity and θ_none at 0). The steps' noise adds up like a random walk, to about "
-            f"lr·√T: above ~{NOISY:g} the seeds' decisions are mostly noise. This study's "
+            f"lr·√T: from ~{NOISY:g}, the distance a change needs, noise alone can decide an "
+            "edge and the seeds may choose apart (the seed agreement above measures it). This "
+            "study's "
             f"DNAT runs (median of {len(reach)}): T = {_num(median['theta_steps'], 0)} θ steps "
             f"(after {_num(median['warmup_steps'], 0)} ω-only warm-up steps), θ lr = "
             f"{_num(median['theta_lr'], 3, 'g')}: lr·T = {travel:.2f}{spread}, lr·√T = "
@@ -571,14 +573,15 @@ def _regime(travel: float, noise: float) -> str:
         "noise (lr·T ÷ lr·√T = √T), a larger lr grows both alike."
     )
     if travel < NEEDED:
-        noisy = ", and what it changes is mostly noise" if noise > NOISY else ""
+        noisy = ", and what it changes may be noise" if noise >= NOISY else ""
         return (
             f"**Out of reach**: θ cannot travel the {NEEDED:g} a change needs, so DNAT "
             f"keeps almost every edge as it is{noisy}. R{steps_first}"
         )
-    if noise > NOISY:
+    if noise >= NOISY:
         return (
-            "**Noise**: θ can travel far enough, but the seeds' decisions are mostly noise. "
+            "**Noise**: θ can travel far enough, but noise alone can carry it as far as a "
+            "change needs, so the seeds may decide apart (see seed agreement). "
             f"Give θ more steps ({steps}) at a smaller lr: lr·T stays above "
             f"{NEEDED:g} while lr·√T falls."
         )

@@ -189,8 +189,9 @@ def test_the_report_says_when_dnat_will_change_the_network(study):
     ("travel", "noise", "regime", "advice"),
     [
         (0.5, 0.05, "**Out of reach**", "Raise θ's steps (more architecture epochs (--arch"),
-        (0.9, 0.35, "what it changes is mostly noise", "Raise θ's steps"),
-        (5.0, 0.5, "**Noise**", "Give θ more steps (more architecture epochs (--arch-epochs)"),
+        (0.9, 1.2, "what it changes may be noise", "Raise θ's steps"),
+        (5.0, 1.5, "**Noise**", "Give θ more steps (more architecture epochs (--arch-epochs)"),
+        (30.0, 0.93, "**In reach**", "Should DNAT change too little"),
         (47.0, 0.12, "**In reach**", "Should DNAT change too little, raise θ's steps (more"),
     ],
 )
