@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -69,6 +71,7 @@ class Subject:
     params: tuple[int, int] | None = None  # before -> after
     progress: str | None = None  # "epoch 3 of 6" for the architecture stage
     margins: dict[str, float] | None = None  # how sure each decision is: θ's top-two gap
+    margin_label: str = "θ margin"  # "min θ margin" where one drawing stands for several cells
 
     def cells(self) -> list[str]:
         """The cells that own edges, in graph order (of their first operand)."""
@@ -350,7 +353,7 @@ def _cell_view(subject: Subject, cell: str | None) -> graphviz.Digraph:
     for i, cells in reversed(list(enumerate(shown))):
         with dot.subgraph(name=f"cluster_{i}") as sub:
             sub.attr(label=_cells_title(cells), style="rounded", color="#bbbbbb", labeljust="l")
-            _draw_cell(sub, subject, cells[0], prefix=f"c{i}_")
+            _draw_cell(sub, _for_cells(subject, cells), cells[0], prefix=f"c{i}_")
     note = ""
     if len(shown) < len(groups):
         note = (
@@ -359,6 +362,20 @@ def _cell_view(subject: Subject, cell: str | None) -> graphviz.Digraph:
         )
     dot.attr(label=_caption(subject, note), labelloc="b", labeljust="l")
     return dot
+
+
+def _for_cells(subject: Subject, cells: list[str]) -> Subject:
+    """``subject`` as the drawing of ``cells[0]`` shows it for all of ``cells``: each edge's
+    margin is the smallest of the edges in that role (full tie: every cell has its own θ)."""
+    if not subject.margins or len(cells) == 1:
+        return subject
+    drawn = {e.role: e.name for e in subject.edges if e.cell == cells[0]}
+    smallest: dict[str, float] = {}
+    for edge in subject.edges:
+        if edge.cell in cells and edge.name in subject.margins and edge.role in drawn:
+            name = drawn[edge.role]
+            smallest[name] = min(smallest.get(name, math.inf), subject.margins[edge.name])
+    return dataclasses.replace(subject, margins=smallest, margin_label="min θ margin")
 
 
 def _cell_groups(subject: Subject) -> list[list[str]]:
@@ -634,7 +651,7 @@ def _arc(
         label += "; " + ", ".join(inner)
     sure = ""
     if subject.margins and edge.name in subject.margins:  # θ's gap: how sure the choice is
-        sure = f"θ margin {subject.margins[edge.name]:.2f}"
+        sure = f"{subject.margin_label} {subject.margins[edge.name]:.2f}"
         label += f" [{sure}]"
     dot.edge(
         tail,

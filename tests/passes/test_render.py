@@ -310,3 +310,12 @@ def test_every_edge_is_labelled_with_its_theta_margin(tmp_path):
     labels = {name: e["label"] for name, e in svg_edges(out).items()}
     assert labels["layer1.0:0"].endswith("[θ margin 0.50]")
     assert all("θ margin" in label for label in labels.values())
+    # one drawing for the cells alike (tie full: a θ row each) shows their smallest margin
+    group = [name for name, label in labels.items() if "min θ margin" in label]
+    assert group
+    data["state"]["margins"] = {name: 2 - i / 100 for i, name in enumerate(data["decisions"])}
+    ckpt.save(path, data)  # margins falling along the network: a later cell's is the smallest
+    assert CliRunner().invoke(main, ["render", str(path), "--out", str(out)]).exit_code == 0
+    for name in group:
+        shown = float(svg_edges(out)[name]["label"].rsplit(" ", 1)[-1].rstrip("]"))
+        assert shown < round(data["state"]["margins"][name], 2)
