@@ -81,10 +81,8 @@ class RunConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
-        if self.method == "random":
-            self.changes = format_changes(parse_changes(self.changes or ""))
-        elif self.changes:
-            raise ValueError("changes (--changes) are for --method random only")
+        if self.changes is not None:  # checked against the method once it is known
+            self.changes = format_changes(parse_changes(self.changes))  # (a resume may omit it)
         # the checkpoint must find the data from any working folder (`fxdnat eval` elsewhere)
         self.data = resolve_name(self.data)
         if self.data_dir is not None:
@@ -117,8 +115,13 @@ def resolve_recipe(c: RunConfig):
     }
     if "epochs" in overrides and "arch_epochs" not in overrides:
         overrides["arch_epochs"] = min(recipe.arch_epochs, overrides["epochs"])
-    if c.method == "original":
-        overrides["arch_epochs"] = 0
+    if c.method == "original":  # no architecture stage: no θ, no warm-up before it
+        overrides["arch_epochs"] = overrides["warmup_epochs"] = 0
+    if c.theta_lr is not None and c.theta_reach is not None:
+        raise ValueError(
+            "give θ's learning rate (--theta-lr) or its reach (--theta-reach, which sets the lr "
+            "to REACH / T), not both"
+        )
     if "warmup_epochs" not in overrides:  # a shorter stage keeps at least one θ epoch
         arch = overrides.get("arch_epochs", recipe.arch_epochs)
         overrides["warmup_epochs"] = min(recipe.warmup_epochs, max(arch - 1, 0))
@@ -137,8 +140,19 @@ def parse_changes(text: str) -> dict[str, int]:
                 f"--changes: cannot read {part!r}; expected KIND=COUNT with KIND one of "
                 f"{', '.join(CHANGE_KINDS)}, e.g. identity=2,none=1"
             )
-        counts[kind] = counts.get(kind, 0) + int(number)
+        if kind in counts:
+            raise ValueError(f"--changes: {kind} is given twice; give each kind once")
+        counts[kind] = int(number)
     return counts
+
+
+def check_method(config: RunConfig) -> None:
+    """``changes`` belong to the random control: refused with any other method."""
+    if config.method != "random" and config.changes:
+        raise ValueError(
+            f"--changes is for --method random (the control) only; this run's method is "
+            f"{config.method}"
+        )
 
 
 def format_changes(counts: dict[str, int]) -> str:

@@ -30,7 +30,13 @@ from torch import fx, nn
 
 from fxdnat import checkpoint as ckpt
 from fxdnat._files import atomic_file, check_writable, remove_temporaries, write_json
-from fxdnat.config import RunConfig, parse_changes, resolve_recipe, resumed_config
+from fxdnat.config import (
+    RunConfig,
+    check_method,
+    parse_changes,
+    resolve_recipe,
+    resumed_config,
+)
 from fxdnat.ir import CHOICES, SAME
 from fxdnat.reach import Reach
 from fxdnat.reach import plan as _plan_reach
@@ -135,6 +141,7 @@ class Trainer:
         if stored is not None:
             config = resumed_config(stored, config, given)
             _raise_if_finished(self.out, stored)
+        check_method(config)
         self.config = config
         self.rank, self.world = _distributed_init(config.device)
         self.reporter = reporter if self.rank == 0 else Reporter()  # one voice under torchrun
@@ -224,6 +231,8 @@ class Trainer:
             self.edges, self.module, self.state.stage = [], self.traced, "net"
         else:
             self.edges = discover(self.traced, c.granularity)
+            if c.method == "random":  # can the changes be placed? before any training
+                self._random_decisions()
             self.module = gate(self.traced, self.edges, tie=c.tie)
             if self.recipe.arch_epochs == 0:
                 self._finalize(before=None)
@@ -615,13 +624,10 @@ class Trainer:
     def _decisions(self, gated: fx.GraphModule) -> tuple[dict[str, str], str]:
         """The choices and how finalize scales them: DNAT's argmax θ (its margins and late
         flips kept in the state), or the random control's draw at coefficient 1."""
-        from fxdnat.passes import decide, margins, random_changes
+        from fxdnat.passes import decide, margins
 
-        c = self.config
-        if c.method == "random":
-            counts = parse_changes(c.changes or "")
-            rng = random.Random(c.seed)
-            return random_changes(self.edges, counts, rng), "one"
+        if self.config.method == "random":
+            return self._random_decisions(), "one"
         decisions = decide(gated)
         self.state.margins = margins(gated)
         searched = self.recipe.arch_epochs - self.recipe.warmup_epochs
@@ -635,6 +641,13 @@ class Trainer:
             }
         )
         return decisions, self.recipe.finalize_scale
+
+    def _random_decisions(self) -> dict[str, str]:
+        """The control's changes, placed at random edges by the run's seed."""
+        from fxdnat.passes import random_changes
+
+        c = self.config
+        return random_changes(self.edges, parse_changes(c.changes or ""), random.Random(c.seed))
 
     @torch.no_grad()
     def _recalibrate_bn(self, batches: int) -> float:

@@ -55,8 +55,16 @@ class Recipe:
                 f"{self.arch_epochs} architecture epochs; θ needs at least one of them "
                 "(--warmup-epochs must be below --arch-epochs)"
             )
-        if self.theta_reach is not None and not 0 < self.theta_reach < math.inf:
-            raise ValueError(f"recipe {self.name!r}: theta_reach must be a positive number")
+        if self.theta_reach is not None and not 0 < self.theta_reach <= 1e6:
+            raise ValueError(
+                f"recipe {self.name!r}: theta_reach (--theta-reach) must be a number in "
+                "(0, 1e6]; an edge changes after about 1, the paper's protocol has 46.8"
+            )
+        if not 0 <= self.theta_weight_decay < math.inf:  # False for nan too
+            raise ValueError(
+                f"recipe {self.name!r}: theta_weight_decay (--theta-weight-decay) must be a "
+                "finite number >= 0"
+            )
         if self.finalize_scale not in ("keep", "one") or self.bn_recalibration < 0:
             raise ValueError(
                 f"recipe {self.name!r}: finalize_scale is 'keep' or 'one' and "

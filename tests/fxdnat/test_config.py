@@ -158,14 +158,28 @@ def test_an_image_folder_and_a_data_folder_are_stored_absolute(tmp_path, monkeyp
 def test_changes_are_read_for_the_random_control_only():
     from fxdnat.config import parse_changes
 
-    assert parse_changes("none=1, identity=2,none=1") == {"none": 2, "identity": 2}
+    assert parse_changes("none=2, identity=2") == {"none": 2, "identity": 2}
     config = RunConfig("zoo:resnet20", "out", method="random", changes="none=1,identity=2")
     assert config.changes == "identity=2,none=1"  # canonical: the resume comparison is exact
-    assert RunConfig("zoo:resnet20", "out", method="random").changes == ""
+    assert RunConfig("zoo:resnet20", "out", method="random").changes is None
     with pytest.raises(ValueError, match="cannot read 'skip=1'; expected KIND=COUNT"):
         parse_changes("skip=1")
-    with pytest.raises(ValueError, match="for --method random only"):
-        RunConfig("zoo:resnet20", "out", changes="none=1")
+    with pytest.raises(ValueError, match="none is given twice"):
+        parse_changes("none=1,none=2")
+    from fxdnat.config import check_method
+
+    with pytest.raises(ValueError, match="--changes is for --method random .* method is dnat"):
+        check_method(RunConfig("zoo:resnet20", "out", changes="none=1"))
+    assert resolve_recipe(RunConfig("zoo:resnet20", "out", method="original", warmup_epochs=3))
+
+
+def test_theta_lr_and_reach_are_one_or_the_other_and_finite():
+    with pytest.raises(ValueError, match="not both"):
+        resolve_recipe(RunConfig("zoo:resnet20", "out", theta_lr=0.01, theta_reach=5.0))
+    with pytest.raises(ValueError, match=r"theta_reach \(--theta-reach\) must be"):
+        resolve_recipe(RunConfig("zoo:resnet20", "out", theta_reach=1e300))
+    with pytest.raises(ValueError, match="--theta-weight-decay"):
+        resolve_recipe(RunConfig("zoo:resnet20", "out", theta_weight_decay=float("inf")))
 
 
 def test_a_shorter_architecture_stage_keeps_a_theta_epoch():

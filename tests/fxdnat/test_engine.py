@@ -419,3 +419,9 @@ def test_bn_recalibration_after_finalize(tmp_path, monkeypatch):
     trainer = run(config(tmp_path))
     done = trainer.summary["finalize"]
     assert done["acc_after_bn"] is not None and done["bn_seconds"] > 0
+
+
+def test_changes_the_network_cannot_take_are_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="1000 edges should become 'identity' but only 7"):
+        Trainer(config(tmp_path, method="random", changes="identity=1000"), Reporter())
+    assert not (tmp_path / "run").exists()
