@@ -33,7 +33,7 @@ _RECIPE_FIELDS = (
     "theta_reach",
     "theta_weight_decay",
 )
-CHANGE_KINDS = ("identity", "none")
+CHANGE_KINDS = ("identity", "none", "skip-none", "op-identity")  # passes.decide's
 
 
 @dataclass
@@ -138,7 +138,8 @@ def parse_changes(text: str) -> dict[str, int]:
         if not sep or kind not in CHANGE_KINDS or not number.isdigit():
             raise ValueError(
                 f"--changes: cannot read {part!r}; expected KIND=COUNT with KIND one of "
-                f"{', '.join(CHANGE_KINDS)}, e.g. identity=2,none=1"
+                f"{', '.join(CHANGE_KINDS)} (a branch becoming the identity, a branch removed, "
+                "a skip removed, an op becoming the identity), e.g. identity=2,skip-none=1"
             )
         if kind in counts:
             raise ValueError(f"--changes: {kind} is given twice; give each kind once")

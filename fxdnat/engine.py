@@ -33,6 +33,7 @@ from fxdnat._files import atomic_file, check_writable, remove_temporaries, write
 from fxdnat.config import (
     RunConfig,
     check_method,
+    format_changes,
     parse_changes,
     resolve_recipe,
     resumed_config,
@@ -710,6 +711,13 @@ class Trainer:
             },
         )
 
+    def _changes(self, decisions: dict[str, str]) -> str:
+        """The changes as ``--changes`` reads them ("identity=2,skip-none=1"): what a random
+        control of this run places."""
+        from fxdnat.passes.decide import count_changes
+
+        return format_changes(count_changes(self.edges, decisions))
+
     def _scale(self) -> str:
         return "one" if self.config.method == "random" else self.recipe.finalize_scale
 
@@ -755,7 +763,7 @@ class Trainer:
             "decisions": dict(Counter(decisions.values())),
             "changed": {k: v for k, v in decisions.items() if v != SAME},
             "tie": self.config.tie,
-            "changes": self.config.changes,
+            "changes": self._changes(decisions),
             "margins": self.state.margins or {},
             "flipped": self.state.flipped or [],
             "finalize": self.state.finalize,

@@ -292,7 +292,10 @@ def random_changes(config: ReproConfig, job: Job) -> str:
             f"its DNAT run ({source}) {why}; a random run copies that run's number of changes: "
             "rerun the study to retry both"
         )
-    return changes_text(summary.get("changed", {}))
+    changes = summary.get("changes")
+    if isinstance(changes, str):  # counted by kind of edge by the engine
+        return changes
+    return changes_text(summary.get("changed", {}))  # a summary written before it did
 
 
 def changes_text(changed: Mapping[str, str]) -> str:

@@ -61,29 +61,56 @@ def margins(gated: fx.GraphModule, theta: torch.Tensor | None = None) -> dict[st
     return found
 
 
+CHANGE_KINDS = ("identity", "none", "skip-none", "op-identity")
+"""What a change is, by the edge's kind and its new choice: a residual branch becoming the
+identity or removed, a skip removed (which costs the network nothing), an op becoming the
+identity. Removing a branch and removing a skip are different changes."""
+
+
+def change_kind(edge: Edge, choice: str) -> str:
+    """The :data:`CHANGE_KINDS` entry of ``edge`` choosing ``choice`` (not "same")."""
+    return choice if edge.kind == "branch" else f"{edge.kind}-{choice}"
+
+
+def count_changes(edges: Sequence[Edge], decisions: Mapping[str, str]) -> dict[str, int]:
+    """How many edges made each kind of change."""
+    counts: dict[str, int] = defaultdict(int)
+    for edge in edges:
+        choice = decisions.get(edge.name, SAME)
+        if choice != SAME:
+            counts[change_kind(edge, choice)] += 1
+    return dict(counts)
+
+
 def random_changes(
     edges: Sequence[Edge], counts: Mapping[str, int], rng: random.Random
 ) -> dict[str, str]:
-    """Exactly ``counts[kind]`` edges take each kind ("identity", "none"), drawn with ``rng``
-    among the edges that allow it, every other edge "same", and no join left dead (draws that
-    would kill one are redrawn): the control that places a DNAT run's changes at random.
+    """Exactly ``counts[kind]`` edges make each kind of change (:data:`CHANGE_KINDS`), drawn
+    with ``rng`` among the edges that can, every other edge "same", and no join left dead
+    (draws that would kill one are redrawn): the control that places a DNAT run's changes at
+    random, a removed skip where DNAT removed a skip and a removed branch where it removed one.
 
-    Raises ValueError when there are not enough edges that allow a kind."""
+    Raises ValueError when there are not enough edges that can make a kind of change."""
+
+    def able(edge: Edge, kind: str) -> bool:
+        choice = kind.rsplit("-", 1)[-1]
+        return choice in edge.choices and change_kind(edge, choice) == kind
+
     for kind, wanted in counts.items():
-        able = sum(kind in e.choices for e in edges)
-        if wanted > able:
+        count = sum(able(e, kind) for e in edges)
+        if wanted > count:
             raise ValueError(
-                f"{wanted} edges should become {kind!r} but only {able} of the {len(edges)} "
-                "edges can"
+                f"{wanted} edges should make the change {kind!r} but only {count} of the "
+                f"{len(edges)} edges can"
             )
     for _ in range(1000):
         decisions = {edge.name: SAME for edge in edges}
-        for kind in rng.sample(sorted(counts), len(counts)):  # neither kind gets first pick
-            free = [e.name for e in edges if kind in e.choices and decisions[e.name] == SAME]
+        for kind in rng.sample(sorted(counts), len(counts)):  # no kind gets first pick
+            free = [e.name for e in edges if able(e, kind) and decisions[e.name] == SAME]
             if counts[kind] > len(free):
                 break
             for name in rng.sample(free, counts[kind]):
-                decisions[name] = kind
+                decisions[name] = kind.rsplit("-", 1)[-1]
         else:
             try:
                 return check_decisions(edges, decisions)

@@ -422,6 +422,6 @@ def test_bn_recalibration_after_finalize(tmp_path, monkeypatch):
 
 
 def test_changes_the_network_cannot_take_are_refused_before_training(tmp_path):
-    with pytest.raises(ValueError, match="1000 edges should become 'identity' but only 7"):
+    with pytest.raises(ValueError, match="1000 edges should make the change 'identity' but only 7"):
         Trainer(config(tmp_path, method="random", changes="identity=1000"), Reporter())
     assert not (tmp_path / "run").exists()

@@ -112,11 +112,12 @@ def test_margins_are_the_gap_between_the_two_best_allowed_entries():
 def test_random_changes_place_exactly_the_counts_and_never_kill_a_join(seed):
     import random
 
-    gated = gated_of("chain")  # three operands of one join, each allows none and identity
+    gated = gated_of("chain")  # one join of two branches and a skip
     edges = gated.arch.edges
-    counts = {"none": 2, "identity": 1}
+    counts = {"none": 1, "identity": 1, "skip-none": 1}
     decisions = passes.random_changes(edges, counts, random.Random(seed))
     assert sorted(decisions.values()) == ["identity", "none", "none"]
+    assert decisions[":2"] == "none"  # the skip
     passes.check_decisions(edges, decisions)  # no dead join
     again = passes.random_changes(edges, counts, random.Random(seed))
     assert again == decisions  # a function of the seed
@@ -126,8 +127,27 @@ def test_random_changes_refuse_more_changes_than_edges_allow():
     import random
 
     gated = gated_of("downsample")  # no edge allows identity
-    with pytest.raises(ValueError, match="1 edges should become 'identity' but only 0"):
+    with pytest.raises(ValueError, match="1 edges should make the change 'identity' but only 0"):
         passes.random_changes(gated.arch.edges, {"identity": 1}, random.Random(0))
     with pytest.raises(ValueError, match="without removing every operand"):
         chain = gated_of("chain").arch.edges
-        passes.random_changes(chain, {"none": 3}, random.Random(0))
+        passes.random_changes(chain, {"none": 2, "skip-none": 1}, random.Random(0))
+
+
+def test_random_changes_keep_the_kind_of_edge_a_change_was_made_on():
+    import random
+
+    from fxdnat.config import CHANGE_KINDS
+    from fxdnat.passes.decide import CHANGE_KINDS as KINDS
+    from fxdnat.passes.decide import count_changes
+
+    assert CHANGE_KINDS == KINDS  # the config's copy, which needs no torch
+    model = torch.nn.Sequential(CASES["se_block"](), CASES["se_block"]())
+    gm = fxdnat.trace(model, inputs_for(model))
+    edges = passes.discover(gm)
+    skips = {e.name for e in edges if e.kind == "skip"}
+    for seed in range(10):
+        decisions = passes.random_changes(edges, {"skip-none": 1}, random.Random(seed))
+        (removed,) = [name for name, choice in decisions.items() if choice == "none"]
+        assert removed in skips  # a removed skip, never a removed branch
+        assert count_changes(edges, decisions) == {"skip-none": 1}
