@@ -365,8 +365,9 @@ def _training_options(command: Callable) -> Callable:
 @click.option(
     "--changes",
     default=None,
-    help="For --method random: how many edges change, e.g. identity=2,none=1 (a DNAT run's "
-    "counts, in its summary.json).",
+    help="For --method random: how many edges make each kind of change, e.g. "
+    "identity=2,skip-none=1 (kinds: identity, none (a branch removed), skip-none, op-identity; "
+    "a DNAT run's are `changes` in its summary.json).",
 )
 @click.option(
     "--tie",
