@@ -113,7 +113,8 @@ def _figure(data: dict, history: torch.Tensor | None, groups: list[Group]):
     _curves(bottom, data)
     state = data["state"]
     stage = {"arch": f"architecture stage, epoch {state['epoch']}", "net": "network stage"}
-    title = f"{data['model']['spec']}: DNAT run ({stage.get(state['stage'], 'finished')})"
+    method = "random control" if data.get("method") == "random" else "DNAT"
+    title = f"{data['model']['spec']}: {method} run ({stage.get(state['stage'], 'finished')})"
     figure.suptitle(title, fontweight="bold")
     return figure
 

@@ -72,6 +72,7 @@ class Subject:
     progress: str | None = None  # "epoch 3 of 6" for the architecture stage
     margins: dict[str, float] | None = None  # how sure each decision is: θ's top-two gap
     margin_label: str = "θ margin"  # "min θ margin" where one drawing stands for several cells
+    method: str = "dnat"  # "random": the control's changes, placed at random
 
     def cells(self) -> list[str]:
         """The cells that own edges, in graph order (of their first operand)."""
@@ -125,6 +126,7 @@ def from_checkpoint(path: str | Path, *, trust_code: bool = False) -> Subject:
         spec=data["model"]["spec"],
         status=status,
         tie=data.get("tie"),
+        method=data.get("method") or "dnat",
         data=(data.get("config") or {}).get("data"),
         accuracy=metrics[-1]["test_acc"] if metrics else None,
         params=(count_params(restored.traced), count_params(final)),
@@ -162,6 +164,7 @@ def draw_run(
         accuracy=summary.get("test_acc"),
         params=(summary["params_before"], summary["params_after"]),
         margins=summary.get("margins") or None,
+        method=summary.get("method") or "dnat",
     )
     return write(render(subject), path)
 
@@ -729,7 +732,8 @@ def _caption(subject: Subject, note: str = "") -> str:
     if subject.status == "untransformed":
         parts.append("untransformed (every edge as built)")
     else:
-        parts.append(f"DNAT, tie {subject.tie}" if subject.tie else "DNAT")
+        name = "random control" if subject.method == "random" else "DNAT"
+        parts.append(f"{name}, tie {subject.tie}" if subject.tie else name)
     if subject.accuracy is not None:
         parts.append(f"test accuracy {100 * subject.accuracy:.1f}%")
     if subject.params:
