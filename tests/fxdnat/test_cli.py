@@ -179,7 +179,7 @@ def test_a_diverging_theta_names_thetas_learning_rate(tmp_path):
         ),
         (
             ["--data", "digit"],
-            "unknown data set 'digit'; did you mean 'digits'? accepted: digits, cifar10, "
+            "unknown data set 'digit'; did you mean 'digits'? accepted: digits, digits-hard, cifar10, "
             "tinyimagenet, imagefolder:PATH",
         ),
         (
