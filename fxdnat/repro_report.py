@@ -355,16 +355,19 @@ def _versus_random(
         return "", []
     table = [pair for model in models for pair in _pairs(groups, model, methods)]
     lines = [
-        "**DNAT vs random at equal changes** (a random run makes as many identity and none "
-        "changes as the DNAT run of its seed, placed at random; accuracy difference in points, "
-        "paired by seed):",
+        "**DNAT vs random at equal changes** (a random run makes as many changes of each kind "
+        "as the DNAT run of its seed, placed at random; accuracy difference in points, paired "
+        "by seed; seeds where DNAT changed nothing compare the original with itself and are "
+        "left out):",
         "",
     ]
     for model in (m for m in models if groups[m, "random"]):
         pairs = [p for p in table if p["model"] == model]
-        fair = [p for p in pairs if p["equal_changes"]]
+        unchanged = [p for p in pairs if p["equal_changes"] and not (p[IDENTITY] or p[NONE])]
+        fair = [p for p in pairs if p["equal_changes"] and p not in unchanged]
         if not fair:
-            lines.append(f"- {model}: no seed has both a DNAT and a random result yet")
+            why = "DNAT changed no edge" if unchanged else "no seed has both results yet"
+            lines.append(f"- {model}: nothing to compare ({why})")
             continue
         differences = [p["difference"] for p in fair]
         wins = sum(d > 0 for d in differences)
@@ -373,9 +376,12 @@ def _versus_random(
             f"{statistics.fmean(differences):+.2f} points on average over {len(fair)} "
             f"seed{'s' if len(fair) != 1 else ''}; DNAT better on {wins} of {len(fair)}"
         )
-        if len(fair) < len(pairs):
+        if unchanged:
+            lines[-1] += f" ({len(unchanged)} seeds without a change left out)"
+        if len(fair) + len(unchanged) < len(pairs):
             lines[-1] += (
-                f" ({len(pairs) - len(fair)} left out: the random run's changes differ from its "
+                f" ({len(pairs) - len(fair) - len(unchanged)} left out: the random run's changes "
+                "differ from its "
                 "DNAT run's, which was redone after it; delete the random run to redo it)"
             )
     return "\n".join(lines), table
