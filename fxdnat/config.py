@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fxdnat.ir import CHANGE_KINDS
+
 METHODS = ("dnat", "original", "random")
 ARCH_UPDATES = ("alternate", "joint")
 
@@ -33,7 +35,6 @@ _RECIPE_FIELDS = (
     "theta_reach",
     "theta_weight_decay",
 )
-CHANGE_KINDS = ("identity", "none", "skip-none", "op-identity")  # passes.decide's
 
 
 @dataclass
@@ -125,7 +126,7 @@ def resolve_recipe(c: RunConfig):
     if "warmup_epochs" not in overrides:  # a shorter stage keeps at least one θ epoch
         arch = overrides.get("arch_epochs", recipe.arch_epochs)
         overrides["warmup_epochs"] = min(recipe.warmup_epochs, max(arch - 1, 0))
-    if c.theta_lr is not None and c.theta_reach is None:  # an explicit lr is taken as it is
+    if c.theta_lr is not None:  # an explicit lr is taken as it is
         overrides["theta_reach"] = None
     return dataclasses.replace(recipe, **overrides)
 

@@ -40,7 +40,7 @@ from fxdnat.config import (
 )
 from fxdnat.ir import CHOICES, SAME
 from fxdnat.reach import Reach
-from fxdnat.reach import plan as _plan_reach
+from fxdnat.reach import plan as plan_reach
 
 log = logging.getLogger(__name__)
 
@@ -197,13 +197,16 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             limit=c.limit,
         )
-        self.reach = plan_reach(
-            len(self.train_loader),
-            recipe.arch_epochs,
-            recipe.warmup_epochs,
-            recipe.theta_lr,
-            recipe.theta_reach,
-            searches=c.method == "dnat",
+        self.reach = (  # only DNAT trains θ
+            plan_reach(
+                len(self.train_loader),
+                recipe.arch_epochs,
+                recipe.warmup_epochs,
+                recipe.theta_lr,
+                recipe.theta_reach,
+            )
+            if c.method == "dnat"
+            else Reach(0, 0, recipe.theta_lr)
         )
         self.recipe = dataclasses.replace(recipe, theta_lr=self.reach.theta_lr)
         if stored is not None:
@@ -628,7 +631,7 @@ class Trainer:
         from fxdnat.passes import decide, margins
 
         if self.config.method == "random":
-            return self._random_decisions(), "one"
+            return self._random_decisions(), self._scale()
         decisions = decide(gated)
         self.state.margins = margins(gated)
         searched = self.recipe.arch_epochs - self.recipe.warmup_epochs
@@ -641,7 +644,7 @@ class Trainer:
                 if choice != decisions[name]
             }
         )
-        return decisions, self.recipe.finalize_scale
+        return decisions, self._scale()
 
     def _random_decisions(self) -> dict[str, str]:
         """The control's changes, placed at random edges by the run's seed."""
@@ -719,6 +722,8 @@ class Trainer:
         return format_changes(count_changes(self.edges, decisions))
 
     def _scale(self) -> str:
+        """finalize's scale: the recipe's, but 1 for the random control, whose θ never
+        trained (its identity entries are 0)."""
         return "one" if self.config.method == "random" else self.recipe.finalize_scale
 
     def _draw_cells(self, summary: dict) -> None:
@@ -776,15 +781,6 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------------- helpers
-def plan_reach(
-    steps: int, arch: int, warmup: int, lr: float, reach: float | None, *, searches: bool
-) -> Reach:
-    """The run's θ schedule (fxdnat.reach); a run that trains no θ has none."""
-    if not searches:
-        return Reach(0, 0, lr)
-    return _plan_reach(steps, arch, warmup, lr, reach)
-
-
 def _model_kwargs(spec: str, recipe) -> dict:
     """Zoo models with an auxiliary head build it when the recipe weighs it."""
     from fxdnat import zoo

@@ -17,6 +17,11 @@ CHOICES: tuple[str, ...] = ("none", "identity", "same")
 NONE, IDENTITY, SAME = CHOICES
 
 KINDS: tuple[str, ...] = ("branch", "skip", "op")
+CHANGE_KINDS = ("identity", "none", "skip-none", "op-identity")
+"""What a change is, by the edge's kind and its new choice: a residual branch becoming the
+identity or removed, a skip removed (which costs the network nothing), an op becoming the
+identity. Removing a branch and removing a skip are different changes (the random control
+keeps them apart)."""
 """branch: a residual branch into a join; skip: an empty branch (the edge already is the identity);
 op: a shape-preserving module call offered the identity ("op" granularity, NAT-style)."""
 
@@ -62,3 +67,8 @@ class Edge:
         fields["nodes"] = tuple(fields["nodes"])
         fields["choices"] = tuple(fields["choices"])
         return cls(**fields)
+
+
+def change_kind(edge: Edge, choice: str) -> str:
+    """The :data:`CHANGE_KINDS` entry of ``edge`` choosing ``choice`` (not "same")."""
+    return choice if edge.kind == "branch" else f"{edge.kind}-{choice}"

@@ -93,17 +93,9 @@ class RichReporter(Reporter):
                 f"[bold]finalize[/] after epoch {data['epoch']}: "
                 f"{len(changed)} edges changed ({listed})"
             )
-            margins = data.get("margins") or {}
-            if margins:
-                unsure = sum(m < UNSURE for m in margins.values())
-                flipped = data.get("flipped") or []
-                self.console.print(
-                    f"  how sure: θ margin min {min(margins.values()):.2f}, median "
-                    f"{statistics.median(margins.values()):.2f}; {unsure} of {len(margins)} "
-                    f"edges under {UNSURE}; {len(flipped)} flipped in the last epochs"
-                    + (f" ({', '.join(flipped)})" if flipped else ""),
-                    highlight=False,
-                )
+            if data.get("margins"):
+                sure = _how_sure(data["margins"], data.get("flipped") or [])
+                self.console.print(f"  how sure: {sure}", highlight=False)
             if data.get("acc_after") is not None:
                 bn = data.get("acc_after_bn")
                 after_bn = f", {100 * bn:.2f}% after BN re-estimation" if bn is not None else ""
@@ -127,16 +119,8 @@ class RichReporter(Reporter):
             "edges",
             f"{summary['edges']} ({decisions or 'untouched'}), {len(summary['changed'])} changed",
         )
-        margins = summary.get("margins") or {}
-        if margins:  # how sure the decisions are
-            weakest = min(margins, key=margins.__getitem__)
-            unsure = sum(m < UNSURE for m in margins.values())
-            table.add_row(
-                "θ margins",
-                f"min {margins[weakest]:.2f} ({weakest}), median "
-                f"{statistics.median(margins.values()):.2f}; {unsure} under {UNSURE}, "
-                f"{len(summary.get('flipped') or [])} flipped late",
-            )
+        if summary.get("margins"):
+            table.add_row("θ margins", _how_sure(summary["margins"], summary.get("flipped") or []))
         done = summary.get("finalize") or {}
         if done.get("acc_after") is not None:
             table.add_row(
@@ -149,6 +133,17 @@ class RichReporter(Reporter):
         for label, path in summary.get("artifacts", {}).items():
             table.add_row(label, path)
         Console().print(table)
+
+
+def _how_sure(margins: dict[str, float], flipped: list[str]) -> str:
+    """θ's margins in a line: the weakest edge, the median, how many are unsure or flipped."""
+    weakest = min(margins, key=margins.__getitem__)
+    unsure = sum(m < UNSURE for m in margins.values())
+    late = f" ({', '.join(flipped)})" if flipped else ""
+    return (
+        f"min {margins[weakest]:.2f} ({weakest}), median {statistics.median(margins.values()):.2f}"
+        f"; {unsure} of {len(margins)} under {UNSURE}; {len(flipped)} flipped late{late}"
+    )
 
 
 def _number(value: object) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import fx
 
-from fxdnat.ir import CHOICES, NONE, SAME, Edge
+from fxdnat.ir import CHOICES, NONE, SAME, Edge, change_kind
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +61,6 @@ def margins(gated: fx.GraphModule, theta: torch.Tensor | None = None) -> dict[st
     return found
 
 
-CHANGE_KINDS = ("identity", "none", "skip-none", "op-identity")
-"""What a change is, by the edge's kind and its new choice: a residual branch becoming the
-identity or removed, a skip removed (which costs the network nothing), an op becoming the
-identity. Removing a branch and removing a skip are different changes."""
-
-
-def change_kind(edge: Edge, choice: str) -> str:
-    """The :data:`CHANGE_KINDS` entry of ``edge`` choosing ``choice`` (not "same")."""
-    return choice if edge.kind == "branch" else f"{edge.kind}-{choice}"
-
-
 def count_changes(edges: Sequence[Edge], decisions: Mapping[str, str]) -> dict[str, int]:
     """How many edges made each kind of change."""
     counts: dict[str, int] = defaultdict(int)
@@ -85,7 +74,7 @@ def count_changes(edges: Sequence[Edge], decisions: Mapping[str, str]) -> dict[s
 def random_changes(
     edges: Sequence[Edge], counts: Mapping[str, int], rng: random.Random
 ) -> dict[str, str]:
-    """Exactly ``counts[kind]`` edges make each kind of change (:data:`CHANGE_KINDS`), drawn
+    """Exactly ``counts[kind]`` edges make each kind of change (``fxdnat.ir.CHANGE_KINDS``), drawn
     with ``rng`` among the edges that can, every other edge "same", and no join left dead
     (draws that would kill one are redrawn): the control that places a DNAT run's changes at
     random, a removed skip where DNAT removed a skip and a removed branch where it removed one.

@@ -6,7 +6,7 @@ with a missing operand becomes its other operand). Then whatever has become dead
 submodules and parameters.
 
 ``scale`` says what a kept candidate is multiplied by. ``"keep"`` (the default, what training
-uses) keeps its learned coefficient c = θ[row, choice]: after training θ_same is 0.8-1.4, not 1,
+uses) keeps its learned coefficient c = θ[row, choice]: after training θ_same is 0.6-4, not 1,
 and the weights (BatchNorm statistics above all) were learned under those factors, so reading θ
 as one-hot would change the network. c goes into the weight and bias of the branch's last
 affine op (a norm, convolution or linear layer, possibly behind dropout, drop-path or views;
@@ -54,7 +54,8 @@ def finalize(
     _check_scale(scale)
     arch = _architecture(gated)
     decisions = check_decisions(arch.edges, decisions)
-    coefficients = _coefficients(arch, decisions, scale)
+    theta = arch().detach().cpu().tolist()  # masked: a choice a row does not allow weighs 0
+    coefficients = _coefficients(arch, theta, decisions, scale)
     final = _graph.copy_module(gated)
     graph = final.graph
     before = _graph.used_tensor_names(final)
@@ -74,7 +75,7 @@ def finalize(
     folded: dict[str, str] = {}  # edge name -> module its coefficient went into
     for mix in mixes:
         if scale == "keep":
-            _merge_dropped(mix, arch, decisions, coefficients)
+            _merge_dropped(mix, arch, theta, decisions, coefficients)
         factors = _fold(final, mix, decisions, coefficients, folded)
         created = _write_back(mix, decisions, named, writes, factors)
         fresh |= created
@@ -100,16 +101,17 @@ def _check_scale(scale: str) -> None:
         )
 
 
-def _coefficients(arch: Architecture, decisions: dict, scale: str) -> dict[str, float]:
+def _coefficients(arch: Architecture, theta: list, decisions: dict, scale: str) -> dict:
     """Each kept edge's coefficient, a Python number: its decided θ entry, or 1."""
-    theta = arch.theta.detach().cpu().tolist()
     kept = [(edge.name, choice) for edge in arch.edges if (choice := decisions[edge.name]) != NONE]
     if scale == "one":
         return {name: 1.0 for name, _ in kept}
     return {name: theta[arch.group_of[name]][CHOICES.index(choice)] for name, choice in kept}
 
 
-def _merge_dropped(mix: fx.Node, arch: Architecture, decisions: dict, coefficients: dict) -> None:
+def _merge_dropped(
+    mix: fx.Node, arch: Architecture, theta: list, decisions: dict, coefficients: dict
+) -> None:
     """Add the coefficient of each candidate the decisions drop to that of a kept candidate of
     the same join that reads the same tensor (the first one, in the join's order). Joins whose
     adds scale an operand (``add(a, b, alpha=2)``) are left as they are: rare, and their terms
@@ -117,7 +119,6 @@ def _merge_dropped(mix: fx.Node, arch: Architecture, decisions: dict, coefficien
     (_, terms), tensors = mix.args[1], [_original(t) for t in mix.args[2:]]
     if any(scale != 1 for _, _, scale in terms):
         return
-    theta, mask = arch.theta.detach().cpu().tolist(), arch.mask.cpu().tolist()
     leaves = mix.meta[EDGES_META]["edges"]
     owner: dict[fx.Node, str] = {}  # tensor -> the edge whose kept candidate reads it
     for name, same, identity in leaves:
@@ -127,12 +128,9 @@ def _merge_dropped(mix: fx.Node, arch: Architecture, decisions: dict, coefficien
     for name, same, identity in leaves:
         row = arch.group_of[name]
         for choice, index in ((SAME, same), (IDENTITY, identity)):
-            column = CHOICES.index(choice)
-            if choice == decisions[name] or index is None or not mask[row][column]:
-                continue
-            kept = owner.get(tensors[index])
-            if kept is not None:
-                coefficients[kept] += theta[row][column]
+            kept = None if index is None else owner.get(tensors[index])
+            if choice != decisions[name] and kept is not None:
+                coefficients[kept] += theta[row][CHOICES.index(choice)]
 
 
 def _fold(final, mix: fx.Node, decisions: dict, coefficients: dict, folded: dict) -> list[float]:
