@@ -73,9 +73,10 @@ def finalize(
     named = {node.name: node for node in graph.nodes}
     fresh: set[fx.Node] = set()  # the adds written back: values no one else holds
     folded: dict[str, str] = {}  # edge name -> module its coefficient went into
-    for mix in mixes:
-        if scale == "keep":
+    if scale == "keep":  # before any write-back: "the same tensor" in the gated graph, not in
+        for mix in mixes:  # one where a decided join became its only operand
             _merge_dropped(mix, arch, theta, decisions, coefficients)
+    for mix in mixes:
         factors = _fold(final, mix, decisions, coefficients, folded)
         created = _write_back(mix, decisions, named, writes, factors)
         fresh |= created

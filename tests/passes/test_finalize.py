@@ -586,3 +586,26 @@ def test_keep_adds_a_dropped_identity_to_the_skip_that_reads_the_same_tensor():
     )
     assert final.meta["fxdnat"]["coefficients"] == {":1": 1.5} and muls(final) == []
     assert_same_function(final, masked(gated, {":0": "none"}), inputs, rtol=1e-12, atol=1e-12)
+
+
+class TwoJoins(torch.nn.Module):
+    """``y = a(x) + b(x)``; ``(c(y) + d(x), y)``: edges ":0" a, ":1" b, ":2" c, ":3" d. Returning
+    y makes it the source of c's edge (a branch that began at x would run through y)."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.d = (torch.nn.Conv2d(c, c, 3, padding=1) for _ in range(4))
+
+    def forward(self, x):
+        y = self.a(x) + self.b(x)
+        return self.c(y) + self.d(x), y
+
+
+def test_keep_merges_by_the_tensors_of_the_trained_network_not_of_the_finalized_one():
+    # the first join keeps only b's identity at 1: finalized, y *is* x. c's dropped identity
+    # read y in the trained network, so it is not d's identity (which reads x) to merge into
+    rows = [[0.5, 0, 0.2], [0, 1.0, 0.3], [0, -1.2, -0.9], [0.7, 0.4, 0.6]]
+    decisions = {":0": "none", ":1": "identity", ":2": "none", ":3": "identity"}
+    final, gated, inputs = keep_pipeline(TwoJoins(), rows, decisions)
+    assert final.meta["fxdnat"]["coefficients"] == pytest.approx({":1": 1.0, ":3": 0.4})
+    assert_same_function(final, masked(gated, decisions), inputs, rtol=1e-12, atol=1e-12)
