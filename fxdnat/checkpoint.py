@@ -26,7 +26,7 @@ import torch
 from torch import fx, nn
 
 from fxdnat._files import atomic_file
-from fxdnat.ir import CHOICES, Edge
+from fxdnat.ir import CHOICES, GRANULARITIES, SCALES, TIES, Edge
 
 FORMAT = "fxdnat-checkpoint"
 VERSION = 1
@@ -244,8 +244,8 @@ def _checked(data: dict[str, Any]) -> tuple[dict[str, Any], list[Edge]]:
     except (TypeError, KeyError) as exc:
         raise CheckpointError(f"the checkpoint's edges are not fxdnat edges ({exc})") from exc
     if stored:
-        _expect(data.get("granularity") in ("branch", "op"), "granularity", "branch or op")
-        _expect(data.get("tie") in ("cell", "full"), "tie", "cell or full")
+        _expect(data.get("granularity") in GRANULARITIES, "granularity", " or ".join(GRANULARITIES))
+        _expect(data.get("tie") in TIES, "tie", " or ".join(TIES))
     decisions = data.get("decisions")
     _expect(
         decisions is None
@@ -260,8 +260,6 @@ def _checked(data: dict[str, Any]) -> tuple[dict[str, Any], list[Edge]]:
 
 def _check_finalize_fields(data: dict[str, Any]) -> None:
     """What the replay of finalize reads: its scale, and θ."""
-    from fxdnat.passes.finalize import SCALES
-
     scale = data.get("finalize_scale", "one")  # written since finalize took a scale
     _expect(type(scale) is str and scale in SCALES, "finalize_scale", " or ".join(SCALES))
     theta, history = data.get("theta"), data.get("theta_history", [])

@@ -18,6 +18,7 @@ import click
 from fxdnat import __version__
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.config import RUNTIME, flag
+from fxdnat.ir import DEVICES, GRANULARITIES, METHODS, TIES, UPDATES
 from fxdnat.repro_layout import DEFAULT_METHODS
 
 # what a resumed run may change, as the options that set it (fxdnat.config.RUNTIME)
@@ -115,14 +116,14 @@ def _model_options(command: Callable) -> Callable:
 @_model_options
 @click.option(
     "--granularity",
-    type=click.Choice(["branch", "op"]),
+    type=click.Choice(GRANULARITIES),
     default="branch",
     show_default=True,
     help="Edges at joins only, or also every shape-preserving op.",
 )
 @click.option(
     "--tie",
-    type=click.Choice(["full", "cell"]),
+    type=click.Choice(TIES),
     default="full",
     show_default=True,
     help="Group count shown for this tie mode (both are reported).",
@@ -290,11 +291,11 @@ _TRAINING_OPTIONS = (
         "--recipe", default=None, help="paper or quick [default: the model's, else paper]."
     ),
     click.option(
-        "--granularity", type=click.Choice(["branch", "op"]), default="branch", show_default=True
+        "--granularity", type=click.Choice(GRANULARITIES), default="branch", show_default=True
     ),
     click.option(
         "--arch-update",
-        type=click.Choice(["alternate", "joint"]),
+        type=click.Choice(UPDATES),
         default="alternate",
         show_default=True,
         help="alternate: ω step then θ step per minibatch (the paper); joint: one backward.",
@@ -356,7 +357,7 @@ def _training_options(command: Callable) -> Callable:
 @_training_options
 @click.option(
     "--method",
-    type=click.Choice(["dnat", "original", "random"]),
+    type=click.Choice(METHODS),
     default="dnat",
     show_default=True,
     help="original: train the untouched model with the same recipe; random: the control, "
@@ -371,16 +372,14 @@ def _training_options(command: Callable) -> Callable:
 )
 @click.option(
     "--tie",
-    type=click.Choice(["cell", "full"]),
+    type=click.Choice(TIES),
     default="cell",
     show_default=True,
     help="Share θ between cells of one structure (cell) or not (full).",
 )
 # torch seeds the run from seed × 1,000,003 + epoch, an int64
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on with CUDA].")
 @click.option("--channels-last/--no-channels-last", default=None, help="[default: on with CUDA]")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network.")
@@ -492,7 +491,7 @@ def eval_(
 @click.option("--cell", default=None, help="Draw this cell only (e.g. layer1.0).")
 @click.option(
     "--granularity",
-    type=click.Choice(["branch", "op"]),
+    type=click.Choice(GRANULARITIES),
     default="branch",
     show_default=True,
     help="Edges to draw for a SPEC (a checkpoint has its own).",
@@ -582,7 +581,7 @@ def export(checkpoint: str, out: str, trust_code: bool) -> None:
 @_training_options
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=click.Choice(DEVICES),
     default="auto",
     show_default=True,
     help="With GPUs (auto, cuda): one run per GPU in parallel; else one run after another.",

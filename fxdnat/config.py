@@ -16,10 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fxdnat.ir import CHANGE_KINDS
-
-METHODS = ("dnat", "original", "random")
-ARCH_UPDATES = ("alternate", "joint")
+from fxdnat.ir import (
+    CHANGE_KINDS,
+    DEVICES,
+    GRANULARITIES,
+    METHODS,
+    TIES,
+    UPDATES,
+    Device,
+    Granularity,
+    Method,
+    Tie,
+    Update,
+)
 
 RUNTIME = ("out", "data_dir", "download", "device", "workers", "compile", "channels_last")
 """Fields a resumed run may change: where and how fast it runs, not what it computes."""
@@ -47,11 +56,11 @@ class RunConfig:
     data_dir: str | None = None  # stored absolute
     download: bool = False
     recipe: str | None = None  # default: the zoo model's, else "paper"
-    method: str = "dnat"  # "original": the untouched model; "random": the control (`changes`)
+    method: Method = "dnat"  # "original": the untouched model; "random": the control (`changes`)
     changes: str | None = None  # method "random": how many edges change, "identity=2,none=1"
-    tie: str = "cell"
-    granularity: str = "branch"
-    arch_update: str = "alternate"
+    tie: Tie = "cell"
+    granularity: Granularity = "branch"
+    arch_update: Update = "alternate"
     epochs: int | None = None
     arch_epochs: int | None = None
     warmup_epochs: int | None = None
@@ -62,7 +71,7 @@ class RunConfig:
     theta_weight_decay: float | None = None
     seed: int = 0
     deterministic: bool = False
-    device: str = "auto"
+    device: Device = "auto"
     amp: bool | None = None  # default: bf16 autocast on CUDA
     channels_last: bool | None = None  # default: on CUDA
     compile: bool = False
@@ -75,10 +84,10 @@ class RunConfig:
 
         for name, value, allowed in (
             ("method", self.method, METHODS),
-            ("arch_update", self.arch_update, ARCH_UPDATES),
-            ("tie", self.tie, ("cell", "full")),
-            ("granularity", self.granularity, ("branch", "op")),
-            ("device", self.device, ("auto", "cpu", "cuda")),
+            ("arch_update", self.arch_update, UPDATES),
+            ("tie", self.tie, TIES),
+            ("granularity", self.granularity, GRANULARITIES),
+            ("device", self.device, DEVICES),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
@@ -259,6 +268,8 @@ def stored_config(stored: dict[str, Any]) -> RunConfig:
 
 
 def _fits(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) is typing.Literal:  # a vocabulary of fxdnat.ir
+        return type(value) is str and value in typing.get_args(hint)
     allowed = typing.get_args(hint) or (hint,)
     if type(value) is int:  # an int is no bool, but may stand for a float
         return int in allowed or float in allowed

@@ -7,6 +7,7 @@ re-trace, and shown by the CLI without importing torch.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 META_KEY = "fxdnat"
 """Key of the dict that fxdnat keeps in ``GraphModule.meta`` (leaves, input shapes, decisions)."""
@@ -17,13 +18,37 @@ CHOICES: tuple[str, ...] = ("none", "identity", "same")
 NONE, IDENTITY, SAME = CHOICES
 
 KINDS: tuple[str, ...] = ("branch", "skip", "op")
+"""branch: a residual branch into a join; skip: an empty branch (the edge already is the identity);
+op: a shape-preserving module call offered the identity ("op" granularity, NAT-style)."""
 CHANGE_KINDS = ("identity", "none", "skip-none", "op-identity")
 """What a change is, by the edge's kind and its new choice: a residual branch becoming the
 identity or removed, a skip removed (which costs the network nothing), an op becoming the
 identity. Removing a branch and removing a skip are different changes (the random control
 keeps them apart)."""
-"""branch: a residual branch into a join; skip: an empty branch (the edge already is the identity);
-op: a shape-preserving module call offered the identity ("op" granularity, NAT-style)."""
+
+# The vocabularies of the passes, the engine, the harness and the CLI, each defined once here:
+# a ``Literal`` for type checkers and its values as a tuple for validation and ``click.Choice``.
+Granularity = Literal["branch", "op"]
+GRANULARITIES: tuple[Granularity, ...] = get_args(Granularity)
+"""Where edges are found (:func:`fxdnat.passes.discover`): residual branches and skips of each
+join ("branch", the paper's), or also every shape-preserving module call ("op", NAT's)."""
+Tie = Literal["cell", "full"]
+TIES: tuple[Tie, ...] = get_args(Tie)
+"""How edges share θ rows (:func:`fxdnat.passes.gate`): one row per role within a cell type,
+shared by the cells of that type ("cell", DNAT's reading of DARTS); one row per edge ("full")."""
+Scale = Literal["keep", "one"]
+SCALES: tuple[Scale, ...] = get_args(Scale)
+"""What finalize multiplies a kept candidate by: its learned θ entry ("keep"), or 1 ("one")."""
+Update = Literal["alternate", "joint"]
+UPDATES: tuple[Update, ...] = get_args(Update)
+"""How ω and θ train in the architecture stage: ω's step then θ's on the same minibatch, θ seeing
+the updated ω ("alternate", the paper's), or one backward for both ("joint")."""
+Method = Literal["dnat", "original", "random"]
+METHODS: tuple[Method, ...] = get_args(Method)
+"""What a run trains: DNAT's two stages, the untouched model, or the random control (θ frozen,
+as many changes as a DNAT run made, placed at random)."""
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[Device, ...] = get_args(Device)
 
 
 @dataclass(frozen=True)

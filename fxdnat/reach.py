@@ -15,6 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+THETA_LR, THETA_BETAS, THETA_WEIGHT_DECAY = 3e-4, (0.5, 0.999), 1e-3
+"""θ's optimiser, Adam, as DARTS's architecture optimiser (Liu et al. 2019: ``arch_learning_rate``,
+``betas``, ``arch_weight_decay``), which DNAT adopts (DESIGN.md): the defaults of
+:meth:`fxdnat.DNAT.theta_optimizer` and of every recipe. The weight decay pulls each θ entry
+towards 0, the "none" threshold (docs/training.md)."""
+
 NEEDED = 1.0
 """How far an entry must travel for an edge to change: θ_same − θ_identity at the start."""
 NOISY = 1.0

@@ -9,6 +9,7 @@ final = finalize(gated, decisions)   # clean GraphModule; scale="keep" keeps θ'
 
 from __future__ import annotations
 
+from fxdnat.ir import GRANULARITIES, SCALES, TIES
 from fxdnat.passes.decide import (
     check_decisions,
     decide,
@@ -16,9 +17,9 @@ from fxdnat.passes.decide import (
     random_changes,
     random_decisions,
 )
-from fxdnat.passes.discover import GRANULARITIES, discover
-from fxdnat.passes.finalize import SCALES, finalize
-from fxdnat.passes.gate import TIES, cell_structures, gate
+from fxdnat.passes.discover import discover
+from fxdnat.passes.finalize import finalize
+from fxdnat.passes.gate import cell_structures, gate
 
 __all__ = [
     "GRANULARITIES",

@@ -16,10 +16,8 @@ from dataclasses import dataclass, replace
 from torch import fx, nn
 
 from fxdnat.frontend import memory
-from fxdnat.ir import IDENTITY, NONE, SAME, Edge
+from fxdnat.ir import GRANULARITIES, IDENTITY, NONE, SAME, Edge
 from fxdnat.passes import _graph
-
-GRANULARITIES = ("branch", "op")
 
 
 @dataclass(frozen=True)

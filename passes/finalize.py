@@ -29,14 +29,11 @@ from torch import fx
 from fxdnat.arch import Architecture, Tree, dnat_mix
 from fxdnat.frontend import memory
 from fxdnat.frontend.functionalize import INPLACE, reinplace_
-from fxdnat.ir import CHOICES, IDENTITY, META_KEY, NONE, SAME
+from fxdnat.ir import CHOICES, IDENTITY, META_KEY, NONE, SAME, SCALES
 from fxdnat.passes import _graph
 from fxdnat.passes._fold import fold_scale_
 from fxdnat.passes.decide import _architecture, check_decisions
 from fxdnat.passes.gate import ARCH, COPY_META, EDGES_META
-
-SCALES = ("keep", "one")
-"""What finalize multiplies a kept candidate by: its learned θ entry ("keep"), or 1 ("one")."""
 
 
 def finalize(

@@ -17,10 +17,9 @@ from torch import fx
 from fxdnat.arch import Architecture, Spec, Term, Tree, dnat_mix
 from fxdnat.frontend import memory
 from fxdnat.frontend.functionalize import INPLACE
-from fxdnat.ir import CHOICES, IDENTITY, META_KEY, SAME, Edge
+from fxdnat.ir import CHOICES, IDENTITY, META_KEY, SAME, TIES, Edge
 from fxdnat.passes import _graph
 
-TIES = ("full", "cell")
 ARCH = "arch"
 """Name of the Architecture submodule on a gated GraphModule."""
 EDGES_META = "fxdnat_edges"

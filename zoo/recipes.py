@@ -7,6 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from fxdnat.ir import SCALES, Scale
+from fxdnat.reach import THETA_BETAS, THETA_LR, THETA_WEIGHT_DECAY
+
 from ._registry import did_you_mean, model_info
 
 
@@ -22,9 +25,9 @@ class Recipe:
     momentum: float
     weight_decay: float
     grad_clip: float | None  # max global grad norm for ω (None: no clipping)
-    theta_lr: float = 3e-4  # θ: Adam (DARTS's arch optimiser defaults)
-    theta_betas: tuple[float, float] = (0.5, 0.999)
-    theta_weight_decay: float = 1e-3
+    theta_lr: float = THETA_LR  # θ: Adam, DARTS's architecture optimiser (fxdnat/reach.py)
+    theta_betas: tuple[float, float] = THETA_BETAS
+    theta_weight_decay: float = THETA_WEIGHT_DECAY
     cutout: int = 0  # side of the cutout hole in pixels (0: off)
     auxiliary_weight: float = 0.0
     drop_path_prob: float = 0.0  # final drop-path probability, ramped linearly 0 → p over epochs
@@ -33,7 +36,7 @@ class Recipe:
     # most about lr·T (its reach), and gradient noise moves it about lr·√T (see fxdnat/reach.py)
     warmup_epochs: int = 0  # ω-only epochs at the start of the architecture stage (θ frozen)
     theta_reach: float | None = None  # lr·T: θ's lr becomes theta_reach / T; None: theta_lr
-    finalize_scale: str = "keep"  # fold θ's learned coefficients into the network ("one": 1)
+    finalize_scale: Scale = "keep"  # fold θ's learned coefficients into the network ("one": 1)
     bn_recalibration: int = 0  # training batches that re-estimate BN statistics after finalize
 
     def __post_init__(self) -> None:
@@ -65,7 +68,7 @@ class Recipe:
                 f"recipe {self.name!r}: theta_weight_decay (--theta-weight-decay) must be a "
                 "finite number >= 0"
             )
-        if self.finalize_scale not in ("keep", "one") or self.bn_recalibration < 0:
+        if self.finalize_scale not in SCALES or self.bn_recalibration < 0:
             raise ValueError(
                 f"recipe {self.name!r}: finalize_scale is 'keep' or 'one' and "
                 "bn_recalibration a number of batches >= 0"

@@ -217,7 +217,7 @@ def test_no_edge_and_bad_tie_are_rejected():
         passes.gate(gm, edges)
     _, gm, edges, _ = traced("chain")
     with pytest.raises(
-        ValueError, match=r"unknown tie mode 'cells'; expected one of \('full', 'cell'\)"
+        ValueError, match=r"unknown tie mode 'cells'; expected one of \('cell', 'full'\)"
     ):
         passes.gate(gm, edges, tie="cells")
     with pytest.raises(ValueError, match="already has an attribute 'arch'; is it gated already"):

@@ -23,7 +23,7 @@ from timm.layers import DropPath
 
 import fxdnat
 from fxdnat import passes
-from fxdnat.passes.finalize import SCALES
+from fxdnat.passes import SCALES
 
 
 def settings_for(examples: int):
