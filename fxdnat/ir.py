@@ -6,6 +6,9 @@ re-trace, and shown by the CLI without importing torch.
 
 from __future__ import annotations
 
+import difflib
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
@@ -97,3 +100,43 @@ class Edge:
 def change_kind(edge: Edge, choice: str) -> str:
     """The :data:`CHANGE_KINDS` entry of ``edge`` choosing ``choice`` (not "same")."""
     return choice if edge.kind == "branch" else f"{edge.kind}-{choice}"
+
+
+def check_decisions(
+    edges: Sequence[Edge], decisions: Mapping[str, str], *, allow_dead: bool = False
+) -> dict[str, str]:
+    """Validate ``decisions`` against ``edges``; complete missing edges with "same".
+
+    Raises ValueError naming the edge for an unknown edge, a choice the edge does not allow, or
+    (unless ``allow_dead``) a join left without a live operand.
+    """
+    by_name = {edge.name: edge for edge in edges}
+    for name, choice in decisions.items():
+        if name not in by_name:
+            hint = difflib.get_close_matches(name, by_name, n=1)
+            raise ValueError(
+                f"unknown edge {name!r} in decisions"
+                + (f"; did you mean {hint[0]!r}?" if hint else "; see `fxdnat edges`")
+            )
+        if choice not in by_name[name].choices:
+            raise ValueError(
+                f"edge {name!r} cannot choose {choice!r}; it allows {by_name[name].choices}"
+            )
+    full = {edge.name: decisions.get(edge.name, SAME) for edge in edges}
+    if not allow_dead:
+        for join, members in joins_of(edges).items():
+            if all(full[e.name] == NONE for e in members):
+                raise ValueError(
+                    f"decisions remove every operand of join {join!r} (edges "
+                    f"{', '.join(e.name for e in members)}); keep at least one"
+                )
+    return full
+
+
+def joins_of(edges: Sequence[Edge]) -> dict[str, list[Edge]]:
+    """The edges of each join, by the join's node name (op edges belong to none)."""
+    joins: dict[str, list[Edge]] = defaultdict(list)
+    for edge in edges:
+        if edge.join is not None:
+            joins[edge.join].append(edge)
+    return joins

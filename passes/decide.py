@@ -7,7 +7,6 @@ keeps its operand with the best non-none weight.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import random
@@ -17,7 +16,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import fx
 
-from fxdnat.ir import CHOICES, NONE, SAME, Edge, change_kind
+from fxdnat.arch import Architecture
+from fxdnat.ir import CHOICES, NONE, SAME, Edge, change_kind, check_decisions, joins_of
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def decide(gated: fx.GraphModule, theta: torch.Tensor | None = None) -> dict[str
     decisions = {
         edge.name: _best(theta[arch.group_of[edge.name]], edge.choices) for edge in arch.edges
     }
-    for join, members in _joins(arch.edges).items():
+    for join, members in joins_of(arch.edges).items():
         if all(decisions[e.name] == NONE for e in members):
             keep = max(members, key=lambda e: _best_weight(theta[arch.group_of[e.name]], e))
             decisions[keep.name] = _best(theta[arch.group_of[keep.name]], keep.choices, live=True)
@@ -110,65 +110,24 @@ def random_changes(
     )
 
 
-def check_decisions(
-    edges: Sequence[Edge], decisions: Mapping[str, str], *, allow_dead: bool = False
-) -> dict[str, str]:
-    """Validate ``decisions`` against ``edges``; complete missing edges with "same".
-
-    Raises ValueError naming the edge for an unknown edge, a choice the edge does not allow, or
-    (unless ``allow_dead``) a join left without a live operand.
-    """
-    by_name = {edge.name: edge for edge in edges}
-    for name, choice in decisions.items():
-        if name not in by_name:
-            hint = difflib.get_close_matches(name, by_name, n=1)
-            raise ValueError(
-                f"unknown edge {name!r} in decisions"
-                + (f"; did you mean {hint[0]!r}?" if hint else "; see `fxdnat edges`")
-            )
-        if choice not in by_name[name].choices:
-            raise ValueError(
-                f"edge {name!r} cannot choose {choice!r}; it allows {by_name[name].choices}"
-            )
-    full = {edge.name: decisions.get(edge.name, SAME) for edge in edges}
-    if not allow_dead:
-        for join, members in _joins(edges).items():
-            if all(full[e.name] == NONE for e in members):
-                raise ValueError(
-                    f"decisions remove every operand of join {join!r} (edges "
-                    f"{', '.join(e.name for e in members)}); keep at least one"
-                )
-    return full
-
-
 def random_decisions(edges: Sequence[Edge], rng: random.Random) -> dict[str, str]:
     """A random valid decision for every edge, drawn from ``rng``: each edge takes one of its
     allowed choices, and a join whose edges all drew "none" gets one of them redrawn among the
     live choices. For testing a compiler or a training loop on architectures DNAT could reach.
     """
     decisions = {e.name: rng.choice(e.choices) for e in edges}
-    for members in _joins(edges).values():
+    for members in joins_of(edges).values():
         if all(decisions[e.name] == NONE for e in members):
             keep = rng.choice(members)
             decisions[keep.name] = rng.choice([c for c in keep.choices if c != NONE])
     return decisions
 
 
-def _architecture(gated: fx.GraphModule):  # -> Architecture (lazy import keeps passes light)
-    from fxdnat.arch import Architecture
-
+def _architecture(gated: fx.GraphModule) -> Architecture:
     arch = getattr(gated, "arch", None)
     if not isinstance(arch, Architecture):
         raise TypeError(f"{type(gated).__name__} is not gated; call passes.gate(gm, edges) first")
     return arch
-
-
-def _joins(edges: Sequence[Edge]) -> dict[str, list[Edge]]:
-    joins: dict[str, list[Edge]] = defaultdict(list)
-    for edge in edges:
-        if edge.join is not None:
-            joins[edge.join].append(edge)
-    return joins
 
 
 def _best(row: torch.Tensor, choices: Sequence[str], live: bool = False) -> str:

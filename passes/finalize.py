@@ -26,10 +26,11 @@ from collections.abc import Mapping
 
 from torch import fx
 
-from fxdnat.arch import Architecture, Tree, dnat_mix
+from fxdnat.arch import Architecture, dnat_mix
 from fxdnat.frontend import memory
 from fxdnat.frontend.functionalize import INPLACE, reinplace_
 from fxdnat.ir import CHOICES, IDENTITY, META_KEY, NONE, SAME, SCALES
+from fxdnat.mix import Tree
 from fxdnat.passes import _graph
 from fxdnat.passes._fold import fold_scale_
 from fxdnat.passes.decide import _architecture, check_decisions
@@ -117,7 +118,7 @@ def _merge_dropped(
     (_, terms), tensors = mix.args[1], [_original(t) for t in mix.args[2:]]
     if any(scale != 1 for _, _, scale in terms):
         return
-    leaves = mix.meta[EDGES_META]["edges"]
+    leaves = mix.meta[EDGES_META].leaves
     owner: dict[fx.Node, str] = {}  # tensor -> the edge whose kept candidate reads it
     for name, same, identity in leaves:
         index = {SAME: same, IDENTITY: identity}.get(decisions[name])
@@ -136,7 +137,7 @@ def _fold(final, mix: fx.Node, decisions: dict, coefficients: dict, folded: dict
     exact (see ``_fold.fold_scale_``); returns the factor left to multiply, per leaf. A factor of
     0 stays a multiply: folding it would erase the op's weights."""
     factors = []
-    for name, same, _ in mix.meta[EDGES_META]["edges"]:
+    for name, same, _ in mix.meta[EDGES_META].leaves:
         c = coefficients.get(name, 1.0)
         if decisions[name] == SAME and c not in (0.0, 1.0):
             value = _read_once(mix, same)
@@ -149,7 +150,7 @@ def _fold(final, mix: fx.Node, decisions: dict, coefficients: dict, folded: dict
 def _read_once(mix: fx.Node, index: int) -> fx.Node | None:
     """The value the mix reads as its tensor ``index``, where nothing but the mix reads it
     (directly or through gate's copy) and one leaf alone takes it as its candidate; else None."""
-    leaves = mix.meta[EDGES_META]["edges"]
+    leaves = mix.meta[EDGES_META].leaves
     if sum((same == index) + (identity == index) for _, same, identity in leaves) != 1:
         return None
     tensor = mix.args[2 + index]
@@ -199,8 +200,12 @@ def _write_back(
     later, the value is copied."""
     (tree, _), tensors = mix.args[1], [_original(t) for t in mix.args[2:]]
     values = [
-        _chosen(decisions[name], tensors[same], None if identity is None else tensors[identity])
-        for name, same, identity in mix.meta[EDGES_META]["edges"]
+        _chosen(
+            decisions[leaf.edge],
+            tensors[leaf.same],
+            None if leaf.identity is None else tensors[leaf.identity],
+        )
+        for leaf in mix.meta[EDGES_META].leaves
     ]
     writer = _Sum(mix, named, factors)
     value = writer.emit(tree, values)
@@ -230,8 +235,8 @@ def _chosen(choice: str, op_x: fx.Node, x: fx.Node | None) -> fx.Node | None:
 def _resolve(value: object) -> object:
     """The original value a mix stands in for: an op edge's mix (one leaf) stands for op(x)."""
     if isinstance(value, fx.Node) and is_mix(value) and isinstance(value.args[1][0], int):
-        ((_, same, _),) = value.meta[EDGES_META]["edges"]
-        return _original(value.args[2 + same])
+        (leaf,) = value.meta[EDGES_META].leaves
+        return _original(value.args[2 + leaf.same])
     return value
 
 
@@ -243,7 +248,7 @@ class _Sum:
 
     def __init__(self, mix: fx.Node, named: dict[str, fx.Node], factors: list[float]):
         self.graph, self.mix, self.named, self.factors = mix.graph, mix, named, factors
-        self.adds = iter(mix.meta[EDGES_META]["adds"])  # in pre-order, as gate wrote them
+        self.adds = iter(mix.meta[EDGES_META].adds)  # in pre-order, as gate wrote them
         self.created: set[fx.Node] = set()
 
     def emit(self, tree: Tree, values: list[fx.Node | None], at: str | None = None):
@@ -256,7 +261,8 @@ class _Sum:
             if value is None or c == 1:
                 return value
             return self._create(at, "call_function", operator.mul, (value, c))
-        op, target, mutated, origin, anchor = next(self.adds)
+        add = next(self.adds)
+        op, target, anchor = add.op, add.target, add.anchor
         left, right, alpha = tree
         a, b = self.emit(left, values, anchor), self.emit(right, values, anchor)
         if a is None or b is None:  # one side went: the other alone (`0 +` nothing is nothing)
@@ -271,13 +277,13 @@ class _Sum:
             return self._create(anchor, op, target, (a, b))
         # x += y stays in place only on the value it wrote before (nobody else reads that one)
         # or on a sum written back here (a left subtree that collapsed to one operand is not)
-        if mutated is not None and not (a.name == mutated or a in self.created):
+        if add.mutated is not None and not (a.name == add.mutated or a in self.created):
             target = _OUT_OF_PLACE[target]
         node = self._create(anchor, op, target, (a, b), {} if alpha == 1 else {"alpha": alpha})
-        if origin is not None and (a.name == origin[-1] or a in self.created):
+        if add.inplace is not None and (a.name == add.inplace[-1] or a in self.created):
             # the value x += y wrote in the model (or a sum of our own): reinplace_ may write
             # it in place again, where nothing reads it after
-            node.meta[INPLACE] = (*origin[:-1], a.name)
+            node.meta[INPLACE] = (*add.inplace[:-1], a.name)
         return node
 
     def copy(self, value: fx.Node) -> fx.Node:

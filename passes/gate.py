@@ -11,24 +11,49 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
+from typing import Any, NamedTuple
 
 from torch import fx
 
-from fxdnat.arch import Architecture, Spec, Term, Tree, dnat_mix
+from fxdnat.arch import Architecture, dnat_mix
 from fxdnat.frontend import memory
 from fxdnat.frontend.functionalize import INPLACE
 from fxdnat.ir import CHOICES, IDENTITY, META_KEY, SAME, TIES, Edge
+from fxdnat.mix import Spec, Term, Tree
 from fxdnat.passes import _graph
 
 ARCH = "arch"
 """Name of the Architecture submodule on a gated GraphModule."""
 EDGES_META = "fxdnat_edges"
-"""``node.meta`` key of a ``dnat_mix`` node, what finalize needs to write the join back:
-``edges``, one ``(edge name, index of op(x), index of x or None)`` per tree leaf (indices into
-the mix's tensors); ``adds``, the original add of each inner tree node in pre-order, as ``(op,
-target, name of the value it added to in place or None, how the front end found it written in
-place or None (``x += y`` it made ``x + y``), name of the node it stood before or None for the
-mix's place)``. An op edge's mix has one leaf and no adds."""
+"""``node.meta`` key of a ``dnat_mix`` node: its :class:`MixRecord`, what finalize needs to write
+the join back."""
+
+
+class MixLeaf(NamedTuple):
+    """A leaf of a mix's tree: one edge, and where its candidates are among the mix's tensors."""
+
+    edge: str  # the edge's name
+    same: int  # index of op(x)
+    identity: int | None  # index of x; None where the edge has no identity candidate
+
+
+class MixAdd(NamedTuple):
+    """An original add of a join, an inner node of the mix's tree."""
+
+    op: str  # the FX node's op ("call_function", "call_method")
+    target: Any
+    mutated: str | None  # the value it added to in place, or None
+    inplace: tuple | None  # how the front end found it written in place (x += y made x + y)
+    anchor: str | None  # the node it stood before; None: the mix's place
+
+
+class MixRecord(NamedTuple):
+    """What gate records on a mix: its leaves in tree order, its adds in pre-order. An op
+    edge's mix has one leaf and no adds."""
+
+    leaves: tuple[MixLeaf, ...]
+    adds: tuple[MixAdd, ...]
+
 
 COPY_META = "fxdnat_saved_copy"
 """``node.meta`` key of a ``clone`` that gate put before a mix (of an input that a later
@@ -112,7 +137,7 @@ class _MixBuilder:
     def __init__(self) -> None:
         self.tensors: list[fx.Node] = []
         self.terms: list[list] = []  # [tensor index, [flat θ indices], scale]
-        self.leaves: list[tuple[str, int, int | None]] = []
+        self.leaves: list[MixLeaf] = []
         self.adds: list[tuple] = []  # (op, target, mutated, origin) of each add, in pre-order
         self.anchors: list[str | None] = []  # and where it stood
         self.copies: list[bool] = []  # per tensor: passed as a copy (see gate)
@@ -124,7 +149,7 @@ class _MixBuilder:
 
     def leaf(self, edge: Edge, operand: fx.Node, group: int, scale: float) -> int:
         self.terms.append([self.tensor(operand), [len(CHOICES) * group + _SAME], scale])
-        self.leaves.append((edge.name, self.terms[-1][0], None))
+        self.leaves.append(MixLeaf(edge.name, self.terms[-1][0], None))
         return len(self.terms) - 1
 
     def identities(self, edges: dict[int, Edge], nodes: dict, group_of: dict[str, int]) -> None:
@@ -139,8 +164,7 @@ class _MixBuilder:
                 self.terms.append([x, [entry], scale])
             else:
                 term[1].append(entry)
-            name, same, _ = self.leaves[leaf]
-            self.leaves[leaf] = (name, same, x)
+            self.leaves[leaf] = self.leaves[leaf]._replace(identity=x)
 
     def emit(self, graph: fx.Graph, weights: fx.Node, tree: Tree) -> fx.Node:
         terms: tuple[Term, ...] = tuple((t, tuple(e), s) for t, e, s in self.terms)
@@ -151,8 +175,8 @@ class _MixBuilder:
             for t, copy in zip(self.tensors, copies, strict=True)
         ]
         node = graph.call_function(dnat_mix, (weights, spec, *tensors))
-        adds = tuple((*add, anchor) for add, anchor in zip(self.adds, self.anchors, strict=True))
-        node.meta[EDGES_META] = {"edges": tuple(self.leaves), "adds": adds}
+        adds = (MixAdd(*add, a) for add, a in zip(self.adds, self.anchors, strict=True))
+        node.meta[EDGES_META] = MixRecord(tuple(self.leaves), tuple(adds))
         node.meta["is_wrapped"] = True  # FX then emits wrap(...) so that re-tracing keeps it
         return node
 

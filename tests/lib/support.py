@@ -275,7 +275,7 @@ def _plain_joins(gated: fx.GraphModule) -> dict[str, list]:
     joins = {}
     for node in gated.graph.nodes:
         if is_mix(node) and all(scale == 1 for _, _, scale in node.args[1][1]):
-            joins[node.name] = [by_name[name] for name, _, _ in node.meta[EDGES_META]["edges"]]
+            joins[node.name] = [by_name[name] for name, _, _ in node.meta[EDGES_META].leaves]
     return joins
 
 

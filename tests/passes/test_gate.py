@@ -43,7 +43,7 @@ def test_theta_is_one_parameter_rows_by_group_columns_in_choices_order():
     assert arch.mask.tolist() == allowed
     mixes = [n for n in gated.graph.nodes if n.target is dnat_mix]
     assert len(mixes) == len({e.join for e in edges})  # one per join
-    leaves = [leaf[0] for n in mixes for leaf in n.meta["fxdnat_edges"]["edges"]]
+    leaves = [leaf.edge for n in mixes for leaf in n.meta["fxdnat_edges"].leaves]
     assert sorted(leaves) == sorted(e.name for e in edges)
 
 
