@@ -21,7 +21,7 @@ _LAZY: dict[str, str] = {
     "DNAT": "fxdnat.dnat",
     "transform": "fxdnat.engine",
     "RunConfig": "fxdnat.config",
-    "load_network": "fxdnat.engine",
+    "load_network": "fxdnat.checkpoint",
     "tune_cpu_allocator": "fxdnat.allocator",
 }
 
@@ -43,9 +43,10 @@ __all__ = [
 if TYPE_CHECKING:
     from fxdnat.allocator import tune_cpu_allocator
     from fxdnat.arch import Architecture
+    from fxdnat.checkpoint import load_network
     from fxdnat.config import RunConfig
     from fxdnat.dnat import DNAT
-    from fxdnat.engine import load_network, transform
+    from fxdnat.engine import transform
     from fxdnat.frontend import TraceError, trace
 
 

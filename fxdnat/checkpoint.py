@@ -26,7 +26,10 @@ import torch
 from torch import fx, nn
 
 from fxdnat._files import atomic_file
+from fxdnat.frontend import trace
 from fxdnat.ir import CHOICES, GRANULARITIES, SCALES, TIES, Edge
+from fxdnat.passes import decide, discover, finalize, gate
+from fxdnat.specs import BuiltModel, build_model, check_untrusted, same_spec
 
 FORMAT = "fxdnat-checkpoint"
 VERSION = 1
@@ -137,13 +140,30 @@ class Restored:
     def final(self) -> tuple[fx.GraphModule, dict[str, str], bool]:
         """The clean network, its decisions, and whether they were made now: a checkpoint of
         the architecture stage is finalized on the choices its θ prefers at this point."""
-        from fxdnat.passes import decide, finalize
-
         if self.decisions is not None or not self.edges:
             return self.module, self.decisions or {}, False
         decisions = decide(self.module)
         scale = self.data.get("finalize_scale", "one")
         return finalize(self.module, decisions, scale=scale), decisions, True
+
+
+def build_traced(
+    model: dict[str, Any], *, pretrained: bool = False
+) -> tuple[BuiltModel, fx.GraphModule]:
+    """Build the network a model section names and trace it: what a new run does, and what
+    loading a checkpoint replays. ``model`` holds ``spec``, ``num_classes``, ``input_size``,
+    ``kwargs`` and, for a stored trace, ``leaves`` (the module paths the tracer kept opaque).
+    Returns the built model (its spec and sizes as resolved) and the traced GraphModule, traced
+    on one example of shape (1, 3, input_size, input_size)."""
+    built = build_model(
+        model["spec"],
+        num_classes=model["num_classes"],
+        input_size=model["input_size"],
+        pretrained=pretrained,
+        **model["kwargs"],
+    )
+    example = torch.zeros(1, 3, built.input_size, built.input_size)
+    return built, trace(built.model, example, leaves=model.get("leaves", ()))
 
 
 def restore(
@@ -156,21 +176,10 @@ def restore(
     (the spec the caller typed) is the stored one or with ``trust_code=True``; a registry name
     is looked up before anything is built.
     """
-    from fxdnat.frontend import trace
-    from fxdnat.passes import discover, finalize, gate
-    from fxdnat.specs import build_model, check_untrusted, same_spec
-
     model_cfg, stored = _checked(data)
     if not (trust_code or same_spec(spec, model_cfg["spec"])):
         check_untrusted(model_cfg["spec"], model_cfg["kwargs"], origin="the checkpoint")
-    built = build_model(
-        model_cfg["spec"],
-        num_classes=model_cfg["num_classes"],
-        input_size=model_cfg["input_size"],
-        **model_cfg["kwargs"],
-    )
-    example = torch.zeros(1, 3, built.input_size, built.input_size)
-    traced = trace(built.model, example, leaves=model_cfg["leaves"])
+    _, traced = build_traced(model_cfg)
     decisions = data.get("decisions")
     arch = None
     if not stored:  # the model was trained as it is ("original")
@@ -286,3 +295,17 @@ def _expect(ok: bool, field: str, expected: str) -> None:
             f"the checkpoint's field {field} is not {expected} as fxdnat writes it; "
             "was the file written by fxdnat?"
         )
+
+
+def load_network(path: str | Path, *, trust_code: bool = False) -> tuple[fx.GraphModule, dict]:
+    """The network stored in a checkpoint (final, or gated if not yet finalized), in eval mode,
+    and the checkpoint's data.
+
+    A checkpoint whose model is built by code (a ``module:`` spec, arguments that are not plain
+    values) is refused unless ``trust_code``: loading a file never runs code you did not name.
+
+    Raises:
+        CheckpointError: not a readable fxdnat checkpoint, or one that does not fit its model.
+    """
+    data = load(path)
+    return restore(data, trust_code=trust_code).module.eval(), data

@@ -62,7 +62,7 @@ def test_both_stages_on_digits(tmp_path):
     assert data["state"]["stage"] == "done" and data["state"]["epoch"] == 3
     assert len(data["theta_history"]) == 2 and data["theta_history"][0].shape == (4, 3)
     assert set(data["decisions"]) == {e["name"] for e in data["edges"]}
-    assert not hasattr(trainer.module, "arch")  # the network stage trains the clean module
+    assert not hasattr(trainer.dnat.module, "arch")  # the network stage trains the clean module
     summary = json.loads((out / "summary.json").read_text())
     assert summary["edges"] == 18 and sum(summary["decisions"].values()) == 18
     assert summary["params_after"] <= summary["params_before"] == 269_722
@@ -172,7 +172,7 @@ class _Poison(Reporter):
     def epoch_start(self, epoch: int, stage: str, steps: int) -> None:
         if epoch == self.at:
             with torch.no_grad():
-                self.trainer.module.arch.theta.fill_(1e30)
+                self.trainer.dnat.module.arch.theta.fill_(1e30)
 
 
 def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -211,8 +211,8 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     assert raw["format"] == "fxdnat-checkpoint" and raw["versions"]["torch"] == torch.__version__
     network, _ = load_network(path)
     x = torch.randn(4, 3, 32, 32)
-    trainer.module.eval()
-    torch.testing.assert_close(network(x), trainer.module(x), rtol=0, atol=0)
+    trainer.dnat.module.eval()
+    torch.testing.assert_close(network(x), trainer.dnat.module(x), rtol=0, atol=0)
     assert "fxdnat" not in network.code
 
 
@@ -364,7 +364,7 @@ def test_finalize_keeps_the_trained_network_and_the_log_says_so(tmp_path):
     assert abs(done["acc_after"] - done["acc_before"]) <= 1 / 128  # one image at most
     assert trainer.summary["finalize"] == done
     margins = trainer.summary["margins"]
-    assert set(margins) == {e.name for e in trainer.edges} and min(margins.values()) > 0
+    assert set(margins) == {e.name for e in trainer.dnat.edges} and min(margins.values()) > 0
     assert trainer.summary["reach"]["theta_steps"] == 8
     assert trainer.summary["reach"]["lr_T"] == pytest.approx(0.4)
 
@@ -404,17 +404,17 @@ def test_random_control_changes_the_given_number_of_edges(tmp_path):
     assert again.summary["changed"] == changed  # placed by the seed
     network, _ = load_network(tmp_path / "run" / "checkpoint.pt")
     x = torch.randn(2, 3, 32, 32)
-    assert torch.allclose(network(x), trainer.module.eval()(x), atol=1e-5)
+    assert torch.allclose(network(x), trainer.dnat.module.eval()(x), atol=1e-5)
 
 
 def test_bn_recalibration_after_finalize(tmp_path, monkeypatch):
     import dataclasses
 
-    from fxdnat import engine
+    from fxdnat.engine import setup
 
-    resolve = engine.resolve_recipe
+    resolve = setup.resolve_recipe
     monkeypatch.setattr(
-        engine, "resolve_recipe", lambda c: dataclasses.replace(resolve(c), bn_recalibration=2)
+        setup, "resolve_recipe", lambda c: dataclasses.replace(resolve(c), bn_recalibration=2)
     )
     trainer = run(config(tmp_path))
     done = trainer.summary["finalize"]

@@ -261,8 +261,7 @@ def test_transform_leaves_a_cell_diagram_and_survives_a_failing_one(tmp_path, ca
     edges = discover(gm)
     trainer = SimpleNamespace(
         out=tmp_path,
-        traced=gm,
-        edges=edges,
+        dnat=SimpleNamespace(traced=gm, edges=edges),
         state=SimpleNamespace(decisions={e.name: "same" for e in edges}),
         config=SimpleNamespace(tie="cell"),
     )

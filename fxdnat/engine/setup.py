@@ -1,0 +1,139 @@
+"""Building a run once: its data, recipe and θ schedule, and its network — new, or restored from
+the run's checkpoint — as the `DNAT` object that trains it."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from fxdnat import checkpoint as ckpt
+from fxdnat import zoo
+from fxdnat.config import RunConfig, parse_changes, resolve_recipe
+from fxdnat.data import DatasetInfo, make_loaders
+from fxdnat.dnat import DNAT
+from fxdnat.engine.runtime import Runtime
+from fxdnat.engine.state import RunState, stored_state
+from fxdnat.ir import Edge
+from fxdnat.passes import discover, gate, random_changes
+from fxdnat.reach import Reach
+from fxdnat.reach import plan as plan_reach
+from fxdnat.specs import parse_spec
+from fxdnat.zoo.recipes import Recipe
+
+
+@dataclass
+class Prepared:
+    """Everything a run trains with, before any step."""
+
+    recipe: Recipe  # θ's lr already the one the reach asks for
+    reach: Reach
+    train_loader: DataLoader
+    test_loader: DataLoader
+    info: DatasetInfo
+    model_cfg: dict[str, Any]  # how to rebuild the network: the checkpoint's "model"
+    dnat: DNAT  # the network being trained (gated, original or final), its trace and edges
+    state: RunState
+
+
+def prepare(
+    config: RunConfig, runtime: Runtime, stored: dict | None, named_spec: str | None
+) -> Prepared:
+    """The run ``config`` describes; ``stored``: its checkpoint when resuming, whose model is
+    rebuilt (its code imported only if ``named_spec``, the spec the caller typed, names it).
+
+    Raises:
+        ValueError: unknown data or model, or a random control whose changes the network
+            cannot take (before any training).
+        fxdnat.checkpoint.CheckpointError: a checkpoint that does not fit its model.
+    """
+    recipe = resolve_recipe(config)
+    train_loader, test_loader, info = make_loaders(
+        config.data,
+        config.data_dir,
+        batch_size=recipe.batch_size,
+        cutout=recipe.cutout,
+        download=config.download,
+        workers=config.workers,
+        seed=config.seed,
+        distributed=runtime.world > 1,
+        pin_memory=runtime.device.type == "cuda",
+        limit=config.limit,
+    )
+    reach = _reach(config, recipe, len(train_loader))
+    recipe = dataclasses.replace(recipe, theta_lr=reach.theta_lr)
+    if stored is not None:
+        restored = ckpt.restore(stored, spec=named_spec)
+        dnat = DNAT.from_module(restored.module, traced=restored.traced, edges=restored.edges)
+        state = stored_state(stored)
+        state.theta_history = list(stored["theta_history"])
+        model_cfg = stored["model"]
+    else:
+        model_cfg, dnat = _new_network(config, recipe, info)
+        state = RunState(stage="net" if config.method == "original" else "arch")
+    return Prepared(recipe, reach, train_loader, test_loader, info, model_cfg, dnat, state)
+
+
+def _reach(config: RunConfig, recipe: Recipe, steps_per_epoch: int) -> Reach:
+    """θ's schedule: only DNAT trains θ."""
+    if config.method != "dnat":
+        return Reach(0, 0, recipe.theta_lr)
+    return plan_reach(
+        steps_per_epoch,
+        recipe.arch_epochs,
+        recipe.warmup_epochs,
+        recipe.theta_lr,
+        recipe.theta_reach,
+    )
+
+
+def _new_network(config: RunConfig, recipe: Recipe, info: DatasetInfo) -> tuple[dict, DNAT]:
+    kwargs = _model_kwargs(config.spec, recipe)
+    torch.manual_seed(config.seed)  # the initial weights
+    wanted = {
+        "spec": config.spec,
+        "num_classes": info.num_classes,
+        "input_size": info.input_size,
+        "kwargs": kwargs,
+    }
+    built, traced = ckpt.build_traced(wanted, pretrained=config.pretrained)
+    model_cfg = {
+        "spec": built.spec,
+        "num_classes": built.num_classes,
+        "input_size": built.input_size,
+        "kwargs": kwargs,
+        "leaves": sorted(traced.meta["fxdnat"]["leaves"]),
+    }
+    if config.method == "original":
+        return model_cfg, DNAT.from_module(traced, traced=traced)
+    edges = discover(traced, config.granularity)
+    if config.method == "random":  # can the changes be placed? before any training
+        random_decisions(config, edges)
+    gated = gate(traced, edges, tie=config.tie)
+    return model_cfg, DNAT.from_module(gated, traced=traced, edges=edges)
+
+
+def random_decisions(config: RunConfig, edges: list[Edge]) -> dict[str, str]:
+    """The random control's changes, placed at random edges by the run's seed.
+
+    Raises:
+        ValueError: more changes of a kind than the network has edges for.
+    """
+    changes = parse_changes(config.changes or "")
+    return random_changes(edges, changes, random.Random(config.seed))
+
+
+def _model_kwargs(spec: str, recipe: Recipe) -> dict:
+    """Zoo models with an auxiliary head build it when the recipe weighs it."""
+    source, name = parse_spec(spec)
+    if (
+        source == "zoo"
+        and recipe.auxiliary_weight > 0
+        and zoo.model_info(name).family in ("darts", "proxylessnas")
+    ):
+        return {"auxiliary": True}
+    return {}

@@ -1,0 +1,91 @@
+"""The boundary between DNAT's two stages: decide each edge, finalize, and carry what was trained.
+
+DNAT's decisions are θ's argmax (with θ's margins and the edges that flipped late kept for the
+report); the random control's are drawn (fxdnat.engine.setup.random_decisions). The ω
+optimiser is rebuilt for the final module with the momentum of the weights that remain; BN
+statistics can be re-estimated (``Recipe.bn_recalibration``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import fx, nn
+from torch.utils.data import DataLoader
+
+from fxdnat.config import RunConfig
+from fxdnat.engine.runtime import Runtime
+from fxdnat.engine.state import RunState
+from fxdnat.ir import Scale
+from fxdnat.passes import decide, margins
+from fxdnat.zoo.recipes import Recipe
+
+
+def scale(config: RunConfig, recipe: Recipe) -> Scale:
+    """finalize's scale: the recipe's, but 1 for the random control, whose θ never trained
+    (its identity entries are 0)."""
+    return "one" if config.method == "random" else recipe.finalize_scale
+
+
+def dnat_decisions(gated: fx.GraphModule, recipe: Recipe, state: RunState) -> dict[str, str]:
+    """θ's argmax, never a dead join; θ's margins and the edges whose decision differed in the
+    last quarter of θ's epochs (at least the last two) go into ``state``."""
+    decisions = decide(gated)
+    state.margins = margins(gated)
+    searched = recipe.arch_epochs - recipe.warmup_epochs
+    late = state.theta_history[-max(2, searched // 4) :]
+    state.flipped = sorted(
+        {
+            name
+            for theta in late
+            for name, choice in decide(gated, theta).items()
+            if choice != decisions[name]
+        }
+    )
+    return decisions
+
+
+def carry_momentum(
+    old: torch.optim.Optimizer,
+    new: torch.optim.Optimizer,
+    gated: fx.GraphModule,
+    final: fx.GraphModule,
+) -> None:
+    """Copy ``old``'s state (SGD's momentum) of each weight ``final`` kept to ``new``; weights
+    are matched by name, as finalize keeps the names of what it keeps."""
+    by_name = dict(gated.named_parameters())
+    for name, param in final.named_parameters():
+        state = old.state.get(by_name[name])
+        if state:
+            new.state[param] = {k: v.clone() for k, v in state.items()}
+
+
+@torch.no_grad()
+def recalibrate_bn(module: nn.Module, loader: DataLoader, batches: int, runtime: Runtime) -> float:
+    """Re-estimate every BatchNorm's running statistics as the plain average over ``batches``
+    training batches (the rest of the network in eval mode); returns seconds. The statistics
+    were learned under the gated network's mix of candidates."""
+    start = time.perf_counter()
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    module.eval()
+    for m in norms:
+        m.train()
+    for step, batch in enumerate(loader):
+        if step == batches:
+            break
+        x, _ = runtime.to_device(*batch)
+        with runtime.autocast():
+            module(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    module.train()
+    return time.perf_counter() - start

@@ -1,0 +1,101 @@
+"""A run's files and what they hold: the state a checkpoint keeps, the metrics log, the summary.
+
+``OUT/checkpoint.pt`` (written atomically after every epoch, and at an interrupt), the log
+``OUT/metrics.jsonl`` (one line per finished epoch), ``OUT/summary.json`` (written once the run
+is done: `fxdnat repro` skips a run that has one) and the cell diagram ``OUT/cells.svg``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fxdnat import checkpoint as ckpt
+
+CHECKPOINT, METRICS, SUMMARY = "checkpoint.pt", "metrics.jsonl", "summary.json"
+CELLS = "cells.svg"  # the cell diagram of the result (fxdnat.drawing)
+
+
+@dataclass
+class RunState:
+    """What changes during a run (and what a checkpoint holds besides the config)."""
+
+    stage: str = "arch"  # "arch" (ω and θ), "net" (ω of the final module), "done"
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed inside the current epoch (after an interrupt)
+    decisions: dict[str, str] | None = None
+    theta_history: list[torch.Tensor] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    partial: dict[str, float] = field(default_factory=dict)  # running sums of a cut epoch
+    rng: dict[str, Any] = field(default_factory=dict)
+    elapsed: float = 0.0
+    margins: dict[str, float] | None = None  # θ's top-two gap per edge at decide
+    flipped: list[str] | None = None  # edges whose decision changed in the stage's last epochs
+    finalize: dict[str, Any] | None = None  # scale, test accuracy just before and after
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint's "state" entry (θ's history is stored beside it)."""
+        state = dataclasses.asdict(self)
+        state.pop("theta_history")
+        return state
+
+
+class RunFinished(Exception):
+    """``--resume`` of a run that has finished: there is nothing to continue."""
+
+    def __init__(self, out: Path, summary: dict) -> None:
+        super().__init__(f"the run in {out} has finished")
+        self.out, self.summary = out, summary
+
+
+def stored(out: Path, resume: bool) -> dict | None:
+    """The checkpoint to resume, None for a new run.
+
+    Raises:
+        ValueError: ``resume`` without a checkpoint, or a checkpoint without ``resume``.
+        fxdnat.checkpoint.CheckpointError: a file that is not an fxdnat checkpoint.
+    """
+    path = out / CHECKPOINT
+    if resume:
+        if not path.exists():
+            raise ValueError(f"--resume: no checkpoint at {path}; start the run without it")
+        return ckpt.load(path)
+    if path.exists():
+        raise ValueError(
+            f"{path} exists; pass --resume to continue that run or choose another --out"
+        )
+    return None
+
+
+def stored_state(stored: dict) -> RunState:
+    state = stored.get("state")
+    names = {f.name for f in dataclasses.fields(RunState)}
+    if type(state) is not dict or not set(state) <= names or state.get("stage") not in ckpt.STAGES:
+        raise ckpt.CheckpointError(
+            "the checkpoint's run state is not one this fxdnat writes; was it written by fxdnat?"
+        )
+    return RunState(**state)
+
+
+def raise_if_finished(out: Path, stored: dict) -> None:
+    """A run is finished once its summary is written after the last checkpoint; one killed in
+    between is resumed, which writes the summary."""
+    if stored_state(stored).stage != "done":
+        return
+    try:
+        summary = json.loads((out / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return
+    raise RunFinished(out, summary)
+
+
+def append_metrics(out: Path, record: dict) -> None:
+    """One finished epoch's line of the metrics log; the folder appears with the first."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / METRICS).open("a") as f:
+        f.write(json.dumps(record) + "\n")

@@ -1,0 +1,512 @@
+"""The epoch loop: DNAT's architecture stage, the stage boundary, the network stage.
+
+Every minibatch is one `DNAT.step` (fxdnat/dnat.py): ω's step, then θ's on the same minibatch
+after ω's update while θ trains (Kim & Lee 2020 §3). At the end of the architecture stage the
+network is decided and finalized (fxdnat/engine/stage.py) and the network stage trains ω on,
+under the same cosine schedule. A checkpoint is written atomically after every epoch; every
+epoch is seeded from (seed, epoch), so a resumed run repeats the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Collection, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxdnat
+from fxdnat import checkpoint as ckpt
+from fxdnat import zoo
+from fxdnat._files import atomic_file, check_writable, remove_temporaries, write_json
+from fxdnat.config import RunConfig, check_method, format_changes, resumed_config
+from fxdnat.dnat import DNAT
+from fxdnat.engine import divergence, setup, stage
+from fxdnat.engine.runtime import StopRequests, get_rng, set_rng
+from fxdnat.engine.runtime import start as start_runtime
+from fxdnat.engine.state import (
+    CELLS,
+    CHECKPOINT,
+    METRICS,
+    SUMMARY,
+    append_metrics,
+    raise_if_finished,
+)
+from fxdnat.engine.state import stored as stored_checkpoint
+from fxdnat.ir import CHOICES, SAME
+from fxdnat.passes import decide, finalize
+from fxdnat.passes.decide import count_changes
+from fxdnat.passes.render import draw_run
+from fxdnat.report import count_flops, count_params
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the run between two steps; its state was saved."""
+
+
+class Reporter:
+    """Progress callbacks; the CLI draws rich progress bars, the default logs."""
+
+    def start(self, info: dict) -> None:
+        log.info("training %s", info)
+
+    def epoch_start(self, epoch: int, stage: str, steps: int) -> None:
+        pass
+
+    def step(self, epoch: int, step: int, loss: float | None) -> None:
+        pass
+
+    def epoch_end(self, record: dict) -> None:
+        log.info("epoch %(epoch)d %(stage)s: test acc %(test_acc).4f", record)
+
+    def event(self, name: str, data: dict) -> None:
+        log.info("%s: %s", name, data)
+
+    def finish(self, summary: dict) -> None:
+        log.info("done: %s", summary)
+
+
+class Trainer:
+    """One run of ``config``: built once (fxdnat/engine/setup.py), then :meth:`run`.
+
+    Attributes: ``dnat`` (the network being trained, ``dnat.module``, with its trace, edges and
+    the DDP / compile wrapper its ω forward runs through), ``opt_w`` (ω's SGD), ``opt_theta``
+    (θ's Adam; None when θ does not train), ``state`` (what the checkpoint keeps), ``runtime``
+    (device, rank, world).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        reporter: Reporter,
+        *,
+        resume: bool = False,
+        given: Collection[str] | None = None,
+    ) -> None:
+        self.out = Path(config.out)
+        stored = stored_checkpoint(self.out, resume)
+        # the spec the caller named: a stored module: spec equal to it may import its code
+        named_spec = config.spec if given is None or "spec" in given else None
+        if stored is not None:
+            config = resumed_config(stored, config, given)
+            raise_if_finished(self.out, stored)
+        check_method(config)
+        self.config = config
+        self.runtime = start_runtime(config)
+        self.reporter = reporter if self.runtime.rank == 0 else Reporter()  # one voice
+        if self.runtime.rank == 0:  # fail now, not after the first epoch; `run` makes the folder
+            check_writable(self.out / CHECKPOINT)
+        self.stop = StopRequests()  # listens for Ctrl-C / SIGTERM while `run` is active
+        self.first_nan = divergence.FirstNonFinite(self.runtime.device)  # renewed every epoch
+        ready = setup.prepare(config, self.runtime, stored, named_spec)
+        self.recipe, self.reach, self.info = ready.recipe, ready.reach, ready.info
+        self.train_loader, self.test_loader = ready.train_loader, ready.test_loader
+        self.model_cfg, self.dnat, self.state = ready.model_cfg, ready.dnat, ready.state
+        self.opt_w: torch.optim.SGD | None = None
+        self.opt_theta: torch.optim.Adam | None = None
+        if stored is None and self.state.stage == "arch" and self.recipe.arch_epochs == 0:
+            self._finalize(before=None)
+        self.drop_path = zoo.set_drop_path_prob(self.dnat.module, 0.0) > 0
+        self._place()
+        self._optimizers(stored)
+
+    def _place(self) -> None:
+        """Move the network to the device (channels-last on CUDA); wrap it for DDP / compile."""
+        module, rt = self.dnat.module, self.runtime
+        module.to(rt.device, memory_format=rt.memory_format)
+        wrapper: nn.Module = module
+        if rt.world > 1:
+            ids = [rt.device.index] if rt.device.type == "cuda" else None
+            wrapper = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        self.dnat.wrapper = torch.compile(wrapper) if self.config.compile else wrapper
+
+    def _optimizers(self, stored: dict | None) -> None:
+        """ω's SGD; θ's Adam for DNAT's architecture stage (the random control's θ stays at
+        (0, 0, 1)); their states from the checkpoint when resuming."""
+        r = self.recipe
+        self.opt_w = torch.optim.SGD(
+            self.dnat.weights(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
+        )
+        if self.dnat.theta is not None and self.config.method == "dnat":
+            self.opt_theta = self.dnat.theta_optimizer(
+                r.theta_lr, r.theta_betas, r.theta_weight_decay
+            )
+        if stored is not None:
+            self.opt_w.load_state_dict(stored["optimizer_w"])
+            if self.opt_theta is not None and stored.get("optimizer_theta") is not None:
+                self.opt_theta.load_state_dict(stored["optimizer_theta"])
+            if self.runtime.rank == 0:  # the log holds exactly the epochs of the checkpoint
+                with atomic_file(self.out / METRICS, "w") as f:
+                    f.writelines(json.dumps(m) + "\n" for m in self.state.metrics)
+
+    # ------------------------------------------------------------------------------ loop
+    def run(self) -> dict:
+        """Train to the recipe's last epoch; returns the summary written to ``summary.json``.
+
+        Raises:
+            Interrupted: Ctrl-C or SIGTERM (the state was saved; resume continues exactly).
+            divergence.TrainingError: a loss or gradient that is not finite.
+        """
+        r, rank = self.recipe, self.runtime.rank
+        self.reporter.start(self._start_info())
+        if rank == 0:  # a kill -9 mid-write leaves a temporary file that nothing reads
+            remove_temporaries(self.out, (CHECKPOINT, METRICS, SUMMARY, CELLS))
+        with StopRequests() as self.stop:
+            while self.state.epoch < r.epochs:
+                try:
+                    record = self._epoch()
+                except Interrupted:
+                    self._save()
+                    raise
+                self.reporter.epoch_end(record)
+                if self.state.stage == "arch" and self.state.epoch == r.arch_epochs:
+                    record["finalize"] = self._finalize(before=record["test_acc"])
+                self.state.metrics.append(record)
+                if rank == 0:
+                    append_metrics(self.out, record)
+                self._save()
+        self.state.stage = "done"
+        self._save()
+        summary = self._summary()
+        if rank == 0:
+            self._draw_cells(summary)
+            write_json(self.out / SUMMARY, summary)  # `repro` skips a run once it exists
+        self.reporter.finish(summary)
+        if self.runtime.world > 1:
+            torch.distributed.destroy_process_group()
+        return summary
+
+    def _start_info(self) -> dict[str, Any]:
+        c, theta = self.config, self.dnat.theta
+        return {
+            "spec": self.model_cfg["spec"],
+            "method": c.method,
+            "data": c.data,
+            "recipe": dataclasses.asdict(self.recipe),
+            "edges": len(self.dnat.edges),
+            "tie": c.tie,
+            "groups": theta.shape[0] if theta is not None else None,
+            "reach": self.reach.to_dict(),
+            "warnings": self.reach.warnings() if self.state.stage == "arch" else [],
+            "device": str(self.runtime.device),
+            "world": self.runtime.world,
+            "resumed_at": self.state.epoch,
+        }
+
+    def _epoch(self) -> dict:
+        s = self.state
+        start = time.perf_counter()
+        if s.step == 0:
+            s.partial = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
+        train = self.train_epoch()
+        total = {
+            k: s.partial[k] + v for k, v in zip(("loss", "correct", "seen"), train, strict=True)
+        }
+        s.partial = {}
+        test_loss, test_acc = self.evaluate()
+        s.epoch += 1
+        s.elapsed += time.perf_counter() - start
+        if s.stage == "arch":
+            s.theta_history.append(self.dnat.theta.detach().cpu().clone())
+        return {
+            "epoch": s.epoch,
+            "stage": s.stage,
+            "lr": self.opt_w.param_groups[0]["lr"],
+            "train_loss": total["loss"] / max(total["seen"], 1),
+            "train_acc": total["correct"] / max(total["seen"], 1),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "seconds": time.perf_counter() - start,
+            "preferences": self._preferences(),
+        }
+
+    def train_epoch(self) -> list[float]:
+        """One pass over the training data (the rest of it, after an interrupt): the summed
+        loss, correct predictions and examples seen."""
+        c, r, s, rt = self.config, self.recipe, self.state, self.runtime
+        epoch_seed = c.seed * 1_000_003 + s.epoch
+        if s.step == 0:
+            torch.manual_seed(epoch_seed + 7919 * rt.rank)  # augmentation, dropout, drop-path
+        self.train_loader.generator.manual_seed(epoch_seed)  # shuffling and worker seeds
+        if hasattr(self.train_loader.sampler, "set_epoch"):
+            self.train_loader.sampler.set_epoch(s.epoch)
+        if self.drop_path:
+            zoo.set_drop_path_prob(self.dnat.module, r.drop_path_prob * s.epoch / r.epochs)
+        self.dnat.module.train()
+        steps = len(self.train_loader)
+        self.reporter.epoch_start(s.epoch, s.stage, steps)
+        sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss, correct, seen
+        self.first_nan = divergence.FirstNonFinite(rt.device)
+        for step, (x, y) in self._batches():
+            self._set_lr(s.epoch + step / steps)
+            loss, correct = self.train_step(x, y)
+            sums += torch.stack([loss.detach().double() * len(y), correct, sums.new_tensor(len(y))])
+            s.step = step + 1
+            if rt.device.type == "cpu" or (step + 1) % 50 == 0 or step + 1 == steps:
+                self._check_finite()
+                self.reporter.step(s.epoch, step + 1, (sums[0] / sums[2]).item())
+            if self.stop.requested and step + 1 < steps:
+                self._interrupt(sums)
+        s.step = 0
+        return rt.reduce(sums).tolist()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DNAT step on a minibatch: (loss, correct predictions), on the device."""
+        done = self.dnat.step(
+            lambda net: self._loss(net, x, y),
+            self.opt_w,
+            self.opt_theta if self._searching() else None,
+            update=self.config.arch_update,
+            clip=self.recipe.grad_clip,
+        )
+        self.first_nan.watch_step(done, self.state.step)
+        return done.loss, (done.output.argmax(1) == y).sum().double()
+
+    def _searching(self) -> bool:
+        """θ trains in this epoch: the architecture stage of DNAT, after ω's warm-up."""
+        s, r = self.state, self.recipe
+        return s.stage == "arch" and self.opt_theta is not None and s.epoch >= r.warmup_epochs
+
+    def _loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        """(loss, logits): cross-entropy of the main logits, plus the auxiliary head's."""
+        r = self.recipe
+        with self.runtime.autocast():
+            logits, aux = _logits(net(x))
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
+            if aux is not None and r.auxiliary_weight > 0:
+                loss = loss + r.auxiliary_weight * F.cross_entropy(aux.float(), y)
+        return loss, logits
+
+    def _interrupt(self, sums: torch.Tensor) -> None:
+        """Stop between two steps; a single process keeps the partial epoch, DDP ranks do not
+        (they may stop at different steps), so those resume from the epoch's start."""
+        s = self.state
+        if self.runtime.world > 1:
+            s.step, s.partial = 0, {}
+            raise Interrupted(f"interrupted in epoch {s.epoch + 1}; resuming restarts it")
+        done = sums.tolist()
+        s.partial = {
+            k: s.partial[k] + v for k, v in zip(("loss", "correct", "seen"), done, strict=True)
+        }
+        raise Interrupted(f"interrupted in epoch {s.epoch + 1} after step {s.step}")
+
+    def _batches(self) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """This epoch's batches on the device, skipping those done before an interrupt."""
+        skip = self.state.step
+        for step, (x, y) in enumerate(self.train_loader):
+            if step < skip:
+                if step + 1 == skip:  # continue exactly where the interrupted run was
+                    set_rng(self.state.rng)
+                continue
+            yield step, self.runtime.to_device(x, y)
+
+    def _set_lr(self, progress: float) -> None:
+        """Cosine from lr to 0 over all epochs, per step; stage 2 continues the same schedule."""
+        lr = 0.5 * self.recipe.lr * (1 + math.cos(math.pi * progress / self.recipe.epochs))
+        for group in self.opt_w.param_groups:
+            group["lr"] = lr
+
+    def _check_finite(self) -> None:
+        found = self.first_nan.found()
+        if found is None:
+            return
+        s, r = self.state, self.recipe
+        update = divergence.update_before(
+            found[0],
+            found[1],
+            epoch=s.epoch,
+            stage=s.stage,
+            theta_trains=self.opt_theta is not None,
+            arch_epochs=r.arch_epochs,
+            warmup_epochs=r.warmup_epochs,
+            rule=self.config.arch_update,
+        )
+        raise divergence.explain(
+            found,
+            epochs_done=s.epoch,
+            update=update,
+            lr=r.lr,
+            theta_lr=r.theta_lr,
+            checkpoint=self.out / CHECKPOINT,
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy of the current network (main logits only)."""
+        module, rt = self.dnat.module, self.runtime
+        module.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=rt.device)
+        for x, y in self.test_loader:
+            x, y = rt.to_device(x, y)
+            with rt.autocast():
+                logits, _ = _logits(module(x))
+            logits = logits.float()
+            loss = F.cross_entropy(logits, y, reduction="sum")
+            sums += torch.stack(
+                [loss.double(), (logits.argmax(1) == y).sum().double(), sums.new_tensor(len(y))]
+            )
+        loss_sum, correct, seen = rt.reduce(sums).tolist()
+        module.train()
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def _preferences(self) -> dict[str, int]:
+        """How many edges currently prefer each choice (the decisions once finalized)."""
+        if self.state.decisions is not None:
+            return dict(Counter(self.state.decisions.values()))
+        if self.dnat.theta is None:
+            return {}
+        return dict(Counter(decide(self.dnat.module).values()))
+
+    # ------------------------------------------------------------------------- finalize
+    def _finalize(self, before: float | None) -> dict[str, Any]:
+        """Decide and finalize; ``before`` is the gated network's test accuracy (None when the
+        stage had no epoch). Returns what the metrics log records: the scale, the accuracy
+        just before and just after, and after re-estimating BN statistics if the recipe asks."""
+        gated, r, s = self.dnat, self.recipe, self.state
+        if self.config.method == "random":
+            decisions = setup.random_decisions(self.config, gated.edges)
+        else:
+            decisions = stage.dnat_decisions(gated.module, r, s)
+        scale = stage.scale(self.config, r)
+        final = finalize(gated.module, decisions, scale=scale)
+        self.dnat = DNAT.from_module(final, traced=gated.traced, edges=gated.edges)
+        s.decisions, s.stage = decisions, "net"
+        if self.opt_w is not None:  # carry ω's momentum for the weights that remain
+            old = self.opt_w
+            self._place()
+            self._optimizers(None)
+            stage.carry_momentum(old, self.opt_w, gated.module, final)
+            self.opt_theta = None
+        record: dict[str, Any] = {"scale": scale, "acc_before": before, "acc_after": None}
+        if before is not None:  # an empty stage has no "before" to compare with
+            record["acc_after"] = self.evaluate()[1]
+        record["acc_after_bn"] = None
+        if r.bn_recalibration:
+            record["bn_seconds"] = stage.recalibrate_bn(
+                final, self.train_loader, r.bn_recalibration, self.runtime
+            )
+            record["acc_after_bn"] = self.evaluate()[1] if before is not None else None
+        s.finalize = record
+        self.reporter.event(
+            "finalize",
+            {
+                "epoch": s.epoch,
+                "changed": {k: v for k, v in decisions.items() if v != SAME},
+                "counts": dict(Counter(decisions.values())),
+                "margins": s.margins,
+                "flipped": s.flipped,
+                **record,
+            },
+        )
+        return record
+
+    # ---------------------------------------------------------------------- checkpoints
+    def _save(self) -> None:
+        if self.runtime.rank != 0:
+            return
+        s, c, theta = self.state, self.config, self.dnat.theta
+        s.rng = get_rng() if s.step else {}
+        ckpt.save(
+            self.out / CHECKPOINT,
+            {
+                "method": c.method,
+                "model": self.model_cfg,
+                "granularity": c.granularity,
+                "tie": c.tie,
+                "edges": [e.to_dict() for e in self.dnat.edges],
+                "decisions": s.decisions,
+                "finalize_scale": (s.finalize or {}).get("scale", stage.scale(c, self.recipe)),
+                "theta": theta.detach().cpu() if theta is not None else None,
+                "theta_history": s.theta_history,
+                "choices": list(CHOICES),
+                "model_state": {
+                    k: v.detach().cpu() for k, v in self.dnat.module.state_dict().items()
+                },
+                "optimizer_w": self.opt_w.state_dict(),
+                "optimizer_theta": self.opt_theta.state_dict() if self.opt_theta else None,
+                "state": s.to_checkpoint(),
+                "config": dataclasses.asdict(c),
+                "recipe": dataclasses.asdict(self.recipe),
+                "seed": c.seed,
+                "versions": _versions(),
+            },
+        )
+
+    def _draw_cells(self, summary: dict) -> None:
+        """The cell diagram beside the checkpoint; a drawing that fails must not lose the run."""
+        if not self.dnat.edges or self.state.decisions is None:
+            return
+        try:
+            path = draw_run(
+                self.out / CELLS,
+                self.dnat.traced,
+                self.dnat.edges,
+                self.state.decisions,
+                summary,
+                tie=self.config.tie,
+            )
+        except Exception as exc:  # any failure: the run itself is saved and summarised
+            log.warning("could not draw the cell diagram (%s); the checkpoint is kept", exc)
+            return
+        summary["artifacts"] = {"cell diagram": str(path)}
+
+    def _summary(self) -> dict:
+        size = self.info.input_size
+        example = torch.zeros(1, 3, size, size)
+        traced, final = self.dnat.traced, self.dnat.module.to("cpu")
+        s, c = self.state, self.config
+        last = s.metrics[-1] if s.metrics else {}
+        decisions = s.decisions or {}
+        return {
+            "spec": self.model_cfg["spec"],
+            "method": c.method,
+            "data": c.data,
+            "epochs": s.epoch,
+            "test_acc": last.get("test_acc"),
+            "train_acc": last.get("train_acc"),
+            "params_before": count_params(traced),
+            "params_after": count_params(final),
+            "flops_before": count_flops(traced, example),
+            "flops_after": count_flops(final, example),
+            "edges": len(self.dnat.edges),
+            "decisions": dict(Counter(decisions.values())),
+            "changed": {k: v for k, v in decisions.items() if v != SAME},
+            "tie": c.tie,
+            # as `--changes` reads them: what a random control of this run places
+            "changes": format_changes(count_changes(self.dnat.edges, decisions)),
+            "margins": s.margins or {},
+            "flipped": s.flipped or [],
+            "finalize": s.finalize,
+            "reach": self.reach.to_dict(),
+            "seconds": s.elapsed,
+            "world": self.runtime.world,
+            "device": str(self.runtime.device),
+            "checkpoint": str(self.out / CHECKPOINT),
+        }
+
+
+def _logits(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(main logits, auxiliary logits or None) from a classifier's output."""
+    if isinstance(out, (tuple, list)):
+        return out[0], out[1] if len(out) > 1 else None
+    return out, None
+
+
+def _versions() -> dict[str, str]:
+    versions = {"fxdnat": fxdnat.__version__, "torch": str(torch.__version__)}
+    try:
+        import timm  # lazy: only to record its version, and a model may not need it
+    except ImportError:
+        return versions
+    versions["timm"] = str(timm.__version__)
+    return versions
