@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from fxdnat import __version__
 from fxdnat.allocator import tune_cpu_allocator
@@ -134,7 +135,7 @@ def edges(
     spec: str, num_classes: int, input_size: int | None, granularity: str, tie: str, as_json: bool
 ) -> None:
     """List the edges DNAT would transform in SPEC, with their cost."""
-    from fxdnat.report import inspect_edges
+    from fxdnat.report import inspect_edges  # lazy: torch, as in every command below
 
     found = inspect_edges(
         spec, num_classes=num_classes, input_size=input_size, granularity=granularity
@@ -146,7 +147,7 @@ def edges(
 
 
 def _print_edges(found: Any, tie: str) -> None:
-    from rich.console import Console
+    from rich.console import Console  # lazy: rich, for tables only
     from rich.table import Table
 
     console = Console()
@@ -211,7 +212,7 @@ def zoo(markdown: bool) -> None:
     if markdown:
         click.echo(_zoo_markdown(rows))
         return
-    from rich.console import Console
+    from rich.console import Console  # lazy: rich, for tables only
     from rich.table import Table
 
     table = Table(title="fxdnat zoo (10 classes, 32 px)")
@@ -422,8 +423,6 @@ def transform(spec: str, out: str | None, resume: bool, compile_: bool, **option
 def _typed(fields: dict[str, str]) -> set[str]:
     """The fields whose option (by parameter name) the user gave: a resumed run must agree with
     what they typed, not with the defaults they did not."""
-    from click.core import ParameterSource
-
     ctx = click.get_current_context()
     untyped = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
     return {

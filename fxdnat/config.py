@@ -80,7 +80,7 @@ class RunConfig:
     pretrained: bool = False
 
     def __post_init__(self) -> None:
-        from fxdnat.data import resolve_name
+        from fxdnat.data import resolve_name  # lazy, as every import of torch here (--help)
 
         for name, value, allowed in (
             ("method", self.method, METHODS),
@@ -101,7 +101,7 @@ class RunConfig:
 
 def resolve_recipe(c: RunConfig):
     """The recipe ``c`` trains with: its own or the model's, with ``c``'s overrides."""
-    from fxdnat import zoo
+    from fxdnat import zoo  # lazy: torch (this module serves `fxdnat --help`)
     from fxdnat.specs import parse_spec
 
     source, name = parse_spec(c.spec)
@@ -202,7 +202,7 @@ def resumed_config(
 def _differences(kept: RunConfig, asked: RunConfig, typed: set[str]) -> list[tuple[str, str]]:
     """(field, "--option VALUE (the run's: VALUE)") for every typed field where ``asked``
     differs from ``kept``."""
-    from fxdnat.specs import parse_spec
+    from fxdnat.specs import parse_spec  # lazy: torch
 
     found = []
     for field in dataclasses.fields(RunConfig):
@@ -237,7 +237,7 @@ def flag(name: str) -> str:
 
 def stored_config(stored: dict[str, Any]) -> RunConfig:
     """The RunConfig a checkpoint holds, each field of the type RunConfig declares."""
-    from fxdnat.checkpoint import CheckpointError
+    from fxdnat.checkpoint import CheckpointError  # lazy: torch
     from fxdnat.specs import same_spec
 
     config = stored.get("config")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 import os
 import pickle
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
@@ -150,7 +152,7 @@ class _FileImages(Dataset):
 
 
 def _read_image(path: Path, size: int | None = None) -> Tensor:
-    from PIL import Image
+    from PIL import Image  # lazy: only image folders need PIL and torchvision's transforms
     from torchvision.transforms.v2 import functional as F
 
     try:
@@ -167,7 +169,7 @@ def _read_image(path: Path, size: int | None = None) -> Tensor:
 
 
 def _load_digits() -> tuple[DatasetInfo, Dataset, Dataset]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn takes a second to import
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
@@ -192,7 +194,7 @@ def _load_digits_hard() -> tuple[DatasetInfo, Dataset, Dataset]:
     the native 8×8 images, 25 training images per class (250; the rest, 1,547, are the test
     set, so a test accuracy resolves 0.07 points), and fixed additive Gaussian noise (σ 0.25
     of the pixel range, drawn once from seed 0, the same in every run) on both splits."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn takes a second to import
 
     digits = load_digits()
     images = torch.from_numpy(digits.images).float().div(16).unsqueeze(1)  # N×1×8×8 in 0..1
@@ -222,8 +224,6 @@ def _load_digits_hard() -> tuple[DatasetInfo, Dataset, Dataset]:
 
 def _numpy_global(module: str, name: str) -> Any:
     """Resolve `numpy.core.X` (NumPy 1 pickles) and `numpy._core.X` (NumPy 2) to the same object."""
-    import importlib
-
     try:
         return getattr(importlib.import_module(f"numpy._core.{module}"), name)
     except ImportError:
@@ -429,7 +429,7 @@ def _download(what: str, url: str, md5: str, root: Path, target: Path) -> None:
     """Fetch and unpack an archive unless `target` exists; any failure is a one-line DataError."""
     if target.exists():
         return
-    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.utils import download_and_extract_archive  # lazy: --download only
 
     logger.info("downloading %s from %s to %s", what, url, root)
     try:
@@ -464,7 +464,7 @@ class Cutout:
 
 
 def _transform(info: DatasetInfo, *, train: bool, cutout: int) -> Callable[[Tensor], Tensor]:
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # lazy: a slow import
 
     steps: list[Callable[[Tensor], Tensor]] = []
     if train:
@@ -540,8 +540,6 @@ def _check_a_batch(
     run on it would take no step and still report a trained network."""
     world = 1
     if distributed:
-        import torch.distributed as dist
-
         world = dist.get_world_size()
     each = examples // world  # DistributedSampler(drop_last=True) gives every rank this many
     if each >= batch_size:
@@ -595,8 +593,6 @@ def make_loaders(
     )
     train_sampler = test_sampler = None
     if distributed:
-        import torch.distributed as dist
-
         train_sampler = DistributedSampler(train, shuffle=True, seed=seed, drop_last=drop_last)
         test_sampler = _ShardSampler(len(test), dist.get_rank(), dist.get_world_size())
     train_loader = DataLoader(

@@ -20,6 +20,8 @@ from torch import fx
 
 from fxdnat import checkpoint as ckpt
 from fxdnat._files import check_writable
+from fxdnat.frontend import memory
+from fxdnat.passes import _graph
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +119,6 @@ def _final_network(
 
 def main_logits(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
     """``gm`` returning its main logits only: an auxiliary head's output and code are dropped."""
-    from fxdnat.frontend import memory
-    from fxdnat.passes import _graph
-
     with torch.no_grad():
         out = gm(example)
     if not isinstance(out, (tuple, list)):
@@ -189,7 +188,7 @@ def _run(path: Path, example: torch.Tensor) -> torch.Tensor | None:
     if importlib.util.find_spec("onnxruntime") is None:
         log.warning("onnxruntime is not installed: %s was not checked", path)
         return None
-    import onnxruntime
+    import onnxruntime  # lazy: an optional dependency (the onnx extra)
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

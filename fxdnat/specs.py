@@ -115,20 +115,20 @@ def build_model(
 
 
 def _zoo_name(name: str) -> None:
-    from fxdnat import zoo
+    from fxdnat import zoo  # lazy: the zoo's models load only when named
 
     zoo.model_info(name)  # an unknown name: "unknown zoo model ...; did you mean ..."
 
 
 def _timm_name(name: str) -> None:
-    import timm
+    import timm  # lazy: timm takes seconds to import
 
     if name not in timm.list_models():
         raise ValueError(f"unknown timm model {name!r}{_close(name, timm.list_models())}")
 
 
 def _torchvision_name(name: str) -> None:
-    import torchvision
+    import torchvision  # lazy: only for torchvision: specs
 
     names = torchvision.models.list_models(module=torchvision.models)
     if name not in names:
@@ -136,7 +136,7 @@ def _torchvision_name(name: str) -> None:
 
 
 def _zoo(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs: dict):
-    from fxdnat import zoo
+    from fxdnat import zoo  # lazy: the zoo's models load only when named
 
     if pretrained:
         raise ValueError("zoo models have no published weights; drop --pretrained")
@@ -160,7 +160,7 @@ def _timm(name: str, num_classes: int, size: int | None, pretrained: bool, kwarg
 
 
 def _create_timm(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs: dict):
-    import timm
+    import timm  # lazy: timm takes seconds to import
 
     common = {"pretrained": pretrained, "num_classes": num_classes, **kwargs}
     if size is not None and "img_size" not in kwargs:
@@ -172,7 +172,7 @@ def _create_timm(name: str, num_classes: int, size: int | None, pretrained: bool
 
 
 def _torchvision(name: str, num_classes: int, size: int | None, pretrained: bool, kwargs: dict):
-    import torchvision
+    import torchvision  # lazy: only for torchvision: specs
 
     _torchvision_name(name)
     if pretrained:
