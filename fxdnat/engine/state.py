@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import fxdnat
 from fxdnat import checkpoint as ckpt
+from fxdnat.config import RunConfig, format_changes
+from fxdnat.dnat import DNAT
+from fxdnat.ir import CHOICES, SAME, Scale
+from fxdnat.passes.decide import count_changes
+from fxdnat.report import count_flops, count_params
+from fxdnat.zoo.recipes import Recipe
 
 CHECKPOINT, METRICS, SUMMARY = "checkpoint.pt", "metrics.jsonl", "summary.json"
 CELLS = "cells.svg"  # the cell diagram of the result (fxdnat.drawing)
@@ -99,3 +107,83 @@ def append_metrics(out: Path, record: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / METRICS).open("a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def checkpoint_data(
+    config: RunConfig,
+    recipe: Recipe,
+    model_cfg: dict[str, Any],
+    dnat: DNAT,
+    state: RunState,
+    opt_w: torch.optim.Optimizer,
+    opt_theta: torch.optim.Optimizer | None,
+    *,
+    default_scale: Scale,
+) -> dict[str, Any]:
+    """What ``checkpoint.pt`` holds (fxdnat/checkpoint.py reads it back): how to rebuild the
+    network, its weights, both optimizers, the run's state, config and recipe. Tensors and
+    plain values only. ``default_scale``: finalize's scale while no finalize has run yet."""
+    theta = dnat.theta
+    return {
+        "method": config.method,
+        "model": model_cfg,
+        "granularity": config.granularity,
+        "tie": config.tie,
+        "edges": [e.to_dict() for e in dnat.edges],
+        "decisions": state.decisions,
+        "finalize_scale": (state.finalize or {}).get("scale", default_scale),
+        "theta": theta.detach().cpu() if theta is not None else None,
+        "theta_history": state.theta_history,
+        "choices": list(CHOICES),
+        "model_state": {k: v.detach().cpu() for k, v in dnat.module.state_dict().items()},
+        "optimizer_w": opt_w.state_dict(),
+        "optimizer_theta": opt_theta.state_dict() if opt_theta else None,
+        "state": state.to_checkpoint(),
+        "config": dataclasses.asdict(config),
+        "recipe": dataclasses.asdict(recipe),
+        "seed": config.seed,
+        "versions": _versions(),
+    }
+
+
+def summary(
+    config: RunConfig, model_cfg: dict[str, Any], dnat: DNAT, state: RunState, input_size: int
+) -> dict[str, Any]:
+    """The run's result as ``summary.json`` has it: accuracy, size before and after (parameters;
+    FLOPs of one image of ``input_size`` px, fxdnat.report), decisions and how sure they were.
+    Moves the network to the CPU to count its FLOPs."""
+    example = torch.zeros(1, 3, input_size, input_size)
+    traced, final = dnat.traced, dnat.module.to("cpu")
+    last = state.metrics[-1] if state.metrics else {}
+    decisions = state.decisions or {}
+    return {
+        "spec": model_cfg["spec"],
+        "method": config.method,
+        "data": config.data,
+        "epochs": state.epoch,
+        "test_acc": last.get("test_acc"),
+        "train_acc": last.get("train_acc"),
+        "params_before": count_params(traced),
+        "params_after": count_params(final),
+        "flops_before": count_flops(traced, example),
+        "flops_after": count_flops(final, example),
+        "edges": len(dnat.edges),
+        "decisions": dict(Counter(decisions.values())),
+        "changed": {k: v for k, v in decisions.items() if v != SAME},
+        "tie": config.tie,
+        # as `--changes` reads them: what a random control of this run places
+        "changes": format_changes(count_changes(dnat.edges, decisions)),
+        "margins": state.margins or {},
+        "flipped": state.flipped or [],
+        "finalize": state.finalize,
+    }
+
+
+def _versions() -> dict[str, str]:
+    versions = {"fxdnat": fxdnat.__version__, "torch": str(torch.__version__)}
+    try:
+        import timm  # lazy: only to record its version, and a model may not need it
+    except ImportError:
+        return versions
+    versions["timm"] = str(timm.__version__)
+    return versions

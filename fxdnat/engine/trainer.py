@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fxdnat
 from fxdnat import checkpoint as ckpt
 from fxdnat import zoo
 from fxdnat._files import atomic_file, check_writable, remove_temporaries, write_json
-from fxdnat.config import RunConfig, check_method, format_changes, resumed_config
+from fxdnat.config import RunConfig, check_method, resumed_config
 from fxdnat.dnat import DNAT
 from fxdnat.engine import divergence, setup, stage
 from fxdnat.engine.runtime import StopRequests, get_rng, set_rng
@@ -38,14 +37,14 @@ from fxdnat.engine.state import (
     METRICS,
     SUMMARY,
     append_metrics,
+    checkpoint_data,
     raise_if_finished,
+    summary,
 )
 from fxdnat.engine.state import stored as stored_checkpoint
-from fxdnat.ir import CHOICES, SAME
+from fxdnat.ir import SAME
 from fxdnat.passes import decide, finalize
-from fxdnat.passes.decide import count_changes
 from fxdnat.passes.render import draw_run
-from fxdnat.report import count_flops, count_params
 
 log = logging.getLogger(__name__)
 
@@ -414,33 +413,29 @@ class Trainer:
     def _save(self) -> None:
         if self.runtime.rank != 0:
             return
-        s, c, theta = self.state, self.config, self.dnat.theta
-        s.rng = get_rng() if s.step else {}
-        ckpt.save(
-            self.out / CHECKPOINT,
-            {
-                "method": c.method,
-                "model": self.model_cfg,
-                "granularity": c.granularity,
-                "tie": c.tie,
-                "edges": [e.to_dict() for e in self.dnat.edges],
-                "decisions": s.decisions,
-                "finalize_scale": (s.finalize or {}).get("scale", stage.scale(c, self.recipe)),
-                "theta": theta.detach().cpu() if theta is not None else None,
-                "theta_history": s.theta_history,
-                "choices": list(CHOICES),
-                "model_state": {
-                    k: v.detach().cpu() for k, v in self.dnat.module.state_dict().items()
-                },
-                "optimizer_w": self.opt_w.state_dict(),
-                "optimizer_theta": self.opt_theta.state_dict() if self.opt_theta else None,
-                "state": s.to_checkpoint(),
-                "config": dataclasses.asdict(c),
-                "recipe": dataclasses.asdict(self.recipe),
-                "seed": c.seed,
-                "versions": _versions(),
-            },
+        self.state.rng = get_rng() if self.state.step else {}
+        data = checkpoint_data(
+            self.config,
+            self.recipe,
+            self.model_cfg,
+            self.dnat,
+            self.state,
+            self.opt_w,
+            self.opt_theta,
+            default_scale=stage.scale(self.config, self.recipe),
         )
+        ckpt.save(self.out / CHECKPOINT, data)
+
+    def _summary(self) -> dict:
+        rt, s = self.runtime, self.state
+        result = summary(self.config, self.model_cfg, self.dnat, s, self.info.input_size)
+        return result | {
+            "reach": self.reach.to_dict(),
+            "seconds": s.elapsed,
+            "world": rt.world,
+            "device": str(rt.device),
+            "checkpoint": str(self.out / CHECKPOINT),
+        }
 
     def _draw_cells(self, summary: dict) -> None:
         """The cell diagram beside the checkpoint; a drawing that fails must not lose the run."""
@@ -460,53 +455,9 @@ class Trainer:
             return
         summary["artifacts"] = {"cell diagram": str(path)}
 
-    def _summary(self) -> dict:
-        size = self.info.input_size
-        example = torch.zeros(1, 3, size, size)
-        traced, final = self.dnat.traced, self.dnat.module.to("cpu")
-        s, c = self.state, self.config
-        last = s.metrics[-1] if s.metrics else {}
-        decisions = s.decisions or {}
-        return {
-            "spec": self.model_cfg["spec"],
-            "method": c.method,
-            "data": c.data,
-            "epochs": s.epoch,
-            "test_acc": last.get("test_acc"),
-            "train_acc": last.get("train_acc"),
-            "params_before": count_params(traced),
-            "params_after": count_params(final),
-            "flops_before": count_flops(traced, example),
-            "flops_after": count_flops(final, example),
-            "edges": len(self.dnat.edges),
-            "decisions": dict(Counter(decisions.values())),
-            "changed": {k: v for k, v in decisions.items() if v != SAME},
-            "tie": c.tie,
-            # as `--changes` reads them: what a random control of this run places
-            "changes": format_changes(count_changes(self.dnat.edges, decisions)),
-            "margins": s.margins or {},
-            "flipped": s.flipped or [],
-            "finalize": s.finalize,
-            "reach": self.reach.to_dict(),
-            "seconds": s.elapsed,
-            "world": self.runtime.world,
-            "device": str(self.runtime.device),
-            "checkpoint": str(self.out / CHECKPOINT),
-        }
-
 
 def _logits(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(main logits, auxiliary logits or None) from a classifier's output."""
     if isinstance(out, (tuple, list)):
         return out[0], out[1] if len(out) > 1 else None
     return out, None
-
-
-def _versions() -> dict[str, str]:
-    versions = {"fxdnat": fxdnat.__version__, "torch": str(torch.__version__)}
-    try:
-        import timm  # lazy: only to record its version, and a model may not need it
-    except ImportError:
-        return versions
-    versions["timm"] = str(timm.__version__)
-    return versions
