@@ -30,7 +30,7 @@ from fxdnat.repro import (
     run_study,
     shard,
 )
-from fxdnat.repro_layout import CHECKPOINT, METRICS, SUMMARY
+from fxdnat.repro.layout import CHECKPOINT, METRICS, SUMMARY
 
 # 64 digits, batch 32: 2 steps an epoch; one architecture epoch, one network epoch
 TINY = dict(recipe="quick", limit=64, batch_size=32, epochs=2, arch_epochs=1, device="cpu")
@@ -329,7 +329,7 @@ def test_a_rerun_with_other_settings_is_refused(tiny):
 
 
 def test_the_study_names_the_engines_files_as_the_engine_does():
-    # repro_layout repeats them so that `fxdnat repro --report` needs no torch
+    # fxdnat.repro.layout repeats them so that `fxdnat repro --report` needs no torch
     assert (CHECKPOINT, METRICS, SUMMARY) == (engine.CHECKPOINT, engine.METRICS, engine.SUMMARY)
 
 
@@ -344,9 +344,9 @@ def test_seed_lists_and_shards_parse():
 @pytest.mark.slow
 def test_several_gpus_get_one_run_subprocess_each(tmp_path, monkeypatch):
     """The parallel path end to end, with two pretend GPUs (the runs fall back to the CPU)."""
-    from fxdnat import repro
+    from fxdnat.repro import run as harness
 
-    monkeypatch.setattr(repro, "_gpus", lambda device: ["0", "1"])
+    monkeypatch.setattr(harness, "_gpus", lambda device: ["0", "1"])
     config = study(tmp_path / "study", methods=["original"], epochs=1, arch_epochs=0)
     results = run_study(config)
     assert [(r.job.seed, r.status) for r in results] == [(1, "done"), (2, "done")]
@@ -514,8 +514,8 @@ def test_random_runs_keep_the_dnat_runs_they_copy(tmp_path, monkeypatch):
 def test_with_several_gpus_a_random_run_waits_for_its_dnat_run_only(tmp_path, monkeypatch):
     """Two pretend GPUs; cell seed 1 is slow and cell seed 2 fails: the second GPU trains cell
     seed 2 meanwhile, and random seed 2 fails at once, without a subprocess."""
-    from fxdnat import repro
     from fxdnat.repro import RunResult, run_config
+    from fxdnat.repro import run as harness
 
     events, lock = [], threading.Lock()
 
@@ -536,8 +536,8 @@ def test_with_several_gpus_a_random_run_waits_for_its_dnat_run_only(tmp_path, mo
             events.append(f"end {name}")
         return RunResult(job, status)
 
-    monkeypatch.setattr(repro, "_gpus", lambda device: ["0", "1"])
-    monkeypatch.setattr(repro, "_run_child", child)
+    monkeypatch.setattr(harness, "_gpus", lambda device: ["0", "1"])
+    monkeypatch.setattr(harness, "_run_child", child)
     results = run_study(study(tmp_path / "study", methods=["cell", "random"]))
     assert [(r.job.method, r.job.seed, r.status) for r in results] == [
         ("cell", 1, "done"),

@@ -42,7 +42,7 @@ from typing import Any
 from fxdnat._files import write_json
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.ir import IDENTITY, NONE
-from fxdnat.repro_layout import (
+from fxdnat.repro.layout import (
     CHECKPOINT,
     DEFAULT_METHODS,
     DNAT_METHODS,
@@ -58,7 +58,7 @@ from fxdnat.repro_layout import (
     random_source,
     read_json,
 )
-from fxdnat.repro_report import (  # noqa: F401  re-exported: see the module docstring
+from fxdnat.repro.report import (  # noqa: F401  re-exported: see the module docstring
     METHOD_LABELS,
     MISSING,
     Agreement,
@@ -843,7 +843,3 @@ def _version() -> str:
     from fxdnat import __version__
 
     return __version__
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1]))

@@ -1,5 +1,5 @@
 """A study's report: reads a study folder (``OUT/repro.json`` and each run's ``summary.json``
-and ``run.json``, see `fxdnat.repro_layout`) and writes ``OUT/report.md``, one CSV per table and
+and ``run.json``, see `fxdnat.repro.layout`) and writes ``OUT/report.md``, one CSV per table and
 data set and a plot of the per-seed accuracies; safe while the study still runs, and without torch.
 
 The tables follow the paper (Kim & Lee 2020, Table 1: mean / std / cost over seeds), with DNAT
@@ -22,7 +22,7 @@ from typing import Any
 
 from fxdnat.ir import CHOICES, IDENTITY, NONE, SAME
 from fxdnat.reach import NEEDED, NOISY, UNSURE
-from fxdnat.repro_layout import (
+from fxdnat.repro.layout import (
     DNAT_METHODS,
     MANIFEST,
     METHODS,
