@@ -11,36 +11,47 @@ modules, one job each:
 - `fxdnat.repro.records`: each run's ``run.json``, the record of its attempts and their cost;
 - `fxdnat.repro.report`: the report, ``OUT/report.md`` with its CSVs and plots, without torch.
 
-Importing the package does not import torch: the harness imports the engine and torch inside the
-functions that train, so ``fxdnat repro --report`` aggregates a study without them.
+The names below are imported on first use, as ``fxdnat``'s own are, so that a caller loads only
+the modules it needs: ``fxdnat --help`` the layout, ``fxdnat repro --report`` the layout and the
+report, not the harness. No module imports torch until a run trains: the harness imports the
+engine and torch inside the functions that need them.
 """
 
 from __future__ import annotations
 
-from fxdnat.repro.layout import DEFAULT_METHODS, DNAT_METHODS, METHODS, REPORT
-from fxdnat.repro.plan import (
-    Job,
-    ReproConfig,
-    changes_text,
-    jobs,
-    parse_methods,
-    parse_seeds,
-    parse_shard,
-    random_changes,
-    run_config,
-    shard,
-)
-from fxdnat.repro.report import (
-    METHOD_LABELS,
-    MISSING,
-    Agreement,
-    Report,
-    RunRow,
-    aggregate,
-    agreement,
-    collect,
-)
-from fxdnat.repro.run import LineReporter, ReproReporter, RunResult, run_one, run_study
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it (loaded on first use)
+_LAZY: dict[str, str] = {
+    "DEFAULT_METHODS": "fxdnat.repro.layout",
+    "DNAT_METHODS": "fxdnat.repro.layout",
+    "METHODS": "fxdnat.repro.layout",
+    "REPORT": "fxdnat.repro.layout",
+    "Job": "fxdnat.repro.plan",
+    "ReproConfig": "fxdnat.repro.plan",
+    "changes_text": "fxdnat.repro.plan",
+    "jobs": "fxdnat.repro.plan",
+    "parse_methods": "fxdnat.repro.plan",
+    "parse_seeds": "fxdnat.repro.plan",
+    "parse_shard": "fxdnat.repro.plan",
+    "random_changes": "fxdnat.repro.plan",
+    "run_config": "fxdnat.repro.plan",
+    "shard": "fxdnat.repro.plan",
+    "METHOD_LABELS": "fxdnat.repro.report",
+    "MISSING": "fxdnat.repro.report",
+    "Agreement": "fxdnat.repro.report",
+    "Report": "fxdnat.repro.report",
+    "RunRow": "fxdnat.repro.report",
+    "aggregate": "fxdnat.repro.report",
+    "agreement": "fxdnat.repro.report",
+    "collect": "fxdnat.repro.report",
+    "LineReporter": "fxdnat.repro.run",
+    "ReproReporter": "fxdnat.repro.run",
+    "RunResult": "fxdnat.repro.run",
+    "run_one": "fxdnat.repro.run",
+    "run_study": "fxdnat.repro.run",
+}
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -71,3 +82,41 @@ __all__ = [
     "run_study",
     "shard",
 ]
+
+if TYPE_CHECKING:
+    from fxdnat.repro.layout import DEFAULT_METHODS, DNAT_METHODS, METHODS, REPORT
+    from fxdnat.repro.plan import (
+        Job,
+        ReproConfig,
+        changes_text,
+        jobs,
+        parse_methods,
+        parse_seeds,
+        parse_shard,
+        random_changes,
+        run_config,
+        shard,
+    )
+    from fxdnat.repro.report import (
+        METHOD_LABELS,
+        MISSING,
+        Agreement,
+        Report,
+        RunRow,
+        aggregate,
+        agreement,
+        collect,
+    )
+    from fxdnat.repro.run import LineReporter, ReproReporter, RunResult, run_one, run_study
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fxdnat.repro' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
