@@ -9,14 +9,13 @@ import logging
 import sys
 
 from fxdnat.allocator import tune_cpu_allocator
+from fxdnat.engine import Interrupted
 from fxdnat.repro.plan import Job, ReproConfig
 from fxdnat.repro.run import run_one
 
 
 def main(payload: str) -> int:
     """Entry of a run subprocess: one job, recorded; exit 130 when interrupted."""
-    from fxdnat.engine import Interrupted
-
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

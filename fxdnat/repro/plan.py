@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fxdnat import __version__
 from fxdnat._files import write_json
+from fxdnat.config import RunConfig, resolve_recipe
 from fxdnat.ir import IDENTITY, NONE
 from fxdnat.repro.layout import (
     CHECKPOINT,
@@ -72,7 +74,7 @@ class ReproConfig:
     shard: tuple[int, int] | None = None  # (i, n): run only the i-th of n slices, 1 <= i <= n
 
     def __post_init__(self) -> None:
-        from fxdnat.data import resolve_name
+        from fxdnat.data import resolve_name  # lazy: fxdnat.data imports torch
 
         if not self.specs:
             raise ValueError("a study needs at least one model spec, e.g. zoo:resnet20")
@@ -206,12 +208,10 @@ def shard(all_jobs: Sequence[Job], i: int, n: int) -> list[Job]:
     return [job for job in all_jobs if slot[job] == i - 1]
 
 
-def run_config(config: ReproConfig, job: Job) -> Any:
+def run_config(config: ReproConfig, job: Job) -> RunConfig:
     """The engine's RunConfig for one job: the study's settings that the engine shares by name
     (data, recipe and its overrides, device, ...), and the job's spec, folder, method and seed.
     A random job also gets its DNAT run's tie and number of changes (`random_changes`)."""
-    from fxdnat.config import RunConfig
-
     shared = {f.name for f in dataclasses.fields(RunConfig)} & {
         f.name for f in dataclasses.fields(ReproConfig)
     }
@@ -289,15 +289,14 @@ def claim(config: ReproConfig) -> None:
         manifest[key] = manifest.get(key, []) + [
             v for v in values if v not in manifest.get(key, [])
         ]
-    manifest["fxdnat"] = _version()
+    manifest["fxdnat"] = __version__
     write_json(path, manifest)
 
 
 def _recipes(config: ReproConfig) -> dict[str, dict[str, Any]]:
     """The recipe each model trains with (its DNAT runs), resolved as the engine resolves it;
     a bad spec, recipe or data set is refused here, once, before any run fails on it."""
-    from fxdnat.config import resolve_recipe
-    from fxdnat.data import dataset_info
+    from fxdnat.data import dataset_info  # lazy: both import torch
     from fxdnat.engine import check_device
 
     check_device(config.device)
@@ -346,9 +345,3 @@ def _refuse_changes(out: str, what: str, stored: dict | None, wanted: dict) -> N
         "rerun with the study's options, or choose another --out (or delete those runs to redo "
         "them)"
     )
-
-
-def _version() -> str:
-    from fxdnat import __version__
-
-    return __version__

@@ -134,7 +134,7 @@ def _describe_device(device: str | None) -> dict[str, str]:
     """The device type ("cpu", "cuda") and its name; unknown when the run never started."""
     if device is None:
         return {}
-    import torch
+    import torch  # lazy: importing fxdnat.repro must not import torch (`fxdnat repro --report`)
 
     kind = device.split(":")[0]
     if kind == "cuda":
@@ -147,7 +147,7 @@ def _describe_device(device: str | None) -> dict[str, str]:
 
 def planned_device(device: str) -> str:
     """The device a run that failed was meant for (as the engine picks it)."""
-    import torch
+    import torch  # lazy: as above
 
     return "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
 

@@ -614,7 +614,9 @@ def _plot(
     groups: dict, models: Sequence[str], methods: Sequence[str], data: str, path: Path
 ) -> None:
     """Per-seed accuracy, the methods side by side per model, the mean as a bar."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend, Agg draws the PNG
+    # lazy: matplotlib takes a second to import, and only the report draws; no pyplot: no
+    # global backend, Agg draws the PNG
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(max(4.5, 1.2 + 1.6 * len(models)), 3.6), layout="constrained")
     ax = fig.add_subplot()

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -123,6 +124,7 @@ def run_one(config: ReproConfig, job: Job, reporter: ReproReporter | None = None
     An exception is recorded and returned as a failed result; an interrupt (Ctrl-C, SIGTERM, a
     ``SystemExit``) is recorded and raised again, since it asks the whole study to stop.
     """
+    # lazy: the engine imports torch (and transform is looked up at each call, as tests replace it)
     from fxdnat.engine import Interrupted
     from fxdnat.engine import transform as train
 
@@ -166,7 +168,7 @@ def _gpus(device: str) -> list[str]:
     """The CUDA devices a study may spread over, as CUDA_VISIBLE_DEVICES entries."""
     if device == "cpu":
         return []
-    import torch
+    import torch  # lazy: importing fxdnat.repro must not import torch (`fxdnat repro --report`)
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -180,7 +182,7 @@ def _run_parallel(
 ) -> list[RunResult]:
     """One subprocess per GPU (CUDA_VISIBLE_DEVICES), each taking the next pending job that is
     ready: a random job once its DNAT run has ended (if that failed, it fails at once)."""
-    from fxdnat.engine import Interrupted
+    from fxdnat.engine import Interrupted  # lazy: the engine imports torch
 
     todo, children = _Pending(pending), _Children()
 
@@ -271,8 +273,6 @@ class _Children:
         return code
 
     def interrupt(self) -> None:
-        import signal
-
         with self.lock:
             for process in self.live:
                 with contextlib.suppress(ProcessLookupError):
@@ -281,7 +281,6 @@ class _Children:
     @contextlib.contextmanager
     def forward_sigterm(self) -> Iterator[None]:
         """A launcher's SIGTERM to this process reaches the runs as Ctrl-C (they save)."""
-        import signal
 
         def handler(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt
