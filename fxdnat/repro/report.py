@@ -614,8 +614,8 @@ def _plot(
     groups: dict, models: Sequence[str], methods: Sequence[str], data: str, path: Path
 ) -> None:
     """Per-seed accuracy, the methods side by side per model, the mean as a bar."""
-    # lazy: matplotlib takes a second to import, and only the report draws; no pyplot: no
-    # global backend, Agg draws the PNG
+    # lazy: matplotlib takes about half a second to import, and only the report draws.
+    # No pyplot: no global backend, Agg draws the PNG.
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(max(4.5, 1.2 + 1.6 * len(models)), 3.6), layout="constrained")
