@@ -20,7 +20,7 @@ from fxdnat import __version__
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.config import RUNTIME, flag
 from fxdnat.ir import DEVICES, GRANULARITIES, METHODS, TIES, UPDATES
-from fxdnat.repro_layout import DEFAULT_METHODS
+from fxdnat.repro.layout import DEFAULT_METHODS
 
 # what a resumed run may change, as the options that set it (fxdnat.config.RUNTIME)
 RUNTIME_OPTIONS = [flag(name) for name in RUNTIME if name != "out"]
@@ -621,7 +621,7 @@ def repro(
     equal changes; Table 2: per seed; Table 3: size against the original; edge choices, seed
     agreement and how sure DNAT was; when DNAT will change the network), CSVs and a plot.
     """
-    from fxdnat.repro_report import aggregate  # alone, for --report: no torch, no harness
+    from fxdnat.repro.report import aggregate  # alone, for --report: no torch, no harness
 
     if report_dir is not None:
         if specs or out:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fxdnat.repro_report import MISSING, aggregate, agreement
+from fxdnat.repro.report import MISSING, aggregate, agreement
 
 REACH = {"theta_steps": 400, "theta_lr": 0.005, "lr_T": 2.0, "lr_sqrt_T": 0.1, "warmup_steps": 40}
 MARGINS = {  # per seed of the cell runs
@@ -196,7 +196,7 @@ def test_the_report_says_when_dnat_will_change_the_network(study):
     ],
 )
 def test_the_regime_follows_reach_and_noise(travel, noise, regime, advice):
-    from fxdnat.repro_report import _regime
+    from fxdnat.repro.report import _regime
 
     text = _regime(travel, noise)
     assert regime in text and advice in text

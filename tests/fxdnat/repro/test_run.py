@@ -1,5 +1,5 @@
-"""The reproducibility harness: a tiny real study, skip / redo / resume, shards, failures, and
-the report's numbers against the runs' summaries."""
+"""Running a study: a tiny real study, skip / redo / resume, shards, failures, the random control
+after its DNAT run, several GPUs, and the report's numbers against the runs' summaries."""
 
 from __future__ import annotations
 
@@ -25,12 +25,9 @@ from fxdnat.repro import (
     ReproReporter,
     aggregate,
     jobs,
-    parse_seeds,
-    parse_shard,
     run_study,
     shard,
 )
-from fxdnat.repro_layout import CHECKPOINT, METRICS, SUMMARY
 
 # 64 digits, batch 32: 2 steps an epoch; one architecture epoch, one network epoch
 TINY = dict(recipe="quick", limit=64, batch_size=32, epochs=2, arch_epochs=1, device="cpu")
@@ -328,25 +325,12 @@ def test_a_rerun_with_other_settings_is_refused(tiny):
         run_study(study(tiny[0], epochs=3))
 
 
-def test_the_study_names_the_engines_files_as_the_engine_does():
-    # repro_layout repeats them so that `fxdnat repro --report` needs no torch
-    assert (CHECKPOINT, METRICS, SUMMARY) == (engine.CHECKPOINT, engine.METRICS, engine.SUMMARY)
-
-
-def test_seed_lists_and_shards_parse():
-    assert parse_seeds("1-5") == [1, 2, 3, 4, 5]
-    assert parse_seeds("0,3,7-8") == [0, 3, 7, 8]
-    assert parse_shard("2/4") == (2, 4)
-    with pytest.raises(ValueError, match="repeats a seed"):
-        parse_seeds("1-3,2")
-
-
 @pytest.mark.slow
 def test_several_gpus_get_one_run_subprocess_each(tmp_path, monkeypatch):
     """The parallel path end to end, with two pretend GPUs (the runs fall back to the CPU)."""
-    from fxdnat import repro
+    from fxdnat.repro import run as harness
 
-    monkeypatch.setattr(repro, "_gpus", lambda device: ["0", "1"])
+    monkeypatch.setattr(harness, "_gpus", lambda device: ["0", "1"])
     config = study(tmp_path / "study", methods=["original"], epochs=1, arch_epochs=0)
     results = run_study(config)
     assert [(r.job.seed, r.status) for r in results] == [(1, "done"), (2, "done")]
@@ -357,104 +341,6 @@ def test_several_gpus_get_one_run_subprocess_each(tmp_path, monkeypatch):
     assert sorted(a[0]["cuda_visible_devices"] for a in attempts) == ["0", "1"]
     assert all(a[0]["pid"] != os.getpid() for a in attempts)
     assert (tmp_path / "study" / "resnet20" / "original" / "seed1" / "output.log").exists()
-
-
-def test_every_study_setting_reaches_the_runs_config():
-    from fxdnat.repro import run_config
-
-    config = ReproConfig(["zoo:resnet20"], out="study", data_dir="d", download=True,
-                         recipe="quick", granularity="op", arch_update="joint", epochs=3,
-                         arch_epochs=1, batch_size=8, lr=0.1, theta_lr=0.2, limit=16,
-                         deterministic=True, device="cpu", workers=2)  # fmt: skip
-    run = run_config(config, Job("zoo:resnet20", "full", 4))
-    for name in config.settings():  # what the runs compute
-        assert getattr(run, name) == getattr(config, name), name
-    data_dir = str(Path("d").resolve())  # a run stores its data folder absolute
-    assert (run.device, run.workers, run.data_dir, run.download) == ("cpu", 2, data_dir, True)
-    assert (run.out, run.method, run.tie, run.seed) == (
-        "study/resnet20/full/seed4",
-        "dnat",
-        "full",
-        4,
-    )
-    original = run_config(config, Job("zoo:resnet20", "original", 1))
-    assert (original.method, original.seed) == ("original", 1)
-
-
-# ------------------------------------------------------------------ the random control
-def test_random_comes_last_for_its_seed_and_copies_the_first_dnat_method_listed(tmp_path):
-    config = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[1, 2],
-                         methods=["random", "full", "original", "cell"])  # fmt: skip
-    assert [(j.method, j.seed, j.pairs_with) for j in jobs(config)] == [
-        ("full", 1, None),
-        ("original", 1, None),
-        ("cell", 1, None),
-        ("random", 1, "full"),
-        ("full", 2, None),
-        ("original", 2, None),
-        ("cell", 2, None),
-        ("random", 2, "full"),
-    ]
-    config = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[3], methods=["random", "full"])
-    (full, control) = jobs(config)
-    assert control.source == full == Job("zoo:resnet20", "full", 3)
-
-
-def test_a_study_with_random_and_no_dnat_method_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"^--methods random,original: random places as many"):
-        ReproConfig(["zoo:resnet20"], str(tmp_path), methods=["random", "original"])
-
-
-def test_shards_keep_each_random_run_with_its_dnat_run(tmp_path):
-    methods = ["original", "cell", "full"]
-    specs = ["zoo:resnet20", "zoo:mobilenetv2"]
-    config = ReproConfig(specs, str(tmp_path), seeds=[1, 2, 3], methods=[*methods, "random"])
-    everything = jobs(config)
-    for n in (2, 3, 4, 7):
-        slices = [shard(everything, i, n) for i in range(1, n + 1)]
-        assert sorted(map(str, itertools.chain(*slices))) == sorted(map(str, everything))
-        for part in slices:
-            assert all(job.source in part for job in part if job.method == "random")
-        # the other jobs are sliced as in a study without random runs
-        plain = jobs(ReproConfig(specs, str(tmp_path), seeds=[1, 2, 3], methods=methods))
-        assert [[j for j in p if j.method != "random"] for p in slices] == [
-            shard(plain, i, n) for i in range(1, n + 1)
-        ]
-
-
-def _write_summary(folder: Path, **summary) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(json.dumps(summary))
-
-
-def test_a_random_runs_config_copies_its_dnat_runs_changes(tmp_path):
-    from fxdnat.repro import changes_text, run_config
-
-    config = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[1], methods=["full", "random"])
-    changed = {"layer1.0:0": "none", "layer2.1:1": "identity", "layer3.0:0": "identity"}
-    _write_summary(tmp_path / "resnet20" / "full" / "seed1", changed=changed)
-    (full, control) = jobs(config)
-    run = run_config(config, control)
-    assert (run.method, run.tie, run.seed) == ("random", "full", 1)
-    assert sorted(run.changes.split(",")) == ["identity=2", "none=1"]
-    assert run.out == str(tmp_path / "resnet20" / "random" / "seed1")
-    assert changes_text(changed) == "identity=2,none=1" and changes_text({}) == ""
-    with pytest.raises(ValueError, match=r"choice\(s\) \['same'\]; a random run places only"):
-        changes_text({"a": "same"})
-
-
-def test_a_random_run_without_its_dnat_result_says_why(tmp_path):
-    from fxdnat.repro import run_config
-
-    config = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[2], methods=["cell", "random"])
-    (cell, control) = jobs(config)
-    with pytest.raises(RuntimeError, match=r"its DNAT run \(resnet20 cell seed 2\) has no result "
-                       r"yet \(not run\); a random run copies"):  # fmt: skip
-        run_config(config, control)
-    cell.folder(tmp_path).mkdir(parents=True)
-    (cell.folder(tmp_path) / "run.json").write_text(json.dumps({"status": "failed"}))
-    with pytest.raises(RuntimeError, match=r"^its DNAT run \(resnet20 cell seed 2\) failed; "):
-        run_config(config, control)
 
 
 def test_a_random_study_trains_each_random_run_after_its_dnat_run(tmp_path, monkeypatch):
@@ -514,8 +400,8 @@ def test_random_runs_keep_the_dnat_runs_they_copy(tmp_path, monkeypatch):
 def test_with_several_gpus_a_random_run_waits_for_its_dnat_run_only(tmp_path, monkeypatch):
     """Two pretend GPUs; cell seed 1 is slow and cell seed 2 fails: the second GPU trains cell
     seed 2 meanwhile, and random seed 2 fails at once, without a subprocess."""
-    from fxdnat import repro
     from fxdnat.repro import RunResult, run_config
+    from fxdnat.repro import run as harness
 
     events, lock = [], threading.Lock()
 
@@ -536,8 +422,8 @@ def test_with_several_gpus_a_random_run_waits_for_its_dnat_run_only(tmp_path, mo
             events.append(f"end {name}")
         return RunResult(job, status)
 
-    monkeypatch.setattr(repro, "_gpus", lambda device: ["0", "1"])
-    monkeypatch.setattr(repro, "_run_child", child)
+    monkeypatch.setattr(harness, "_gpus", lambda device: ["0", "1"])
+    monkeypatch.setattr(harness, "_run_child", child)
     results = run_study(study(tmp_path / "study", methods=["cell", "random"]))
     assert [(r.job.method, r.job.seed, r.status) for r in results] == [
         ("cell", 1, "done"),

@@ -1,5 +1,5 @@
 """A study's report: reads a study folder (``OUT/repro.json`` and each run's ``summary.json``
-and ``run.json``, see `fxdnat.repro_layout`) and writes ``OUT/report.md``, one CSV per table and
+and ``run.json``, see `fxdnat.repro.layout`) and writes ``OUT/report.md``, one CSV per table and
 data set and a plot of the per-seed accuracies; safe while the study still runs, and without torch.
 
 The tables follow the paper (Kim & Lee 2020, Table 1: mean / std / cost over seeds), with DNAT
@@ -22,7 +22,7 @@ from typing import Any
 
 from fxdnat.ir import CHOICES, IDENTITY, NONE, SAME
 from fxdnat.reach import NEEDED, NOISY, UNSURE
-from fxdnat.repro_layout import (
+from fxdnat.repro.layout import (
     DNAT_METHODS,
     MANIFEST,
     METHODS,
@@ -614,7 +614,9 @@ def _plot(
     groups: dict, models: Sequence[str], methods: Sequence[str], data: str, path: Path
 ) -> None:
     """Per-seed accuracy, the methods side by side per model, the mean as a bar."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend, Agg draws the PNG
+    # lazy: matplotlib takes about half a second to import, and only the report draws.
+    # No pyplot: no global backend, Agg draws the PNG.
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(max(4.5, 1.2 + 1.6 * len(models)), 3.6), layout="constrained")
     ax = fig.add_subplot()

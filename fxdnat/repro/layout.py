@@ -1,5 +1,6 @@
 """A study's vocabulary and folder, without torch: the methods a study compares and the files
-``fxdnat.repro`` writes and ``fxdnat.repro_report`` reads, defined once for both.
+the harness (``fxdnat.repro``) writes and its report (`fxdnat.repro.report`) reads, defined once
+for both.
 
 A study folder holds ``OUT/repro.json`` (the manifest), ``OUT/report.md`` with its CSVs and
 plots, and one folder per run, ``OUT/<model>/<method>/seed<k>/``, with the engine's files and the

@@ -1,0 +1,122 @@
+"""Reproducibility harness: a multi-seed study of (model, method, seed) runs, resumable and
+shardable, aggregated into the paper's tables (Kim & Lee 2020: mean / std / cost over 5 seeds)
+and into how sure DNAT was of its decisions. ``fxdnat.repro`` is the one import of a study; its
+modules, one job each:
+
+- `fxdnat.repro.layout`: the study's vocabulary (methods) and file names, without torch;
+- `fxdnat.repro.plan`: the study (``ReproConfig``), its jobs, shards, each run's config, the
+  random control's changes, and the manifest a folder's study is checked against;
+- `fxdnat.repro.run`: running the jobs, one after another or one subprocess per GPU, and the
+  reporters of their progress (``python -m fxdnat.repro`` is one run's subprocess);
+- `fxdnat.repro.records`: each run's ``run.json``, the record of its attempts and their cost;
+- `fxdnat.repro.report`: the report, ``OUT/report.md`` with its CSVs and plots, without torch.
+
+The names below are imported on first use, as ``fxdnat``'s own are, so that a caller loads only
+the modules it needs: ``fxdnat --help`` the layout, ``fxdnat repro --report`` the layout and the
+report, not the harness. No module imports torch until a run trains: the harness imports the
+engine and torch inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it (loaded on first use)
+_LAZY: dict[str, str] = {
+    "DEFAULT_METHODS": "fxdnat.repro.layout",
+    "DNAT_METHODS": "fxdnat.repro.layout",
+    "METHODS": "fxdnat.repro.layout",
+    "REPORT": "fxdnat.repro.layout",
+    "Job": "fxdnat.repro.plan",
+    "ReproConfig": "fxdnat.repro.plan",
+    "changes_text": "fxdnat.repro.plan",
+    "jobs": "fxdnat.repro.plan",
+    "parse_methods": "fxdnat.repro.plan",
+    "parse_seeds": "fxdnat.repro.plan",
+    "parse_shard": "fxdnat.repro.plan",
+    "random_changes": "fxdnat.repro.plan",
+    "run_config": "fxdnat.repro.plan",
+    "shard": "fxdnat.repro.plan",
+    "METHOD_LABELS": "fxdnat.repro.report",
+    "MISSING": "fxdnat.repro.report",
+    "Agreement": "fxdnat.repro.report",
+    "Report": "fxdnat.repro.report",
+    "RunRow": "fxdnat.repro.report",
+    "aggregate": "fxdnat.repro.report",
+    "agreement": "fxdnat.repro.report",
+    "collect": "fxdnat.repro.report",
+    "LineReporter": "fxdnat.repro.run",
+    "ReproReporter": "fxdnat.repro.run",
+    "RunResult": "fxdnat.repro.run",
+    "run_one": "fxdnat.repro.run",
+    "run_study": "fxdnat.repro.run",
+}
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "DNAT_METHODS",
+    "METHODS",
+    "METHOD_LABELS",
+    "MISSING",
+    "REPORT",
+    "Agreement",
+    "Job",
+    "LineReporter",
+    "Report",
+    "ReproConfig",
+    "ReproReporter",
+    "RunResult",
+    "RunRow",
+    "aggregate",
+    "agreement",
+    "changes_text",
+    "collect",
+    "jobs",
+    "parse_methods",
+    "parse_seeds",
+    "parse_shard",
+    "random_changes",
+    "run_config",
+    "run_one",
+    "run_study",
+    "shard",
+]
+
+if TYPE_CHECKING:
+    from fxdnat.repro.layout import DEFAULT_METHODS, DNAT_METHODS, METHODS, REPORT
+    from fxdnat.repro.plan import (
+        Job,
+        ReproConfig,
+        changes_text,
+        jobs,
+        parse_methods,
+        parse_seeds,
+        parse_shard,
+        random_changes,
+        run_config,
+        shard,
+    )
+    from fxdnat.repro.report import (
+        METHOD_LABELS,
+        MISSING,
+        Agreement,
+        Report,
+        RunRow,
+        aggregate,
+        agreement,
+        collect,
+    )
+    from fxdnat.repro.run import LineReporter, ReproReporter, RunResult, run_one, run_study
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fxdnat.repro' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,347 @@
+"""Planning a study: what it runs and how each run is configured, checked before anything
+trains. A study (``ReproConfig``) is every spec × method × seed; each is a ``Job`` with its folder
+``OUT/<model>/<method>/seed<k>/`` and the engine's ``RunConfig`` (`run_config`). ``shard`` slices
+the jobs among launchers, and ``claim`` writes the study's manifest ``OUT/repro.json``, or
+refuses a command that would mix two studies in one folder.
+
+The ``random`` method is the control: a random run of (model, seed) makes as many identity and
+none changes as the DNAT run of the same model and seed (the study's ``cell`` run, else its
+``full`` run), placed at random. It reads those counts from that run's summary, so it runs after
+it: last among its seed's runs, after it on a GPU of its own, and in the same shard (no shard
+waits on another). A DNAT run's summary never changes once written, so a resumed random run
+asks for the changes it started with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fxdnat import __version__
+from fxdnat._files import write_json
+from fxdnat.config import RunConfig, resolve_recipe
+from fxdnat.ir import IDENTITY, NONE
+from fxdnat.repro.layout import (
+    CHECKPOINT,
+    DEFAULT_METHODS,
+    DNAT_METHODS,
+    MANIFEST,
+    METHODS,
+    RUN_RECORD,
+    SUMMARY,
+    model_name,
+    random_source,
+    read_json,
+)
+
+# ReproConfig fields that say where and how a study runs, not what it computes: a rerun may
+# change them freely; every other field must match the study already in the folder
+_WHERE = ("specs", "out", "seeds", "methods", "data_dir", "download", "device", "workers", "shard")
+
+
+@dataclass
+class ReproConfig:
+    """A study: every spec × method × seed, trained with one recipe on one data set."""
+
+    specs: list[str]
+    out: str
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])  # the paper: five seeds
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    data: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    recipe: str | None = None
+    granularity: str = "branch"
+    arch_update: str = "alternate"
+    epochs: int | None = None
+    arch_epochs: int | None = None
+    warmup_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    theta_lr: float | None = None
+    theta_reach: float | None = None
+    theta_weight_decay: float | None = None
+    limit: int | None = None
+    deterministic: bool = False
+    device: str = "auto"
+    workers: int = 0
+    shard: tuple[int, int] | None = None  # (i, n): run only the i-th of n slices, 1 <= i <= n
+
+    def __post_init__(self) -> None:
+        from fxdnat.data import resolve_name  # lazy: fxdnat.data imports torch
+
+        if not self.specs:
+            raise ValueError("a study needs at least one model spec, e.g. zoo:resnet20")
+        self.data = resolve_name(self.data)  # as each run stores it: an image folder absolute
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if not self.methods or unknown:
+            raise ValueError(
+                f"unknown method(s) {unknown or self.methods}; expected some of "
+                f"{', '.join(METHODS)}, e.g. --methods original,cell,full"
+            )
+        if "random" in self.methods and random_source(self.methods) is None:
+            raise ValueError(
+                f"--methods {','.join(self.methods)}: random places as many changes as the DNAT "
+                "run of the same seed; add cell or full, e.g. --methods original,cell,random"
+            )
+        if self.shard is not None:
+            i, n = self.shard
+            if not 1 <= i <= n:
+                raise ValueError(
+                    f"shard {i}/{n} does not exist; shards are numbered 1/{n}..{n}/{n}"
+                )
+        names = [model_name(s) for s in self.specs]
+        twins = sorted(name for name, count in Counter(names).items() if count > 1)
+        if twins:
+            raise ValueError(
+                f"specs {self.specs} share the folder name(s) {twins}; a study holds each model "
+                "once"
+            )
+
+    def settings(self) -> dict[str, Any]:
+        """What the runs compute (stored in the manifest; a rerun must not change it)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _WHERE}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of a study."""
+
+    spec: str
+    method: str  # one of METHODS
+    seed: int
+    pairs_with: str | None = None  # a random job: the DNAT method whose changes it copies
+
+    @property
+    def model(self) -> str:
+        return model_name(self.spec)
+
+    @property
+    def source(self) -> Job | None:
+        """The DNAT run a random job copies its number of changes from."""
+        if self.method != "random":
+            return None
+        if self.pairs_with not in DNAT_METHODS:
+            raise ValueError(
+                f"random job {self} pairs with {self.pairs_with!r}; expected one of {DNAT_METHODS}"
+            )
+        return Job(self.spec, self.pairs_with, self.seed)
+
+    def folder(self, out: str | Path) -> Path:
+        return Path(out) / self.model / self.method / f"seed{self.seed}"
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.method} seed {self.seed}"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """ "1-5" → [1, 2, 3, 4, 5]; "0,3,7-8" → [0, 3, 7, 8]."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise ValueError(f"bad seed list {text!r}; write e.g. 1-5 or 0,3,7-8")
+        low, high = int(match[1]), int(match[2] or match[1])
+        seeds.extend(range(low, high + 1))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seed list {text!r} repeats a seed")
+    return seeds
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise ValueError(
+            f"unknown method(s) {unknown or text!r} in {text!r}; expected a comma list of "
+            f"{', '.join(METHODS)}"
+        )
+    return methods
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """ "2/4" → (2, 4): the second of four slices."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None or int(match[2]) < 1:
+        raise ValueError(f"bad shard {text!r}; write i/n with 1 <= i <= n, e.g. 2/4")
+    i, n = int(match[1]), int(match[2])
+    if not 1 <= i <= n:
+        raise ValueError(f"shard {text!r} does not exist; shards are numbered 1/{n}..{n}/{n}")
+    return i, n
+
+
+def jobs(config: ReproConfig) -> list[Job]:
+    """The study's runs: models in the order given, then seeds, then methods, so that a
+    cut-short study already holds every method for its first seeds. Random comes last for its
+    seed, whatever the order given: it copies the changes of that seed's DNAT run."""
+    source = random_source(config.methods)
+    methods = sorted(config.methods, key=lambda m: m == "random")  # stable: the rest as given
+    return [
+        Job(spec, method, seed, source if method == "random" else None)
+        for spec in config.specs
+        for seed in config.seeds
+        for method in methods
+    ]
+
+
+def shard(all_jobs: Sequence[Job], i: int, n: int) -> list[Job]:
+    """The i-th of n slices (1-based): round robin over the jobs, except that a random job goes
+    with the DNAT run it copies, so no shard waits on another. Every launcher that gets the same
+    specs, seeds and methods computes the same disjoint slices, and together they cover all
+    jobs."""
+    slot: dict[Job, int] = {}
+    turn = 0
+    for job in all_jobs:
+        source = job.source
+        if source in slot:
+            slot[job] = slot[source]
+        else:
+            slot[job], turn = turn % n, turn + 1
+    return [job for job in all_jobs if slot[job] == i - 1]
+
+
+def run_config(config: ReproConfig, job: Job) -> RunConfig:
+    """The engine's RunConfig for one job: the study's settings that the engine shares by name
+    (data, recipe and its overrides, device, ...), and the job's spec, folder, method and seed.
+    A random job also gets its DNAT run's tie and number of changes (`random_changes`)."""
+    shared = {f.name for f in dataclasses.fields(RunConfig)} & {
+        f.name for f in dataclasses.fields(ReproConfig)
+    }
+    shared.discard("out")  # the study's folder; the run's is below it
+    if job.method == "original":
+        method = {"method": "original", "tie": "cell"}
+    elif job.method == "random":
+        source = job.source
+        method = {"method": "random", "tie": source.method, "changes": random_changes(config, job)}
+    else:
+        method = {"method": "dnat", "tie": job.method}
+    return RunConfig(
+        **{name: getattr(config, name) for name in shared},
+        **method,
+        spec=job.spec,
+        out=str(job.folder(config.out)),
+        seed=job.seed,
+    )
+
+
+def random_changes(config: ReproConfig, job: Job) -> str:
+    """A random job's changes, "identity=2,none=1": what its DNAT run (same model and seed)
+    changed, counted by kind, read from that run's summary. Raises RuntimeError, saying why,
+    when that run has no summary (it failed, or has not run yet)."""
+    source = job.source
+    folder = source.folder(config.out)
+    summary = read_json(folder / SUMMARY)
+    if not summary:
+        record = read_json(folder / RUN_RECORD)
+        status = record.get("status", "not run")
+        why = "failed" if status == "failed" else f"has no result yet ({status})"
+        raise RuntimeError(
+            f"its DNAT run ({source}) {why}; a random run copies that run's number of changes: "
+            "rerun the study to retry both"
+        )
+    changes = summary.get("changes")
+    if isinstance(changes, str):  # counted by kind of edge by the engine
+        return changes
+    return changes_text(summary.get("changed", {}))  # a summary written before it did
+
+
+def changes_text(changed: Mapping[str, str]) -> str:
+    """{edge: choice} of the edges that changed → the engine's "identity=2,none=1" (kinds in
+    sorted order, those with no edge left out; "" for no change)."""
+    counts = Counter(changed.values())
+    odd = sorted(set(counts) - {IDENTITY, NONE})
+    if odd:
+        raise ValueError(
+            f"changed edges with choice(s) {odd}; a random run places only {IDENTITY} and {NONE}"
+        )
+    return ",".join(f"{kind}={counts[kind]}" for kind in sorted(counts))
+
+
+# ------------------------------------------------------------------- the manifest
+def claim(config: ReproConfig) -> None:
+    """Write the study's manifest, or check that the folder's study computes the same thing:
+    a skipped run of another recipe would silently mix two studies in one table."""
+    path = Path(config.out) / MANIFEST
+    settings = json.loads(json.dumps(config.settings()))
+    recipes = _recipes(config)
+    manifest = read_json(path) or {"settings": settings, "recipes": {}}
+    _refuse_changes(config.out, "the study's settings", manifest["settings"], settings)
+    for model, recipe in recipes.items():
+        if _has_runs(Path(config.out) / model):  # with its runs deleted, a model starts afresh
+            _refuse_changes(
+                config.out, f"the recipe of {model}", manifest["recipes"].get(model), recipe
+            )
+        manifest["recipes"][model] = recipe
+    _pair_random(config, manifest)
+    for key, values in (
+        ("specs", config.specs),
+        ("seeds", config.seeds),
+        ("methods", config.methods),
+    ):
+        manifest[key] = manifest.get(key, []) + [
+            v for v in values if v not in manifest.get(key, [])
+        ]
+    manifest["fxdnat"] = __version__
+    write_json(path, manifest)
+
+
+def _recipes(config: ReproConfig) -> dict[str, dict[str, Any]]:
+    """The recipe each model trains with (its DNAT runs), resolved as the engine resolves it;
+    a bad spec, recipe or data set is refused here, once, before any run fails on it."""
+    from fxdnat.data import dataset_info  # lazy: both import torch
+    from fxdnat.engine import check_device
+
+    check_device(config.device)
+    dataset_info(config.data, config.data_dir)
+    recipes = {}
+    for spec in config.specs:
+        run = run_config(config, Job(spec, "cell", config.seeds[0]))  # checks its own choices
+        recipes[model_name(spec)] = json.loads(json.dumps(dataclasses.asdict(resolve_recipe(run))))
+    return recipes
+
+
+def _pair_random(config: ReproConfig, manifest: dict[str, Any]) -> None:
+    """Record which DNAT runs the study's random runs copy; a command that would pair them with
+    the other tie is refused while random runs exist, as the table would mix two controls."""
+    source = random_source(config.methods)
+    if "random" not in config.methods or source is None:
+        return
+    stored = manifest.get("random_pairs_with", source)
+    made = any(
+        any(Path(config.out).glob(f"*/random/seed*/{name}")) for name in (CHECKPOINT, SUMMARY)
+    )
+    if stored != source and made:
+        raise ValueError(
+            f"{config.out}'s random runs copy the changes of its {stored} runs, but with "
+            f"--methods {','.join(config.methods)} they would copy its {source} runs (random "
+            f"pairs with cell when --methods has it, else full); give --methods that pair random "
+            f"with {stored}, or delete {config.out}/*/random to redo those runs"
+        )
+    manifest["random_pairs_with"] = source
+
+
+def _has_runs(folder: Path) -> bool:
+    return any(folder.glob(f"*/seed*/{CHECKPOINT}")) or any(folder.glob(f"*/seed*/{SUMMARY}"))
+
+
+def _refuse_changes(out: str, what: str, stored: dict | None, wanted: dict) -> None:
+    if stored is None or stored == wanted:
+        return
+    differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    if not differ:  # a setting added since, left at its default: the same study
+        return
+    have = ", ".join(f"{k}={stored.get(k)!r}" for k in differ)
+    want = ", ".join(f"{k}={wanted.get(k)!r}" for k in differ)
+    raise ValueError(
+        f"{out} holds runs made with {have} ({what}), but this command asks for {want}; "
+        "rerun with the study's options, or choose another --out (or delete those runs to redo "
+        "them)"
+    )
