@@ -13,6 +13,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+# A run folder (fxdnat.engine writes it; fxdnat.repro reads it without torch): the checkpoint,
+# written atomically after every epoch; one line per finished epoch; the result, written once
+# the run is done; the cell diagram of the result.
+CHECKPOINT, METRICS, SUMMARY = "checkpoint.pt", "metrics.jsonl", "summary.json"
+CELLS = "cells.svg"
+
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:

@@ -14,11 +14,12 @@ One module a job:
 
 from __future__ import annotations
 
+from fxdnat._files import CELLS, CHECKPOINT, METRICS, SUMMARY
 from fxdnat.checkpoint import load_network
 from fxdnat.config import RunConfig, resolve_recipe
 from fxdnat.engine.divergence import TrainingError
 from fxdnat.engine.runtime import check_device
-from fxdnat.engine.state import CELLS, CHECKPOINT, METRICS, SUMMARY, RunFinished
+from fxdnat.engine.state import RunFinished
 from fxdnat.engine.trainer import Interrupted, Reporter, Trainer
 
 __all__ = [

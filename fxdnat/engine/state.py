@@ -18,15 +18,13 @@ import torch
 
 import fxdnat
 from fxdnat import checkpoint as ckpt
+from fxdnat._files import CHECKPOINT, METRICS, SUMMARY
 from fxdnat.config import RunConfig, format_changes
 from fxdnat.dnat import DNAT
 from fxdnat.ir import CHOICES, SAME, Scale
 from fxdnat.passes.decide import count_changes
 from fxdnat.report import count_flops, count_params
 from fxdnat.zoo.recipes import Recipe
-
-CHECKPOINT, METRICS, SUMMARY = "checkpoint.pt", "metrics.jsonl", "summary.json"
-CELLS = "cells.svg"  # the cell diagram of the result (fxdnat.drawing)
 
 
 @dataclass

@@ -25,22 +25,22 @@ from torch import nn
 
 from fxdnat import checkpoint as ckpt
 from fxdnat import zoo
-from fxdnat._files import atomic_file, check_writable, remove_temporaries, write_json
+from fxdnat._files import (
+    CELLS,
+    CHECKPOINT,
+    METRICS,
+    SUMMARY,
+    atomic_file,
+    check_writable,
+    remove_temporaries,
+    write_json,
+)
 from fxdnat.config import RunConfig, check_method, resumed_config
 from fxdnat.dnat import DNAT
 from fxdnat.engine import divergence, setup, stage
 from fxdnat.engine.runtime import StopRequests, get_rng, set_rng
 from fxdnat.engine.runtime import start as start_runtime
-from fxdnat.engine.state import (
-    CELLS,
-    CHECKPOINT,
-    METRICS,
-    SUMMARY,
-    append_metrics,
-    checkpoint_data,
-    raise_if_finished,
-    summary,
-)
+from fxdnat.engine.state import append_metrics, checkpoint_data, raise_if_finished, summary
 from fxdnat.engine.state import stored as stored_checkpoint
 from fxdnat.ir import SAME
 from fxdnat.passes import decide, finalize

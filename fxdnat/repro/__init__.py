@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 _LAZY: dict[str, str] = {
     "DEFAULT_METHODS": "fxdnat.repro.layout",
     "DNAT_METHODS": "fxdnat.repro.layout",
-    "METHODS": "fxdnat.repro.layout",
+    "STUDY_METHODS": "fxdnat.repro.layout",
     "REPORT": "fxdnat.repro.layout",
     "Job": "fxdnat.repro.plan",
     "ReproConfig": "fxdnat.repro.plan",
@@ -56,10 +56,10 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "DEFAULT_METHODS",
     "DNAT_METHODS",
-    "METHODS",
     "METHOD_LABELS",
     "MISSING",
     "REPORT",
+    "STUDY_METHODS",
     "Agreement",
     "Job",
     "LineReporter",
@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from fxdnat.repro.layout import DEFAULT_METHODS, DNAT_METHODS, METHODS, REPORT
+    from fxdnat.repro.layout import DEFAULT_METHODS, DNAT_METHODS, REPORT, STUDY_METHODS
     from fxdnat.repro.plan import (
         Job,
         ReproConfig,

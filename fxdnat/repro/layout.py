@@ -14,16 +14,21 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-METHODS = ("original", "cell", "full", "random")
-DNAT_METHODS = ("cell", "full")  # DNAT's θ ties; a random run copies the first one listed
+from fxdnat._files import CHECKPOINT, METRICS, SUMMARY
+from fxdnat.ir import TIES
+
+__all__ = ["CHECKPOINT", "METRICS", "SUMMARY"]  # a run's files, as the study reads them
+
+DNAT_METHODS: tuple[str, ...] = TIES  # DNAT, by θ's tie; a random run copies the first listed
+STUDY_METHODS = ("original", *DNAT_METHODS, "random")
+"""What a study compares, each a run folder's name: the original model, DNAT with each θ tie,
+the random control. Not :data:`fxdnat.ir.METHODS`, what one run trains: a study's ``cell`` and
+``full`` runs are both ``--method dnat``."""
 DEFAULT_METHODS = ("original", "cell", "full")  # `fxdnat repro`'s --methods default
 
 MANIFEST, REPORT = "repro.json", "report.md"
 RUN_RECORD, RUN_LOG = "run.json", "log.txt"
 OUTPUT_LOG = "output.log"  # a run subprocess's stdout and stderr
-# the engine's file names (fxdnat.engine.CHECKPOINT, METRICS, SUMMARY), repeated here so that
-# `fxdnat repro --report` aggregates without importing torch
-CHECKPOINT, METRICS, SUMMARY = "checkpoint.pt", "metrics.jsonl", "summary.json"
 
 
 def model_name(spec: str) -> str:

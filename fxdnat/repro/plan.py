@@ -32,8 +32,8 @@ from fxdnat.repro.layout import (
     DEFAULT_METHODS,
     DNAT_METHODS,
     MANIFEST,
-    METHODS,
     RUN_RECORD,
+    STUDY_METHODS,
     SUMMARY,
     model_name,
     random_source,
@@ -81,11 +81,11 @@ class ReproConfig:
         self.data = resolve_name(self.data)  # as each run stores it: an image folder absolute
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in STUDY_METHODS]
         if not self.methods or unknown:
             raise ValueError(
                 f"unknown method(s) {unknown or self.methods}; expected some of "
-                f"{', '.join(METHODS)}, e.g. --methods original,cell,full"
+                f"{', '.join(STUDY_METHODS)}, e.g. --methods original,cell,full"
             )
         if "random" in self.methods and random_source(self.methods) is None:
             raise ValueError(
@@ -116,7 +116,7 @@ class Job:
     """One run of a study."""
 
     spec: str
-    method: str  # one of METHODS
+    method: str  # one of STUDY_METHODS
     seed: int
     pairs_with: str | None = None  # a random job: the DNAT method whose changes it copies
 
@@ -158,11 +158,11 @@ def parse_seeds(text: str) -> list[int]:
 
 def parse_methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in STUDY_METHODS]
     if not methods or unknown:
         raise ValueError(
             f"unknown method(s) {unknown or text!r} in {text!r}; expected a comma list of "
-            f"{', '.join(METHODS)}"
+            f"{', '.join(STUDY_METHODS)}"
         )
     return methods
 

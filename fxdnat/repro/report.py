@@ -25,9 +25,9 @@ from fxdnat.reach import NEEDED, NOISY, UNSURE
 from fxdnat.repro.layout import (
     DNAT_METHODS,
     MANIFEST,
-    METHODS,
     REPORT,
     RUN_RECORD,
+    STUDY_METHODS,
     SUMMARY,
     model_name,
     random_source,
@@ -125,7 +125,7 @@ def collect(out: str | Path) -> list[RunRow]:
     rows = []
     for folder in sorted(out.glob("*/*/seed*")):
         match = re.fullmatch(r"seed(\d+)", folder.name)
-        if match is None or folder.parent.name not in METHODS or not folder.is_dir():
+        if match is None or folder.parent.name not in STUDY_METHODS or not folder.is_dir():
             continue
         row = _row(folder, int(match[1]), default_data)
         if row is not None:
@@ -217,7 +217,7 @@ def _data_section(
     out: Path, data: str, rows: Sequence[RunRow], models: Sequence[str], files: list[Path]
 ) -> str:
     models = [m for m in models if any(r.model == m for r in rows)]
-    methods = [m for m in METHODS if any(r.method == m for r in rows)]
+    methods = [m for m in STUDY_METHODS if any(r.method == m for r in rows)]
     groups = {
         (m, k): [r for r in rows if (r.model, r.method) == (m, k)] for m in models for k in methods
     }
