@@ -38,6 +38,7 @@ from fxdnat.config import (
     resolve_recipe,
     resumed_config,
 )
+from fxdnat.cost import count_flops, count_params
 from fxdnat.ir import CHOICES, SAME
 from fxdnat.reach import Reach
 from fxdnat.reach import plan as plan_reach
@@ -747,8 +748,6 @@ class Trainer:
         summary["artifacts"] = {"cell diagram": str(path)}
 
     def _summary(self) -> dict:
-        from fxdnat.report import count_flops, count_params
-
         example = torch.zeros(1, 3, self.info.input_size, self.info.input_size)
         final = self.module.to("cpu")
         last = self.state.metrics[-1] if self.state.metrics else {}

@@ -668,9 +668,7 @@ def _arc(
 
 
 def _summary(gm: fx.GraphModule, edge: Edge, short: bool) -> str:
-    from fxdnat.report import op_summary
-
-    summary = op_summary(gm, edge).replace("…", "...")  # graphviz-pure measures ASCII only
+    summary = _graph.op_summary(gm, edge).replace("…", "...")  # graphviz-pure measures ASCII only
     if not short:
         return summary
     # the net view names a branch by its first two weighted ops: dwconv3x3-conv1x1-...
@@ -694,8 +692,7 @@ def _changed_ops(subject: Subject, edge: Edge) -> list[str]:
 def _ops(nodes: Sequence[fx.Node]) -> str:
     gm = nodes[0].graph.owning_module
     labels = [_graph.op_label(gm, n) for n in nodes if n.op not in ("placeholder", "output")]
-    quiet = {"identity", "droppath", "dropout", "getitem", "getattr", "size", "contiguous"}
-    return _wrap("-".join(label for label in labels if label not in quiet))
+    return _wrap("-".join(label for label in labels if label not in _graph.QUIET_OPS))
 
 
 def _wrap(text: str, width: int = _WRAP) -> str:
