@@ -39,6 +39,7 @@ from fxdnat.config import (
     resumed_config,
 )
 from fxdnat.cost import count_flops, count_params
+from fxdnat.drawing import draw_run
 from fxdnat.ir import CHOICES, SAME
 from fxdnat.reach import Reach
 from fxdnat.reach import plan as plan_reach
@@ -46,7 +47,7 @@ from fxdnat.reach import plan as plan_reach
 log = logging.getLogger(__name__)
 
 CHECKPOINT, METRICS, SUMMARY = "checkpoint.pt", "metrics.jsonl", "summary.json"
-CELLS = "cells.svg"  # the cell diagram of the result (passes/render.py)
+CELLS = "cells.svg"  # the cell diagram of the result (fxdnat/drawing.py)
 
 
 class TrainingError(RuntimeError):
@@ -731,8 +732,6 @@ class Trainer:
         """The cell diagram beside the checkpoint; a drawing that fails must not lose the run."""
         if not self.edges or self.state.decisions is None:
             return
-        from fxdnat.passes.render import draw_run
-
         try:
             path = draw_run(
                 self.out / CELLS,
