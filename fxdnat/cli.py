@@ -508,7 +508,7 @@ def render(
     program: `dot`, else the pip-installed `graphviz-pure`; .dot needs none.
     """
     from fxdnat._files import check_writable
-    from fxdnat.passes.render import check_format, load, write
+    from fxdnat.drawing import check_format, load, write
     from fxdnat.passes.render import render as draw
 
     check_format(out)  # a bad extension or an unwritable path fails before the model is built

@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 from fxdnat import checkpoint as ckpt
+from fxdnat.cost import count_flops, count_params
+from fxdnat.data import make_loaders
+from fxdnat.engine import check_device
 
 
 def evaluate_checkpoint(
@@ -25,10 +28,6 @@ def evaluate_checkpoint(
 
     ``trust_code``: build a model that the checkpoint says is made by code (see
     ``checkpoint.restore``); without it such a checkpoint is refused before anything runs."""
-    from fxdnat.data import make_loaders
-    from fxdnat.engine import check_device
-    from fxdnat.report import count_flops, count_params
-
     check_device(device, instead="--device cpu")
     stored = ckpt.load(path)
     restored = ckpt.restore(stored, trust_code=trust_code)

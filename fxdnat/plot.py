@@ -11,6 +11,7 @@ import torch
 from fxdnat import checkpoint as ckpt
 from fxdnat._files import check_writable
 from fxdnat.ir import CHOICES, IDENTITY, NONE, SAME
+from fxdnat.passes._graph import op_summary
 
 FORMATS = (".png", ".svg", ".pdf")
 MAX_PANELS = 48
@@ -50,7 +51,7 @@ def plot(checkpoint: str | Path, out: str | Path, *, trust_code: bool = False) -
     figure = _figure(data, history, groups)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # loaded by _figure, after it chose the Agg backend
 
     plt.close(figure)
     return out
@@ -68,8 +69,6 @@ def _history(data: dict) -> torch.Tensor | None:
 
 def _groups(data: dict, trust_code: bool = False) -> list[Group]:
     """Rebuild the θ rows of the run (cell mode shares rows between cells of one structure)."""
-    from fxdnat.report import op_summary
-
     restored = ckpt.restore(data, trust_code=trust_code)
     arch = restored.arch
     decisions = data.get("decisions") or {}
@@ -96,6 +95,8 @@ def _groups(data: dict, trust_code: bool = False) -> list[Group]:
 
 
 def _figure(data: dict, history: torch.Tensor | None, groups: list[Group]):
+    # matplotlib only when drawing: the backend is process-wide, and importing fxdnat.plot must
+    # not change a notebook's
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display needed, safe in any thread
@@ -128,7 +129,7 @@ def _most_moved(history: torch.Tensor, count: int) -> list[int]:
 
 
 def _theta_panels(figure, history: torch.Tensor, groups, shown: list[int], columns: int) -> None:
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # after _figure chose the backend
     from matplotlib.ticker import MaxNLocator
 
     axes = figure.subplots(math.ceil(len(shown) / columns), columns, squeeze=False, sharex=True)
@@ -159,7 +160,7 @@ def _theta_panels(figure, history: torch.Tensor, groups, shown: list[int], colum
 
 def _curves(figure, data: dict) -> None:
     """Accuracy and loss of both stages; a dashed line where finalize cut the network."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # after _figure chose the backend
 
     metrics = data["state"].get("metrics") or []
     ax_acc, ax_loss = figure.subplots(1, 2)

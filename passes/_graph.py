@@ -1,4 +1,4 @@
-"""Graph helpers shared by the passes: data flow, exclusive regions, adds, parameters."""
+"""Graph helpers shared by the passes: data flow, exclusive regions, adds, parameters, labels."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ import torch
 from torch import fx
 
 from fxdnat.frontend.memory import live_nodes, write_dependencies
+from fxdnat.ir import Edge
 
 ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 ADD_METHODS = ("add", "add_")
 INPLACE_ADDS = (operator.iadd, "add_")
+QUIET_OPS = frozenset(
+    {"identity", "droppath", "dropout", "getitem", "getattr", "size", "contiguous"}
+)
+"""Op labels that do not change what a branch computes: left out of its summary."""
 _EXIT = "<exit>"  # virtual end of the data-flow graph, reached from the output and side effects
 # Calls whose result depends on their input's shape, dtype or device but not on its values.
 _METADATA_METHODS = frozenset(
@@ -256,6 +261,18 @@ def op_label(gm: fx.GraphModule, node: fx.Node) -> str:
         name = getattr(node.target, "__name__", str(node.target))
         return name.strip("_").removeprefix("i") if name.startswith("__i") else name.rstrip("_")
     return node.op
+
+
+def op_summary(gm: fx.GraphModule, edge: Edge, max_ops: int = 8) -> str:
+    """``conv3x3-bn-relu-conv3x3-bn`` for a branch, ``skip`` for a skip edge."""
+    if edge.kind == "skip":
+        return "skip"
+    nodes = {n.name: n for n in gm.graph.nodes}
+    labels = [op_label(gm, nodes[name]) for name in edge.nodes]
+    labels = [label for label in labels if label not in QUIET_OPS] or ["identity"]
+    if len(labels) > max_ops:
+        labels = [*labels[: max_ops - 3], "…", *labels[-2:], f"({len(labels)} ops)"]
+    return "-".join(labels)
 
 
 def _has_slice(index: object) -> bool:

@@ -20,10 +20,10 @@ import fxdnat
 from fxdnat import checkpoint as ckpt
 from fxdnat._files import CHECKPOINT, METRICS, SUMMARY
 from fxdnat.config import RunConfig, format_changes
+from fxdnat.cost import count_flops, count_params
 from fxdnat.dnat import DNAT
 from fxdnat.ir import CHOICES, SAME, Scale
 from fxdnat.passes.decide import count_changes
-from fxdnat.report import count_flops, count_params
 from fxdnat.zoo.recipes import Recipe
 
 
@@ -148,7 +148,7 @@ def summary(
     config: RunConfig, model_cfg: dict[str, Any], dnat: DNAT, state: RunState, input_size: int
 ) -> dict[str, Any]:
     """The run's result as ``summary.json`` has it: accuracy, size before and after (parameters;
-    FLOPs of one image of ``input_size`` px, fxdnat.report), decisions and how sure they were.
+    FLOPs of one image of ``input_size`` px, fxdnat.cost), decisions and how sure they were.
     Moves the network to the CPU to count its FLOPs."""
     example = torch.zeros(1, 3, input_size, input_size)
     traced, final = dnat.traced, dnat.module.to("cpu")

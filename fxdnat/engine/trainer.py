@@ -37,6 +37,7 @@ from fxdnat._files import (
 )
 from fxdnat.config import RunConfig, check_method, resumed_config
 from fxdnat.dnat import DNAT
+from fxdnat.drawing import draw_run
 from fxdnat.engine import divergence, setup, stage
 from fxdnat.engine.runtime import StopRequests, get_rng, set_rng
 from fxdnat.engine.runtime import start as start_runtime
@@ -44,7 +45,6 @@ from fxdnat.engine.state import append_metrics, checkpoint_data, raise_if_finish
 from fxdnat.engine.state import stored as stored_checkpoint
 from fxdnat.ir import SAME
 from fxdnat.passes import decide, finalize
-from fxdnat.passes.render import draw_run
 
 log = logging.getLogger(__name__)
 
