@@ -40,7 +40,7 @@ def build(model: str, setting: dict, out: Path, args: argparse.Namespace) -> Tra
 def synchronized(trainer: Trainer, x: torch.Tensor, y: torch.Tensor):
     def step() -> None:
         loss, _ = trainer.train_step(x, y)
-        if trainer.device.type == "cuda":
+        if trainer.runtime.device.type == "cuda":
             torch.cuda.synchronize()
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss {loss.item()} in {trainer.config}")
@@ -53,20 +53,20 @@ def measure(model: str, args: argparse.Namespace, tmp: Path) -> dict:
     trainers = {name: build(model, s, tmp / str(i), args) for i, (name, s) in
                 enumerate(chosen.items())}  # fmt: skip
     base = trainers["fp32"]
-    x, y = (t.to(base.device) for t in next(iter(base.train_loader)))
+    x, y = (t.to(base.runtime.device) for t in next(iter(base.train_loader)))
     with torch.no_grad():  # bf16 changes numerics, not the function: compare one forward
-        base.module.eval()
-        reference = base.module(x)
+        base.dnat.module.eval()
+        reference = base.dnat.module(x)
         amp = trainers["bf16"]
-        amp.module.load_state_dict(base.module.state_dict())
-        amp.module.eval()
-        with torch.autocast(amp.device.type, dtype=torch.bfloat16):
-            low = amp.module(x).float()
+        amp.dnat.module.load_state_dict(base.dnat.module.state_dict())
+        amp.dnat.module.eval()
+        with torch.autocast(amp.runtime.device.type, dtype=torch.bfloat16):
+            low = amp.dnat.module(x).float()
     error = ((low - reference).abs().max() / reference.abs().max()).item()
     steps = {}
     for name, trainer in trainers.items():
-        trainer.module.train()
-        fmt = torch.channels_last if trainer.channels_last else torch.contiguous_format
+        trainer.dnat.module.train()
+        fmt = torch.channels_last if trainer.runtime.channels_last else torch.contiguous_format
         steps[name] = synchronized(trainer, x.contiguous(memory_format=fmt), y)
     samples = _timing.interleave(steps, rounds=args.rounds, warmup=args.warmup)
     return {"model": model, "stats": _timing.summarize(samples, "fp32"), "bf16_error": error}

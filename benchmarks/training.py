@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import _report, _timing
+from fxdnat import zoo
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.engine import Reporter, RunConfig, Trainer
 
@@ -61,7 +62,7 @@ def plain_step(model: torch.nn.Module, x, y, lr: float, clip: float) -> Callable
 
 
 def engine_step(t: Trainer, x, y) -> Callable[[], None]:
-    t.module.train()
+    t.dnat.module.train()
     return lambda: t.train_step(x, y)
 
 
@@ -116,8 +117,6 @@ def measure(model: str, args: argparse.Namespace, tmp: Path) -> dict:
 
 
 def _eager_model(model: str, reference: Trainer) -> torch.nn.Module:
-    from fxdnat import zoo
-
     torch.manual_seed(0)
     return zoo.create_model(model, num_classes=reference.info.num_classes,
                             input_size=reference.info.input_size)  # fmt: skip

@@ -17,6 +17,7 @@ import click
 from click.core import ParameterSource
 
 from fxdnat import __version__
+from fxdnat._files import check_writable
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.config import RUNTIME, flag
 from fxdnat.ir import DEVICES, GRANULARITIES, METHODS, TIES, UPDATES
@@ -206,7 +207,7 @@ def _print_opaque(console: Any, found: Any) -> None:
 @_user_errors
 def zoo(markdown: bool) -> None:
     """List the zoo's models with parameters and FLOPs at their default input size."""
-    from fxdnat.report import zoo_rows
+    from fxdnat.report import zoo_rows  # lazy: torch
 
     rows = zoo_rows()
     if markdown:
@@ -400,7 +401,7 @@ def _training_options(command: Callable) -> Callable:
 @_user_errors
 def transform(spec: str, out: str | None, resume: bool, compile_: bool, **options: Any) -> None:
     """Transform SPEC with DNAT and train it: architecture stage, finalize, network stage."""
-    from fxdnat.engine import Interrupted, RunConfig, TrainingError
+    from fxdnat.engine import Interrupted, RunConfig, TrainingError  # lazy: torch
     from fxdnat.engine import transform as run_transform
     from fxdnat.progress import RichReporter
 
@@ -455,7 +456,7 @@ def eval_(
     trust_code: bool,
 ) -> None:
     """Accuracy, parameters, FLOPs and latency of the network in CHECKPOINT."""
-    from fxdnat.evaluation import evaluate_checkpoint
+    from fxdnat.evaluation import evaluate_checkpoint  # lazy: torch
 
     result = evaluate_checkpoint(
         checkpoint,
@@ -507,8 +508,7 @@ def render(
     model SPEC (the untransformed model, every edge as built). SVG and PNG need a Graphviz layout
     program: `dot`, else the pip-installed `graphviz-pure`; .dot needs none.
     """
-    from fxdnat._files import check_writable
-    from fxdnat.drawing import check_format, load, write
+    from fxdnat.drawing import check_format, load, write  # lazy: torch, graphviz
     from fxdnat.passes.render import render as draw
 
     check_format(out)  # a bad extension or an unwritable path fails before the model is built
@@ -531,7 +531,7 @@ def render(
 @_user_errors
 def plot(checkpoint: str, out: str, trust_code: bool) -> None:
     """Plot θ of every group over the architecture stage and both stages' learning curves."""
-    from fxdnat.plot import plot as plot_run
+    from fxdnat.plot import plot as plot_run  # lazy: torch, matplotlib
 
     click.echo(f"wrote {plot_run(checkpoint, out, trust_code=trust_code)}")
 
@@ -543,7 +543,7 @@ def plot(checkpoint: str, out: str, trust_code: bool) -> None:
 @_user_errors
 def export(checkpoint: str, out: str, trust_code: bool) -> None:
     """Export the network of CHECKPOINT to run without fxdnat (eval mode, main logits only)."""
-    from fxdnat.export import export as export_network
+    from fxdnat.export import export as export_network  # lazy: torch
 
     done = export_network(checkpoint, out, trust_code=trust_code)
     if done.finalized_now:
@@ -628,7 +628,7 @@ def repro(
             raise UserError("--report DIR only re-aggregates; give it no SPEC and no --out")
         _print_report(aggregate(report_dir))
         return
-    from fxdnat import repro as harness
+    from fxdnat import repro as harness  # lazy: the harness, only to run a study
 
     if not specs or out is None:
         raise UserError("give SPECs and --out DIR (or --report DIR to re-aggregate a study)")
@@ -649,7 +649,7 @@ def repro(
 
 
 def _run_study(config: Any) -> list:
-    from fxdnat.engine import Interrupted
+    from fxdnat.engine import Interrupted  # lazy: torch
     from fxdnat.repro import LineReporter, run_study
 
     try:

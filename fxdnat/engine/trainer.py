@@ -118,6 +118,9 @@ class Trainer:
         self.drop_path = zoo.set_drop_path_prob(self.dnat.module, 0.0) > 0
         self._place()
         self._optimizers(stored)
+        if stored is not None and self.runtime.rank == 0:  # the log: the checkpoint's epochs
+            with atomic_file(self.out / METRICS, "w") as f:
+                f.writelines(json.dumps(m) + "\n" for m in self.state.metrics)
 
     def _place(self) -> None:
         """Move the network to the device (channels-last on CUDA); wrap it for DDP / compile."""
@@ -144,9 +147,6 @@ class Trainer:
             self.opt_w.load_state_dict(stored["optimizer_w"])
             if self.opt_theta is not None and stored.get("optimizer_theta") is not None:
                 self.opt_theta.load_state_dict(stored["optimizer_theta"])
-            if self.runtime.rank == 0:  # the log holds exactly the epochs of the checkpoint
-                with atomic_file(self.out / METRICS, "w") as f:
-                    f.writelines(json.dumps(m) + "\n" for m in self.state.metrics)
 
     # ------------------------------------------------------------------------------ loop
     def run(self) -> dict:

@@ -47,7 +47,7 @@ class _NeedsLeaf(Exception):
 def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
     """timm's registries of modules and functions that it keeps opaque to FX."""
     try:
-        from timm.layers import _fx as timm_fx
+        from timm.layers import _fx as timm_fx  # lazy: timm is optional, and slow to import
     except ImportError:  # timm is optional for the tracer itself
         return (), ()
     return tuple(timm_fx.get_notrace_modules()), tuple(timm_fx.get_notrace_functions())
