@@ -46,12 +46,12 @@ def trainer(model: str, out: Path, batch: int, limit: int, **overrides) -> Train
     return Trainer(config, Reporter())
 
 
-def plain_step(model: torch.nn.Module, x, y, lr: float, clip: float) -> Callable[[], None]:
-    """The minimal hand-written step that the engine's steps are compared with."""
+def _sgd_step(model: torch.nn.Module, lr: float, clip: float) -> Callable[..., None]:
+    """The minimal hand-written step the engine is compared with: SGD, clipped."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
 
-    def step() -> None:
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -61,6 +61,12 @@ def plain_step(model: torch.nn.Module, x, y, lr: float, clip: float) -> Callable
     return step
 
 
+def plain_step(model: torch.nn.Module, x, y, lr: float, clip: float) -> Callable[[], None]:
+    """The minimal step on one fixed batch."""
+    step = _sgd_step(model, lr, clip)
+    return lambda: step(x, y)
+
+
 def engine_step(t: Trainer, x, y) -> Callable[[], None]:
     t.dnat.module.train()
     return lambda: t.train_step(x, y)
@@ -68,16 +74,11 @@ def engine_step(t: Trainer, x, y) -> Callable[[], None]:
 
 def minimal_epoch(model: torch.nn.Module, loader, lr: float, clip: float) -> Callable[[], None]:
     """A minimal hand-written epoch over the same loader."""
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    step = _sgd_step(model, lr, clip)
 
     def epoch() -> None:
         for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
+            step(x, y)
 
     return epoch
 

@@ -6,9 +6,9 @@ does not load torch until a name that needs it is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fxdnat._lazy import lazy_exports
 from fxdnat.ir import CHOICES, KINDS, Edge
 
 __version__ = "0.1.0"
@@ -50,13 +50,4 @@ if TYPE_CHECKING:
     from fxdnat.frontend import TraceError, trace
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'fxdnat' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

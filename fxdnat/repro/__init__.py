@@ -19,8 +19,9 @@ engine and torch inside the functions that need them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fxdnat._lazy import lazy_exports
 
 # public name -> module that defines it (loaded on first use)
 _LAZY: dict[str, str] = {
@@ -110,13 +111,4 @@ if TYPE_CHECKING:
     from fxdnat.repro.run import LineReporter, ReproReporter, RunResult, run_one, run_study
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'fxdnat.repro' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -26,7 +26,7 @@ from typing import Any
 from fxdnat import __version__
 from fxdnat._files import write_json
 from fxdnat.config import RunConfig, resolve_recipe
-from fxdnat.ir import IDENTITY, NONE
+from fxdnat.ir import IDENTITY, NONE, Device, Granularity, Update
 from fxdnat.repro.layout import (
     CHECKPOINT,
     DEFAULT_METHODS,
@@ -57,8 +57,8 @@ class ReproConfig:
     data_dir: str | None = None
     download: bool = False
     recipe: str | None = None
-    granularity: str = "branch"
-    arch_update: str = "alternate"
+    granularity: Granularity = "branch"
+    arch_update: Update = "alternate"
     epochs: int | None = None
     arch_epochs: int | None = None
     warmup_epochs: int | None = None
@@ -69,7 +69,7 @@ class ReproConfig:
     theta_weight_decay: float | None = None
     limit: int | None = None
     deterministic: bool = False
-    device: str = "auto"
+    device: Device = "auto"
     workers: int = 0
     shard: tuple[int, int] | None = None  # (i, n): run only the i-th of n slices, 1 <= i <= n
 

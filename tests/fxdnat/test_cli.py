@@ -93,18 +93,8 @@ def test_zoo_never_cuts_a_model_name(columns):
     assert names == zoo.list_models()  # proxylessnas and proxylessnas_gpu no longer read alike
 
 
-SMALL = [
-    "--recipe",
-    "quick",
-    "--epochs",
-    "2",
-    "--arch-epochs",
-    "1",
-    "--limit",
-    "64",
-    "--batch-size",
-    "32",
-]
+SMALL = ["--recipe", "quick", "--epochs", "2", "--arch-epochs", "1"]
+SMALL += ["--limit", "64", "--batch-size", "32"]
 
 
 def test_transform_then_eval(tmp_path):

@@ -18,32 +18,10 @@ def test_two_cpu_processes_under_torchrun(tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun is installed with torch"
     out = tmp_path / "ddp"
-    command = [
-        torchrun,
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "fxdnat.cli",
-        "transform",
-        "zoo:resnet20",
-        "--recipe",
-        "quick",
-        "--epochs",
-        "2",
-        "--arch-epochs",
-        "1",
-        "--limit",
-        "128",
-        "--batch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--theta-lr",
-        "0.2",
-        "--out",
-        str(out),
-    ]
+    options = "--recipe quick --epochs 2 --arch-epochs 1 --limit 128 --batch-size 32"
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "fxdnat.cli"]
+    command += ["transform", "zoo:resnet20", *options.split(), "--device", "cpu"]
+    command += ["--theta-lr", "0.2", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("fxdnat transform") == 1  # only rank 0 reports
