@@ -80,3 +80,10 @@ def write_json(path: str | Path, data: Any) -> None:
     """``data`` as indented JSON, atomically: a reader never sees half a file."""
     with atomic_file(path, "w") as f:
         f.write(json.dumps(data, indent=2) + "\n")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (a KeyError's without its quotes), its type's name
+    when it has none: what the CLI and a study's records print."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split()) or type(exc).__name__

@@ -17,7 +17,7 @@ import click
 from click.core import ParameterSource
 
 from fxdnat import __version__
-from fxdnat._files import check_writable
+from fxdnat._files import check_writable, one_line
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.config import RUNTIME, flag
 from fxdnat.ir import DEVICES, GRANULARITIES, METHODS, TIES, UPDATES
@@ -52,7 +52,7 @@ def _user_errors(command: Callable) -> Callable:
             if line is not None:
                 raise UserError(line) from exc
             raise click.ClickException(  # a bug: still one line, with the way to the traceback
-                f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for "
+                f"internal error: {type(exc).__name__}: {one_line(exc)} (rerun with --debug for "
                 "the traceback and please report it)"
             ) from exc
 
@@ -65,13 +65,8 @@ def _user_line(exc: Exception) -> str | None:
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"cannot access {exc.filename}: {exc.strerror}"
     if isinstance(exc, (ValueError, TypeError, FileNotFoundError, KeyError)):
-        return _one_line(exc)
+        return one_line(exc)
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return " ".join(text.split()) or type(exc).__name__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,7 @@ from fxdnat import checkpoint as ckpt
 from fxdnat.cost import count_flops, count_params
 from fxdnat.data import make_loaders
 from fxdnat.engine import check_device
+from fxdnat.engine.trainer import logits_of
 
 
 def evaluate_checkpoint(
@@ -47,7 +48,7 @@ def evaluate_checkpoint(
     with torch.no_grad():
         for x, y in test_loader:
             out = module(x.to(target))
-            logits = out[0] if isinstance(out, (tuple, list)) else out
+            logits, _ = logits_of(out)
             correct += (logits.argmax(1).cpu() == y).sum().item()
             seen += len(y)
     size = stored["model"]["input_size"]

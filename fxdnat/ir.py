@@ -140,3 +140,9 @@ def joins_of(edges: Sequence[Edge]) -> dict[str, list[Edge]]:
         if edge.join is not None:
             joins[edge.join].append(edge)
     return joins
+
+
+def within(path: str, module: str) -> bool:
+    """Whether module ``path`` (a dotted path, as ``named_modules`` gives) is ``module`` or
+    inside it; every path is within the root module ``""``."""
+    return not module or path == module or path.startswith(module + ".")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fxdnat.ir import within
 from fxdnat.passes import _graph
 
 # Ops whose output times c equals the op with its weight and bias times c. Exact types: a
@@ -119,7 +120,7 @@ def _alone(gm: fx.GraphModule, path: str) -> bool:
     and its parameters are not read or held (shared, tied, or views) anywhere else."""
     module = gm.get_submodule(path)
     calls = [n.target for n in gm.graph.nodes if n.op == "call_module"]
-    if calls.count(path) != 1 or any(path.startswith(t + ".") for t in calls):
+    if calls.count(path) != 1 or any(t != path and within(path, t) for t in calls):
         return False
     if sum(m is module for _, m in gm.named_modules(remove_duplicate=False)) != 1:
         return False

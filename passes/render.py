@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import graphviz
 from torch import fx
 
-from fxdnat.ir import IDENTITY, NONE, SAME, Edge
+from fxdnat.ir import IDENTITY, NONE, SAME, Edge, within
 from fxdnat.passes import _graph
 from fxdnat.passes.gate import cell_structures
 
@@ -262,7 +262,7 @@ def _cells_title(cells: list[str]) -> str:
 def _draw_cell(dot: graphviz.Digraph, subject: Subject, cell: str, prefix: str) -> None:
     """One cell: its inputs (edge sources), sums (joins) and output, edges between them."""
     gm, edges = subject.gm, [e for e in subject.edges if e.cell == cell]
-    inner = [c for c in subject.cells() if c != cell and _within(c, cell)]
+    inner = [c for c in subject.cells() if c != cell and within(c, cell)]
     scope, output = _cell_scope(gm, cell, edges, inner)
     joins = list(dict.fromkeys(e.join for e in edges if e.join))
     kinds = {name: "join" for name in joins}
@@ -299,19 +299,14 @@ def _cell_scope(
     for node in gm.graph.nodes:  # graph order is topological: one pass closes the scope
         if node in scope or node.op == "output":  # the diagram draws its own output box
             continue
-        if any(_within(_path(node), c) for c in inner):
+        if any(within(_path(node), c) for c in inner):
             continue
-        if _within(_path(node), cell) and any(arg in scope for arg in node.all_input_nodes):
+        if within(_path(node), cell) and any(arg in scope for arg in node.all_input_nodes):
             scope.add(node)
     ordered = [n for n in gm.graph.nodes if n in scope]
     drawn = [n for n in ordered if n.name not in _hidden(edges)]  # a branch may escape too
     outside = [n for n in drawn if any(u not in scope or u.op == "output" for u in n.users)]
     return ordered, (outside or drawn)[-1]
-
-
-def _within(path: str, cell: str) -> bool:
-    """Whether module ``path`` is ``cell`` or inside it (every path is inside the root "")."""
-    return not cell or path == cell or path.startswith(cell + ".")
 
 
 def _path(node: fx.Node) -> str:
@@ -337,7 +332,7 @@ def _fold_plain_chains(flow: _Flow) -> None:
 def _input_label(node: fx.Node, cell: str, number: int | None) -> str:
     """An input made inside the cell is named by its module (DARTS' ``preprocess0``)."""
     path = _path(node)
-    if cell and path.startswith(cell + "."):
+    if cell and path != cell and within(path, cell):
         name = path[len(cell) + 1 :].split(".")[0]
         if not name.isdigit():  # preprocess0, not the 1 of a Sequential's second op
             return name
@@ -421,7 +416,7 @@ def _draw_clusters(
 
 
 def _inside(block: str, parent: str) -> bool:
-    return block != parent and (not parent or block.startswith(parent + "."))
+    return block != parent and within(block, parent)
 
 
 def _child(parent: str, block: str) -> str:

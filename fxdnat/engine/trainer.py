@@ -280,7 +280,7 @@ class Trainer:
         """(loss, logits): cross-entropy of the main logits, plus the auxiliary head's."""
         r = self.recipe
         with self.runtime.autocast():
-            logits, aux = _logits(net(x))
+            logits, aux = logits_of(net(x))
             loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
             if aux is not None and r.auxiliary_weight > 0:
                 loss = loss + r.auxiliary_weight * F.cross_entropy(aux.float(), y)
@@ -348,7 +348,7 @@ class Trainer:
         for x, y in self.test_loader:
             x, y = rt.to_device(x, y)
             with rt.autocast():
-                logits, _ = _logits(module(x))
+                logits, _ = logits_of(module(x))
             logits = logits.float()
             loss = F.cross_entropy(logits, y, reduction="sum")
             sums += torch.stack(
@@ -456,8 +456,9 @@ class Trainer:
         summary["artifacts"] = {"cell diagram": str(path)}
 
 
-def _logits(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(main logits, auxiliary logits or None) from a classifier's output."""
+def logits_of(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(main logits, auxiliary logits or None) from a classifier's output: a tensor, or a
+    (logits, auxiliary logits) pair as DARTS-style networks return in training."""
     if isinstance(out, (tuple, list)):
         return out[0], out[1] if len(out) > 1 else None
     return out, None

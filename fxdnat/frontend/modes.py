@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import fx
 
+from fxdnat.ir import within
+
 
 def merge(train: fx.Graph, eval_: fx.Graph) -> fx.Graph | None:
     """``train`` with the mode flags read at run time, when the two traces differ only in
@@ -95,7 +97,7 @@ def dependent_modules(train: fx.Graph, eval_: fx.Graph) -> list[str]:
         return {path for path in set(a) | set(b) if not _same_but_flags(a.get(path), b.get(path))}
 
     found = differing(sources=False) or differing(sources=True)
-    return sorted(p for p in found if not any(q != p and _is_ancestor(p, q) for q in found))
+    return sorted(p for p in found if not any(q != p and within(q, p) for q in found))
 
 
 def owner(node: fx.Node) -> str:
@@ -104,10 +106,6 @@ def owner(node: fx.Node) -> str:
     if node.op == "call_module":  # the stack ends with the called leaf itself
         stack = stack[:-1]
     return stack[-1] if stack else ""
-
-
-def _is_ancestor(parent: str, child: str) -> bool:
-    return parent == "" or child.startswith(parent + ".")
 
 
 def _differs_only_by_mode(a: fx.Node, b: fx.Node) -> bool:

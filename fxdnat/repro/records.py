@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fxdnat._files import write_json
+from fxdnat._files import one_line, write_json
 from fxdnat.repro.layout import CHECKPOINT, METRICS, RUN_LOG, RUN_RECORD, read_json
 from fxdnat.repro.plan import Job, ReproConfig
 
@@ -162,8 +162,3 @@ def _cpu_name() -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line, its type's name when it has none."""
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fxdnat._files import one_line
 from fxdnat.repro.layout import (
     CHECKPOINT,
     METRICS,
@@ -36,7 +37,7 @@ from fxdnat.repro.layout import (
     read_json,
 )
 from fxdnat.repro.plan import Job, ReproConfig, claim, jobs, run_config, shard
-from fxdnat.repro.records import RunLog, close_attempt, one_line, open_attempt, planned_device
+from fxdnat.repro.records import RunLog, close_attempt, open_attempt, planned_device
 
 log = logging.getLogger(__name__)
 
