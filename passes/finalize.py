@@ -24,6 +24,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping
 
+import torch
 from torch import fx
 
 from fxdnat.arch import Architecture, dnat_mix
@@ -38,12 +39,18 @@ from fxdnat.passes.gate import ARCH, COPY_META, EDGES_META
 
 
 def finalize(
-    gated: fx.GraphModule, decisions: Mapping[str, str], *, scale: str = "keep"
+    gated: fx.GraphModule,
+    decisions: Mapping[str, str],
+    *,
+    scale: str = "keep",
+    allow_dead: bool = False,
 ) -> fx.GraphModule:
     """The network that ``gated`` computes with θ masked to ``decisions``, without the gates.
 
     ``decisions`` maps edge names to choices (edges left out keep "same"); it must not remove
-    every operand of a join (:func:`decide` guarantees that). ``scale="keep"``: each edge's θ
+    every operand of a join (:func:`decide` guarantees that) unless ``allow_dead``: then such a
+    join becomes a zero tensor of its shape, as NAT's derived networks have them (the NAT
+    baseline emits what NAT would; DNAT never does). ``scale="keep"``: each edge's θ
     row keeps only its decided entry, at its learned value, plus the entries of dropped
     candidates that read the same tensor as a kept one of the join; ``scale="one"``: θ one-hot
     on ``decisions``. ``final.meta["fxdnat"]`` records the decisions, the scale, each kept edge's
@@ -51,7 +58,7 @@ def finalize(
     """
     _check_scale(scale)
     arch = _architecture(gated)
-    decisions = check_decisions(arch.edges, decisions)
+    decisions = check_decisions(arch.edges, decisions, allow_dead=allow_dead)
     theta = arch().detach().cpu().tolist()  # masked: a choice a row does not allow weighs 0
     coefficients = _coefficients(arch, theta, decisions, scale)
     final = _graph.copy_module(gated)
@@ -76,7 +83,7 @@ def finalize(
             _merge_dropped(mix, arch, theta, decisions, coefficients)
     for mix in mixes:
         factors = _fold(final, mix, decisions, coefficients, folded)
-        created = _write_back(mix, decisions, named, writes, factors)
+        created = _write_back(mix, decisions, named, writes, factors, allow_dead)
         fresh |= created
         if mix not in live:  # a join nobody read: its adds were dead code, which stays
             dead_before |= created
@@ -193,11 +200,16 @@ class _Writes:
 
 
 def _write_back(
-    mix: fx.Node, decisions: dict, named: dict, writes: _Writes, factors: list[float]
+    mix: fx.Node,
+    decisions: dict,
+    named: dict,
+    writes: _Writes,
+    factors: list[float],
+    allow_dead: bool = False,
 ) -> set[fx.Node]:
     """Replace ``mix`` by the sum of its edges' choices, each times its leaf's factor; returns
     the nodes created. Where the sum collapses to an existing value that is written in place
-    later, the value is copied."""
+    later, the value is copied; where nothing is left (``allow_dead``), it is a zero tensor."""
     (tree, _), tensors = mix.args[1], [_original(t) for t in mix.args[2:]]
     values = [
         _chosen(
@@ -209,6 +221,8 @@ def _write_back(
     ]
     writer = _Sum(mix, named, factors)
     value = writer.emit(tree, values)
+    if value is None and allow_dead:
+        value = writer.zeros_like(_shaped_like(mix, tensors))
     if value is None:
         raise RuntimeError(f"every operand of {mix.name} is 'none'; please report this")
     if value not in writer.created and writes.need_copy(mix, value):
@@ -216,6 +230,23 @@ def _write_back(
     mix.replace_all_uses_with(value)
     mix.graph.erase_node(mix)
     return writer.created
+
+
+def _shaped_like(mix: fx.Node, tensors: list[fx.Node]) -> fx.Node:
+    """A value of the join's shape for its zero: an edge's input x where it has the shape of the
+    branch outputs (x is computed anyway, so the dead branches go), else a branch output."""
+    leaves = mix.meta[EDGES_META].leaves
+    shape = _shape(tensors[leaves[0].same])
+    for leaf in leaves:
+        x = None if leaf.identity is None else tensors[leaf.identity]
+        if x is not None and shape is not None and _shape(x) == shape:
+            return x
+    return tensors[leaves[0].same]
+
+
+def _shape(node: fx.Node) -> tuple | None:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if hasattr(meta, "shape") else None
 
 
 def _original(tensor: fx.Node) -> fx.Node:
@@ -267,7 +298,7 @@ class _Sum:
         a, b = self.emit(left, values, anchor), self.emit(right, values, anchor)
         if a is None or b is None:  # one side went: the other alone (`0 +` nothing is nothing)
             kept = b if a is None else a
-            if kept is _ZERO:
+            if kept is _ZERO or kept is None:  # both sides went (a dead join, allow_dead)
                 return None
             if kept is b and alpha != 1:
                 return self._create(anchor, "call_function", operator.mul, (b, alpha))
@@ -285,6 +316,10 @@ class _Sum:
             # it in place again, where nothing reads it after
             node.meta[INPLACE] = (*add.inplace[:-1], a.name)
         return node
+
+    def zeros_like(self, value: fx.Node) -> fx.Node:
+        """``torch.zeros_like(value)`` where the mix stood: a dead join's value."""
+        return self._create(None, "call_function", torch.zeros_like, (value,))
 
     def copy(self, value: fx.Node) -> fx.Node:
         """``value.clone()`` where the mix stood."""

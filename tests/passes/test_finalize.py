@@ -19,6 +19,7 @@ from torchvision.ops import StochasticDepth
 import fxdnat
 from fxdnat import passes
 from fxdnat.arch import Architecture
+from fxdnat.ir import joins_of
 
 GATEABLE = [n for n in CASES if n != "parameter_adds"]
 
@@ -609,3 +610,26 @@ def test_keep_merges_by_the_tensors_of_the_trained_network_not_of_the_finalized_
     final, gated, inputs = keep_pipeline(TwoJoins(), rows, decisions)
     assert final.meta["fxdnat"]["coefficients"] == pytest.approx({":1": 1.0, ":3": 0.4})
     assert_same_function(final, masked(gated, decisions), inputs, rtol=1e-12, atol=1e-12)
+
+
+def dead_decisions(edges):
+    """Valid decisions except that one join loses every operand (NAT's dead join)."""
+    for join, members in joins_of(edges).items():
+        if all("none" in e.choices for e in members):
+            return join, {e.name: "none" for e in members}
+    return None, None
+
+
+@pytest.mark.parametrize("name", GATEABLE)
+def test_a_dead_join_is_refused_by_default_and_becomes_zeros_when_allowed(name):
+    _, _, edges, gated, inputs = pipeline(name)
+    join, decisions = dead_decisions(edges)
+    if join is None:
+        pytest.skip("no join whose every edge may be removed")
+    with pytest.raises(ValueError, match="remove every operand of join"):
+        passes.finalize(gated, decisions)
+    gated.arch.assign(decisions)
+    final = passes.finalize(gated, decisions, allow_dead=True)
+    assert_same_function(final, gated, inputs, rtol=1e-12, atol=1e-12)
+    zeros = [n for n in final.graph.nodes if n.target is torch.zeros_like]
+    assert len(zeros) >= 1
