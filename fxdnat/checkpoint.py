@@ -33,7 +33,7 @@ from fxdnat.specs import BuiltModel, build_model, check_untrusted, same_spec
 
 FORMAT = "fxdnat-checkpoint"
 VERSION = 1
-STAGES = ("arch", "net", "done")
+STAGES = ("search", "arch", "net", "done")
 
 
 class CheckpointError(ValueError):
@@ -198,7 +198,8 @@ def restore(
             scale = data.get("finalize_scale", "one")
             if scale == "keep":  # the coefficients are literals of the graph: θ as finalize saw it
                 _set_theta(arch, _finalize_theta(data))
-            module = finalize(module, decisions, scale=scale)
+            # what was trained, NAT's dead joins included (DNAT's decisions never have one)
+            module = finalize(module, decisions, scale=scale, allow_dead=True)
     try:
         module.load_state_dict(data["model_state"], strict=strict)
     except RuntimeError as exc:

@@ -20,7 +20,7 @@ from fxdnat import __version__
 from fxdnat._files import check_writable, one_line
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.config import RUNTIME, flag
-from fxdnat.ir import DEVICES, GRANULARITIES, METHODS, TIES, UPDATES
+from fxdnat.ir import DEVICES, GRANULARITIES, METHODS, NAT_WEIGHTS, TIES, UPDATES
 from fxdnat.repro.layout import DEFAULT_METHODS
 
 # what a resumed run may change, as the options that set it (fxdnat.config.RUNTIME)
@@ -332,6 +332,21 @@ _TRAINING_OPTIONS = (
         help="θ's L2 weight decay (Adam's; DARTS's 1e-3 by default): a pull of every θ "
         "towards 0, the 'none' threshold.",
     ),
+    click.option(
+        "--search-epochs",
+        type=click.IntRange(min=1),
+        default=None,
+        help="--method nat: epochs of NAT's search before the derived network trains from "
+        "scratch for --epochs.",
+    ),
+    click.option(
+        "--nat-weights",
+        type=click.Choice(NAT_WEIGHTS),
+        default=None,
+        help="--method nat: what the supernet's weights train on — uniform samples without "
+        "none (NAT's random sources), the source network, or the policy's samples "
+        "[default: the recipe's, uniform].",
+    ),
     click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on CUDA)."),
     click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True),
     click.option(
@@ -358,7 +373,8 @@ def _training_options(command: Callable) -> Callable:
     default="dnat",
     show_default=True,
     help="original: train the untouched model with the same recipe; random: the control, "
-    "--changes placed at random edges instead of where θ puts them.",
+    "--changes placed at random edges instead of where θ puts them; nat: the NAT baseline "
+    "(policy search on a supernet, derive, retrain from scratch; adapted to fxdnat's edges).",
 )
 @click.option(
     "--changes",
@@ -570,7 +586,8 @@ def export(checkpoint: str, out: str, trust_code: bool) -> None:
     show_default=True,
     help="Comma list: original (the untouched model, same recipe), cell, full (DNAT's θ ties), "
     "random (the control: as many changes as the same seed's run of the first DNAT method listed, "
-    "placed at random).",
+    "placed at random), nat (the NAT baseline, adapted to fxdnat's edges: search, derive, "
+    "retrain from scratch).",
 )
 @_training_options
 @click.option(

@@ -10,6 +10,7 @@ from its seed and its learning rate follows one cosine schedule over all of its 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -21,11 +22,13 @@ from fxdnat.ir import (
     DEVICES,
     GRANULARITIES,
     METHODS,
+    NAT_WEIGHTS,
     TIES,
     UPDATES,
     Device,
     Granularity,
     Method,
+    NatWeights,
     Tie,
     Update,
 )
@@ -43,7 +46,11 @@ _RECIPE_FIELDS = (
     "theta_lr",
     "theta_reach",
     "theta_weight_decay",
+    "search_epochs",
+    "nat_weights",
 )
+_NAT_FIELDS = {"search_epochs": "search_epochs", "nat_weights": "weight_archs"}
+"""RunConfig fields that override the recipe's NAT schedule (``Recipe.nat``), and theirs."""
 
 
 @dataclass
@@ -56,7 +63,7 @@ class RunConfig:
     data_dir: str | None = None  # stored absolute
     download: bool = False
     recipe: str | None = None  # default: the zoo model's, else "paper"
-    method: Method = "dnat"  # "original": the untouched model; "random": the control (`changes`)
+    method: Method = "dnat"  # "original": untouched; "random": the control; "nat": the baseline
     changes: str | None = None  # method "random": how many edges change, "identity=2,none=1"
     tie: Tie = "cell"
     granularity: Granularity = "branch"
@@ -69,6 +76,8 @@ class RunConfig:
     theta_lr: float | None = None
     theta_reach: float | None = None
     theta_weight_decay: float | None = None
+    search_epochs: int | None = None  # method "nat": epochs of NAT's search
+    nat_weights: NatWeights | None = None  # method "nat": what the supernet's weights train on
     seed: int = 0
     deterministic: bool = False
     device: Device = "auto"
@@ -88,6 +97,7 @@ class RunConfig:
             ("tie", self.tie, TIES),
             ("granularity", self.granularity, GRANULARITIES),
             ("device", self.device, DEVICES),
+            ("nat_weights", self.nat_weights or NAT_WEIGHTS[0], NAT_WEIGHTS),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
@@ -125,8 +135,13 @@ def resolve_recipe(c: RunConfig):
     }
     if "epochs" in overrides and "arch_epochs" not in overrides:
         overrides["arch_epochs"] = min(recipe.arch_epochs, overrides["epochs"])
-    if c.method == "original":  # no architecture stage: no θ, no warm-up before it
-        overrides["arch_epochs"] = overrides["warmup_epochs"] = 0
+    if c.method in ("original", "nat"):  # no architecture stage: no θ, no warm-up before it
+        overrides["arch_epochs"] = overrides["warmup_epochs"] = 0  # (NAT's search is apart)
+    nat = {theirs: getattr(c, mine) for mine, theirs in _NAT_FIELDS.items()}
+    if any(v is not None for v in nat.values()):
+        overrides["nat"] = dataclasses.replace(
+            recipe.nat, **{k: v for k, v in nat.items() if v is not None}
+        )
     if c.theta_lr is not None and c.theta_reach is not None:
         raise ValueError(
             "give θ's learning rate (--theta-lr) or its reach (--theta-reach, which sets the lr "
@@ -158,12 +173,19 @@ def parse_changes(text: str) -> dict[str, int]:
 
 
 def check_method(config: RunConfig) -> None:
-    """``changes`` belong to the random control: refused with any other method."""
+    """``changes`` belong to the random control, NAT's options to NAT: refused with any other
+    method."""
     if config.method != "random" and config.changes:
         raise ValueError(
             f"--changes is for --method random (the control) only; this run's method is "
             f"{config.method}"
         )
+    for name in _NAT_FIELDS:
+        if config.method != "nat" and getattr(config, name) is not None:
+            raise ValueError(
+                f"{flag(name)} is for --method nat (the NAT baseline) only; this run's method "
+                f"is {config.method}"
+            )
 
 
 def format_changes(counts: dict[str, int]) -> str:
@@ -215,11 +237,17 @@ def _differences(kept: RunConfig, asked: RunConfig, typed: set[str]) -> list[tup
             found.append(_difference(name, mine, theirs))
     mine_r, theirs_r = resolve_recipe(asked), resolve_recipe(kept)
     for name in _RECIPE_FIELDS:
-        attribute = "name" if name == "recipe" else name
-        mine, theirs = getattr(mine_r, attribute), getattr(theirs_r, attribute)
+        mine, theirs = _recipe_value(mine_r, name), _recipe_value(theirs_r, name)
         if name in typed and mine != theirs:
             found.append(_difference(name, mine, theirs))
     return found
+
+
+def _recipe_value(recipe: Any, name: str) -> Any:
+    """The value of the RunConfig field ``name`` in a resolved recipe."""
+    if name in _NAT_FIELDS:
+        return getattr(recipe.nat, _NAT_FIELDS[name])
+    return getattr(recipe, "name" if name == "recipe" else name)
 
 
 def _difference(name: str, mine: Any, theirs: Any) -> tuple[str, str]:
@@ -268,9 +296,11 @@ def stored_config(stored: dict[str, Any]) -> RunConfig:
 
 
 def _fits(value: Any, hint: Any) -> bool:
-    if typing.get_origin(hint) is typing.Literal:  # a vocabulary of fxdnat.ir
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:  # a vocabulary of fxdnat.ir
         return type(value) is str and value in typing.get_args(hint)
-    allowed = typing.get_args(hint) or (hint,)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        return any(_fits(value, option) for option in typing.get_args(hint))
     if type(value) is int:  # an int is no bool, but may stand for a float
-        return int in allowed or float in allowed
-    return type(value) in allowed
+        return hint in (int, float)
+    return type(value) is hint or (value is None and hint is type(None))

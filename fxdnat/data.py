@@ -525,7 +525,7 @@ class _ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _seed_worker(worker_id: int) -> None:
+def seed_worker(worker_id: int) -> None:
     # DataLoader already seeds torch per worker from the loader's generator; numpy and random
     # follow it so that any third-party augmentation is reproducible too.
     seed = torch.initial_seed() % 2**32
@@ -589,7 +589,7 @@ def make_loaders(
         # Workers start afresh each epoch, seeded from the loader's generator: a trainer that
         # reseeds the generator per epoch gets the same augmentation when it resumes mid-run.
         persistent_workers=False,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=seed_worker,
     )
     train_sampler = test_sampler = None
     if distributed:

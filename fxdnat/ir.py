@@ -46,10 +46,16 @@ Update = Literal["alternate", "joint"]
 UPDATES: tuple[Update, ...] = get_args(Update)
 """How ω and θ train in the architecture stage: ω's step then θ's on the same minibatch, θ seeing
 the updated ω ("alternate", the paper's), or one backward for both ("joint")."""
-Method = Literal["dnat", "original", "random"]
+Method = Literal["dnat", "original", "random", "nat"]
 METHODS: tuple[Method, ...] = get_args(Method)
-"""What a run trains: DNAT's two stages, the untouched model, or the random control (θ frozen,
-as many changes as a DNAT run made, placed at random)."""
+"""What a run trains: DNAT's two stages, the untouched model, the random control (θ frozen,
+as many changes as a DNAT run made, placed at random), or the NAT baseline (a policy searched
+on a weight-sharing supernet, its best sample retrained from scratch; fxdnat/nat.py)."""
+NatWeights = Literal["uniform", "source", "policy"]
+NAT_WEIGHTS: tuple[NatWeights, ...] = get_args(NatWeights)
+"""The architectures NAT's supernet weights train on, one drawn per weight step: uniform over
+each θ row's choices but none (NAT trains on random source architectures without null edges),
+the source network alone, or samples of the current policy."""
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = get_args(Device)
 

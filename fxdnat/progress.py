@@ -86,6 +86,25 @@ class RichReporter(Reporter):
                 highlight=False,
                 soft_wrap=True,  # one line, however narrow the terminal
             )
+        if name == "search_epoch":
+            self.console.print(
+                f"search {data['epoch']:>3}/{data['epochs']} loss {data['train_loss']:.3f}  "
+                f"source {100 * data['source_acc']:5.1f}%  reward {100 * data['reward']:+5.1f}  "
+                f"baseline {100 * data['baseline']:+5.2f}  entropy {data['entropy']:.2f}  "
+                f"[dim]{data['seconds']:.1f}s[/]",
+                highlight=False,
+            )
+        if name == "derive":
+            scores = " ".join(f"{100 * v:.1f}" for v in data["scores"])
+            changed = {k: v for k, v in data["decisions"].items() if v != "same"}
+            listed = ", ".join(f"{k}→{v}" for k, v in changed.items()) or "none"
+            dead = data["dead_joins"][data["chosen"]]
+            self.console.print(
+                f"[bold]derive[/]: {len(data['scores'])} samples scored {scores} % on the policy "
+                f"split; kept #{data['chosen'] + 1}: {len(changed)} edges changed ({listed}), "
+                f"{dead} dead joins; it trains from scratch now",
+                highlight=False,
+            )
         if name == "finalize":
             changed = data["changed"]
             listed = ", ".join(f"{k}→{v}" for k, v in changed.items()) or "none"

@@ -7,10 +7,52 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fxdnat.ir import SCALES, Scale
+from fxdnat.ir import NAT_WEIGHTS, SCALES, NatWeights, Scale
 from fxdnat.reach import THETA_BETAS, THETA_LR, THETA_WEIGHT_DECAY
 
 from ._registry import did_you_mean, model_info
+
+
+@dataclass(frozen=True)
+class NatSchedule:
+    """The NAT baseline's search (``--method nat``): supernet weights and policy, then derive.
+
+    Defaults are NAT's reference code (Guo et al. 2019, guoyongcs/NAT; the project's
+    REFERENCES.md): the training set split 40 / 60 between the supernet's weights and the
+    policy, each search epoch one pass of weight steps then one of policy steps, SGD with a
+    constant lr for the weights, Adam for the policy, 10 samples at derive. The derived network
+    then trains from scratch with the recipe's own epochs, as ``original`` does.
+    """
+
+    search_epochs: int = 100
+    batch_size: int = 64
+    lr: float = 0.01  # supernet weights: SGD, constant
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    weight_split: float = 0.4  # share of the training set for the weights; the rest: policy
+    weight_archs: NatWeights = "uniform"  # what the weights train on (fxdnat.ir.NAT_WEIGHTS)
+    policy_lr: float = 3e-4  # Adam
+    policy_betas: tuple[float, float] = (0.5, 0.999)
+    policy_weight_decay: float = 5e-4
+    entropy_weight: float = 0.003
+    baseline_decay: float = 0.99
+    derive_samples: int = 10
+
+    def check(self, recipe: str) -> None:
+        """Raises ValueError naming the field that cannot run."""
+        if self.search_epochs < 1 or self.batch_size < 1 or self.derive_samples < 1:
+            raise ValueError(
+                f"recipe {recipe!r}: NAT's search_epochs (--search-epochs), batch_size and "
+                "derive_samples must be >= 1"
+            )
+        if not 0 < self.weight_split < 1:
+            raise ValueError(f"recipe {recipe!r}: NAT's weight_split must be in (0, 1)")
+        if self.weight_archs not in NAT_WEIGHTS:
+            raise ValueError(
+                f"recipe {recipe!r}: NAT's weight_archs (--nat-weights) is one of {NAT_WEIGHTS}"
+            )
+        if not (0 < self.lr < math.inf and 0 < self.policy_lr < math.inf):
+            raise ValueError(f"recipe {recipe!r}: NAT's learning rates must be finite and > 0")
 
 
 @dataclass(frozen=True)
@@ -38,6 +80,7 @@ class Recipe:
     theta_reach: float | None = None  # lr·T: θ's lr becomes theta_reach / T; None: theta_lr
     finalize_scale: Scale = "keep"  # fold θ's learned coefficients into the network ("one": 1)
     bn_recalibration: int = 0  # training batches that re-estimate BN statistics after finalize
+    nat: NatSchedule = NatSchedule()  # the NAT baseline's search (``--method nat`` only)
 
     def __post_init__(self) -> None:
         if not 0 <= self.arch_epochs <= self.epochs or self.epochs < 1:
@@ -75,6 +118,7 @@ class Recipe:
             )
         if not 0 <= self.drop_path_prob < 1:
             raise ValueError(f"recipe {self.name!r}: drop_path_prob must be in [0, 1)")
+        self.nat.check(self.name)
 
 
 _RECIPES: dict[str, Recipe] = {
@@ -110,6 +154,14 @@ _RECIPES: dict[str, Recipe] = {
         theta_lr=0.01,
         warmup_epochs=10,
         theta_reach=30.0,
+        # NAT on digits-hard: as many search epochs as DNAT's architecture stage, at this
+        # recipe's batch (NAT's 64 would leave the 100 weight images one step an epoch); NAT's
+        # own learning rates otherwise. Not scaled to a reach as θ's is: Adam moves each of the
+        # policy's ~1.2 M weights by about lr a step, so a logit moves far more than lr (at
+        # 0.02 the policy was sure of one architecture after 9 steps); the supernet's weights
+        # at this recipe's 0.05 stayed at chance on uniformly drawn architectures (0.01: 26 %
+        # for the source after 20 epochs, ResNet20)
+        nat=NatSchedule(search_epochs=80, batch_size=16),
     ),
 }
 
@@ -126,6 +178,8 @@ _QUICK_DIGITS: dict[str, Any] = {
     "batch_size": 64,
     "theta_lr": 0.01,
     "theta_reach": None,
+    # 1,437 images at 32 px: NAT searches as long as DNAT's stage, at NAT's batch
+    "nat": NatSchedule(search_epochs=6),
 }
 
 # (recipe, family or None for any, dataset or None for any) → field overrides, applied in order

@@ -74,7 +74,8 @@ def prepare(
         model_cfg = stored["model"]
     else:
         model_cfg, dnat = _new_network(config, recipe, info)
-        state = RunState(stage="net" if config.method == "original" else "arch")
+        first = {"original": "net", "nat": "search"}  # DNAT and the control: "arch"
+        state = RunState(stage=first.get(config.method, "arch"))
     return Prepared(recipe, reach, train_loader, test_loader, info, model_cfg, dnat, state)
 
 

@@ -23,9 +23,9 @@ from fxdnat.zoo.recipes import Recipe
 
 
 def scale(config: RunConfig, recipe: Recipe) -> Scale:
-    """finalize's scale: the recipe's, but 1 for the random control, whose θ never trained
-    (its identity entries are 0)."""
-    return "one" if config.method == "random" else recipe.finalize_scale
+    """finalize's scale: the recipe's, but 1 for the random control and NAT, whose θ never
+    trained (θ is one-hot on an architecture)."""
+    return "one" if config.method in ("random", "nat") else recipe.finalize_scale
 
 
 def dnat_decisions(gated: fx.GraphModule, recipe: Recipe, state: RunState) -> dict[str, str]:

@@ -23,6 +23,7 @@ from fxdnat.config import RunConfig, format_changes
 from fxdnat.cost import count_flops, count_params
 from fxdnat.dnat import DNAT
 from fxdnat.ir import CHOICES, SAME, Scale
+from fxdnat.nat import dead_joins
 from fxdnat.passes.decide import count_changes
 from fxdnat.zoo.recipes import Recipe
 
@@ -31,7 +32,7 @@ from fxdnat.zoo.recipes import Recipe
 class RunState:
     """What changes during a run (and what a checkpoint holds besides the config)."""
 
-    stage: str = "arch"  # "arch" (ω and θ), "net" (ω of the final module), "done"
+    stage: str = "arch"  # "arch" (ω and θ), "net" (ω of the final module), "done"; NAT: "search"
     epoch: int = 0  # epochs completed
     step: int = 0  # steps completed inside the current epoch (after an interrupt)
     decisions: dict[str, str] | None = None
@@ -43,6 +44,9 @@ class RunState:
     margins: dict[str, float] | None = None  # θ's top-two gap per edge at decide
     flipped: list[str] | None = None  # edges whose decision changed in the stage's last epochs
     finalize: dict[str, Any] | None = None  # scale, test accuracy just before and after
+    search_epoch: int = 0  # NAT: search epochs completed
+    baseline: float = 0.0  # NAT: REINFORCE's moving-average baseline
+    derive: dict[str, Any] | None = None  # NAT: the derived decisions, every sample's score
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The checkpoint's "state" entry (θ's history is stored beside it)."""
@@ -174,7 +178,16 @@ def summary(
         "margins": state.margins or {},
         "flipped": state.flipped or [],
         "finalize": state.finalize,
+        # NAT emits joins left without an operand; DNAT's decide never does
+        "dead_joins": dead_joins(dnat.edges, decisions),
+        "nat": None if state.derive is None else _derived(state.derive),
     }
+
+
+def _derived(derive: dict[str, Any]) -> dict[str, Any]:
+    """NAT's derive as the summary has it: every sample's score on the policy split and dead
+    joins, the one kept, the policy's log-probability of it and its final distribution."""
+    return {k: v for k, v in derive.items() if k != "decisions"}
 
 
 def _versions() -> dict[str, str]:

@@ -39,12 +39,13 @@ from fxdnat.config import RunConfig, check_method, resumed_config
 from fxdnat.dnat import DNAT
 from fxdnat.drawing import draw_run
 from fxdnat.engine import divergence, setup, stage
+from fxdnat.engine import search as nat_search
 from fxdnat.engine.runtime import StopRequests, get_rng, set_rng
 from fxdnat.engine.runtime import start as start_runtime
 from fxdnat.engine.state import append_metrics, checkpoint_data, raise_if_finished, summary
 from fxdnat.engine.state import stored as stored_checkpoint
 from fxdnat.ir import SAME
-from fxdnat.passes import decide, finalize
+from fxdnat.passes import decide, discover, finalize, gate
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +108,25 @@ class Trainer:
             check_writable(self.out / CHECKPOINT)
         self.stop = StopRequests()  # listens for Ctrl-C / SIGTERM while `run` is active
         self.first_nan = divergence.FirstNonFinite(self.runtime.device)  # renewed every epoch
+        if config.method == "nat" and self.runtime.world > 1:
+            raise ValueError(
+                "--method nat runs in one process: NAT's search is not distributed here; run it "
+                "without torchrun"
+            )
         ready = setup.prepare(config, self.runtime, stored, named_spec)
         self.recipe, self.reach, self.info = ready.recipe, ready.reach, ready.info
         self.train_loader, self.test_loader = ready.train_loader, ready.test_loader
         self.model_cfg, self.dnat, self.state = ready.model_cfg, ready.dnat, ready.state
         self.opt_w: torch.optim.SGD | None = None
         self.opt_theta: torch.optim.Adam | None = None
+        self.search: nat_search.Search | None = None  # NAT's policy, while it searches
         if stored is None and self.state.stage == "arch" and self.recipe.arch_epochs == 0:
             self._finalize(before=None)
         self.drop_path = zoo.set_drop_path_prob(self.dnat.module, 0.0) > 0
         self._place()
         self._optimizers(stored)
+        if self.state.stage == "search":
+            self._start_search(stored)
         if stored is not None and self.runtime.rank == 0:  # the log: the checkpoint's epochs
             with atomic_file(self.out / METRICS, "w") as f:
                 f.writelines(json.dumps(m) + "\n" for m in self.state.metrics)
@@ -136,8 +145,9 @@ class Trainer:
         """ω's SGD; θ's Adam for DNAT's architecture stage (the random control's θ stays at
         (0, 0, 1)); their states from the checkpoint when resuming."""
         r = self.recipe
+        sgd = r.nat if self.state.stage == "search" else r  # NAT's supernet has its own SGD
         self.opt_w = torch.optim.SGD(
-            self.dnat.weights(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
+            self.dnat.weights(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay
         )
         if self.dnat.theta is not None and self.config.method == "dnat":
             self.opt_theta = self.dnat.theta_optimizer(
@@ -161,6 +171,8 @@ class Trainer:
         if rank == 0:  # a kill -9 mid-write leaves a temporary file that nothing reads
             remove_temporaries(self.out, (CHECKPOINT, METRICS, SUMMARY, CELLS))
         with StopRequests() as self.stop:
+            if self.state.stage == "search":
+                self._search()
             while self.state.epoch < r.epochs:
                 try:
                     record = self._epoch()
@@ -366,6 +378,69 @@ class Trainer:
             return {}
         return dict(Counter(decide(self.dnat.module).values()))
 
+    # ------------------------------------------------------------------- NAT's search
+    def _start_search(self, stored: dict | None) -> None:
+        split = nat_search.split_loaders(
+            self.train_loader.dataset, self.recipe.nat, self.config.workers
+        )
+        order = [node.name for node in self.dnat.traced.graph.nodes]
+        self.search = nat_search.Search(
+            self.dnat, self.recipe.nat, split, self.runtime, self._loss, order, self.config.seed
+        )
+        if stored is not None:
+            self.search.load_state_dict(stored["nat"])
+
+    def _search(self) -> None:
+        """NAT's search epochs (each saved when done; an interrupted one is repeated from its
+        start on resume), then derive, then the derived network from scratch."""
+        s, schedule = self.state, self.recipe.nat
+        if s.search_epoch == 0 and self.runtime.rank == 0:  # a kill in epoch 1 can resume
+            self._save()
+        while s.search_epoch < schedule.search_epochs:
+            start = time.perf_counter()
+            done = self.search.epoch(
+                s.search_epoch,
+                self.opt_w,
+                s.baseline,
+                self.recipe.grad_clip,
+                stop=lambda: self.stop.requested,
+            )
+            if done is None:  # the epoch's work is dropped: resume repeats it exactly
+                raise Interrupted(
+                    f"interrupted in search epoch {s.search_epoch + 1}; resuming repeats it"
+                )
+            record, s.baseline = done
+            s.search_epoch += 1
+            s.elapsed += time.perf_counter() - start
+            record = {"epoch": s.search_epoch, "stage": "search", **record}
+            record["seconds"] = time.perf_counter() - start
+            self.reporter.event("search_epoch", record | {"epochs": schedule.search_epochs})
+            s.metrics.append(record)
+            append_metrics(self.out, record)
+            self._save()
+        start = time.perf_counter()
+        s.derive = self.search.derive()
+        s.elapsed += time.perf_counter() - start
+        self.reporter.event("derive", s.derive | {"edges": self.dnat.edges})
+        self._retrain(s.derive["decisions"])
+        self._save()
+
+    def _retrain(self, decisions: dict[str, str]) -> None:
+        """The derived network, built from scratch (the initial weights of an ``original`` run
+        of the same seed), dead joins as NAT leaves them; ω's SGD of the recipe."""
+        torch.manual_seed(self.config.seed)
+        _, traced = ckpt.build_traced(self.model_cfg)
+        edges = discover(traced, self.config.granularity)
+        gated = gate(traced, edges, tie=self.config.tie)
+        final = finalize(gated, decisions, scale="one", allow_dead=True)
+        self.dnat = DNAT.from_module(final, traced=traced, edges=edges)
+        s = self.state
+        s.decisions, s.stage, s.finalize = decisions, "net", {"scale": "one"}
+        self.search = None
+        self.drop_path = zoo.set_drop_path_prob(self.dnat.module, 0.0) > 0
+        self._place()
+        self._optimizers(None)
+
     # ------------------------------------------------------------------------- finalize
     def _finalize(self, before: float | None) -> dict[str, Any]:
         """Decide and finalize; ``before`` is the gated network's test accuracy (None when the
@@ -424,6 +499,8 @@ class Trainer:
             self.opt_theta,
             default_scale=stage.scale(self.config, self.recipe),
         )
+        if self.search is not None:  # NAT's policy and its optimizer, while it searches
+            data["nat"] = self.search.state_dict()
         ckpt.save(self.out / CHECKPOINT, data)
 
     def _summary(self) -> dict:
