@@ -20,10 +20,10 @@ from fxdnat.ir import TIES
 __all__ = ["CHECKPOINT", "METRICS", "SUMMARY"]  # a run's files, as the study reads them
 
 DNAT_METHODS: tuple[str, ...] = TIES  # DNAT, by θ's tie; a random run copies the first listed
-STUDY_METHODS = ("original", *DNAT_METHODS, "random")
+STUDY_METHODS = ("original", *DNAT_METHODS, "random", "nat")
 """What a study compares, each a run folder's name: the original model, DNAT with each θ tie,
-the random control. Not :data:`fxdnat.ir.METHODS`, what one run trains: a study's ``cell`` and
-``full`` runs are both ``--method dnat``."""
+the random control, the NAT baseline. Not :data:`fxdnat.ir.METHODS`, what one run trains: a
+study's ``cell`` and ``full`` runs are both ``--method dnat``."""
 DEFAULT_METHODS = ("original", "cell", "full")  # `fxdnat repro`'s --methods default
 
 MANIFEST, REPORT = "repro.json", "report.md"

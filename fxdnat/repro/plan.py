@@ -26,7 +26,7 @@ from typing import Any
 from fxdnat import __version__
 from fxdnat._files import write_json
 from fxdnat.config import RunConfig, resolve_recipe
-from fxdnat.ir import IDENTITY, NONE, Device, Granularity, Update
+from fxdnat.ir import IDENTITY, NONE, Device, Granularity, NatWeights, Update
 from fxdnat.repro.layout import (
     CHECKPOINT,
     DEFAULT_METHODS,
@@ -67,6 +67,8 @@ class ReproConfig:
     theta_lr: float | None = None
     theta_reach: float | None = None
     theta_weight_decay: float | None = None
+    search_epochs: int | None = None  # the nat method's
+    nat_weights: NatWeights | None = None  # the nat method's
     limit: int | None = None
     deterministic: bool = False
     device: Device = "auto"
@@ -221,8 +223,12 @@ def run_config(config: ReproConfig, job: Job) -> RunConfig:
     elif job.method == "random":
         source = job.source
         method = {"method": "random", "tie": source.method, "changes": random_changes(config, job)}
+    elif job.method == "nat":  # NAT's genotype is one per cell type: tie cell
+        method = {"method": "nat", "tie": "cell"}
     else:
         method = {"method": "dnat", "tie": job.method}
+    if job.method != "nat":  # NAT's options are refused by the other methods
+        shared -= {"search_epochs", "nat_weights"}
     return RunConfig(
         **{name: getattr(config, name) for name in shared},
         **method,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fxdnat.ir import CHOICES, IDENTITY, NONE, SAME
+from fxdnat.ir import CHANGE_KINDS, CHOICES, IDENTITY, NONE, SAME
 from fxdnat.reach import NEEDED, NOISY, UNSURE
 from fxdnat.repro.layout import (
     DNAT_METHODS,
@@ -39,6 +39,7 @@ METHOD_LABELS = {
     "cell": "DNAT cell",
     "full": "DNAT full",
     "random": "random (control)",
+    "nat": "NAT (adapted)",  # NAT's policy on fxdnat's edges, not NAT's DARTS-cell code
 }
 MISSING = "—"  # a report's cell for what no run says (yet)
 
@@ -107,6 +108,8 @@ class RunRow:
     flipped: list[str] | None = None  # edges whose decision changed in the last arch. epochs
     finalize: dict[str, Any] | None = None  # accuracy (0..1) before and after finalize
     reach: dict[str, Any] | None = None  # θ's steps and lr, lr·T, lr·√T
+    changes: str | None = None  # the changes by kind, "identity=2,skip-none=1"
+    dead_joins: int | None = None  # joins left without an operand (NAT's; DNAT never has one)
 
 
 @dataclass
@@ -165,6 +168,9 @@ def _row(folder: Path, seed: int, default_data: str) -> RunRow | None:
     row.tie = summary.get("tie")
     row.margins, row.flipped = summary.get("margins"), summary.get("flipped")
     row.finalize, row.reach = summary.get("finalize"), summary.get("reach")
+    row.changes = summary.get("changes")
+    dead = summary.get("dead_joins")
+    row.dead_joins = len(dead) if isinstance(dead, list) else None
     return row
 
 
@@ -457,13 +463,37 @@ def _choice_lines(table: Sequence[dict[str, Any]]) -> list[str]:
         "### Edge choices: mean edges per choice over seeds; seed agreement (mean over edges of "
         "the fraction of seed pairs choosing alike) and edges on which all seeds agree",
         "",
-        _md_row(["model", "method", "edges", *CHOICES, "seed agreement", "unanimous edges"]),
-        _md_row(["---"] * (len(CHOICES) + 5)),
+        _md_row(
+            [
+                "model",
+                "method",
+                "edges",
+                *CHOICES,
+                "changes by kind",
+                "dead joins",
+                "seed agreement",
+                "unanimous edges",
+            ]
+        ),
+        _md_row(["---"] * (len(CHOICES) + 7)),
     ]
     for row in table:
         counts = (f"{row[c]:.1f}" for c in CHOICES)
-        cells = [str(row["edges"]), *counts, _percent(row["agreement"]), _percent(row["unanimous"])]
+        cells = [
+            str(row["edges"]),
+            *counts,
+            row["changes"] or "none",
+            _num(row["dead_joins"], 1),
+            _percent(row["agreement"]),
+            _percent(row["unanimous"]),
+        ]
         lines.append(_md_row([row["model"], METHOD_LABELS[row["method"]], *cells]))
+    lines += [
+        "",
+        "Changes by kind: mean per seed (identity: a branch became the identity; none: a branch "
+        "removed; skip-none: a skip removed). Dead joins: joins every operand of which was "
+        "removed, so a zero tensor flows on — NAT emits them, DNAT's decide never does.",
+    ]
     return lines
 
 
@@ -490,6 +520,8 @@ def _sure_lines(table: Sequence[dict[str, Any]]) -> list[str]:
         _md_row(["---"] * len(_SURE_COLUMNS)),
     ]
     for row in table:
+        if row["method"] == "nat":  # a policy's samples, not θ: no margins, no finalize
+            continue
         cells = [
             _num(row["margin_median"], 3),
             _num(row["margin_min"], 3),
@@ -514,6 +546,8 @@ def _choice_row(model: str, method: str, done: Sequence[RunRow]) -> dict[str, An
         "seeds": len(done),
         "edges": edges,
         **{c: statistics.fmean(r.decisions.get(c, 0) for r in done) for c in CHOICES},
+        "changes": _mean_changes(done),
+        "dead_joins": _mean([r.dead_joins for r in done if r.dead_joins is not None]),
         "agreement": agreed.pairwise if agreed else None,
         "unanimous": agreed.unanimous if agreed else None,
         "margin_median": statistics.median(margins) if margins else None,
@@ -525,6 +559,17 @@ def _choice_row(model: str, method: str, done: Sequence[RunRow]) -> dict[str, An
         "finalize_gap_bn_mean": _mean(gaps["acc_after_bn"]),
         "finalize_gap_bn_max": max(gaps["acc_after_bn"], default=None),
     }
+
+
+def _mean_changes(done: Sequence[RunRow]) -> str | None:
+    """The runs' changes by kind, mean per seed: "identity 2.0, skip-none 0.4"."""
+    totals: Counter[str] = Counter()
+    for r in done:
+        for part in filter(None, (r.changes or "").split(",")):
+            kind, _, count = part.partition("=")
+            totals[kind] += int(count)
+    kinds = [k for k in CHANGE_KINDS if totals[k]]
+    return ", ".join(f"{k} {totals[k] / len(done):.1f}" for k in kinds) or None
 
 
 def _finalize_gaps(done: Sequence[RunRow], after: str) -> list[float]:

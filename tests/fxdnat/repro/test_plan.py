@@ -116,3 +116,15 @@ def test_a_random_run_without_its_dnat_result_says_why(tmp_path):
     (cell.folder(tmp_path) / "run.json").write_text(json.dumps({"status": "failed"}))
     with pytest.raises(RuntimeError, match=r"^its DNAT run \(resnet20 cell seed 2\) failed; "):
         run_config(config, control)
+
+
+def test_a_nat_job_runs_the_nat_baseline_and_only_it_gets_natsoptions(tmp_path):
+    from fxdnat.repro import run_config
+
+    config = ReproConfig(["zoo:resnet20"], str(tmp_path), methods=["original", "nat", "full"],
+                         search_epochs=3, nat_weights="source")  # fmt: skip
+    runs = {job.method: run_config(config, job) for job in jobs(config) if job.seed == 1}
+    assert (runs["nat"].method, runs["nat"].tie) == ("nat", "cell")
+    assert (runs["nat"].search_epochs, runs["nat"].nat_weights) == (3, "source")
+    for method in ("original", "full"):  # they would refuse NAT's options
+        assert (runs[method].search_epochs, runs[method].nat_weights) == (None, None)

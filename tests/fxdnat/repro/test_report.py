@@ -252,3 +252,28 @@ def test_agreement_needs_two_seeds_and_a_true_edge_count():
     assert agreement([{"a": "none"}]) is None
     with pytest.raises(ValueError, match="2 edges are named but edges=1"):
         agreement([{"a": "none"}, {"b": "identity"}], edges=1)
+
+
+def test_nat_rows_show_changes_by_kind_and_dead_joins_and_no_margins(study):
+    for seed, dead in ((1, ["add1"]), (2, []), (3, ["add1", "add2"])):
+        run(
+            study,
+            "resnet20/nat",
+            seed,
+            method="nat",
+            tie="cell",
+            test_acc=0.5 + 0.1 * seed,
+            changes="none=1,skip-none=2" if dead else "identity=1",
+            dead_joins=dead,
+            margins={},
+            **choice({"a": "none", "b": "none", "c": "none"} if dead else {"a": "identity"}),
+        )
+    report = aggregate(study)
+    assert "NAT (adapted)" in report.markdown.split("### Table 2")[0]
+    choices = report.markdown.split("### Edge choices")[1].split("###")[0]
+    line = next(x for x in choices.splitlines() if x.startswith("| resnet20 | NAT"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # after edges and the counts per choice: changes by kind, dead joins (means per seed)
+    assert cells[6:8] == ["identity 0.3, none 0.7, skip-none 1.3", "1.0"]
+    sure = report.markdown.split("### How sure DNAT was")[1].split("###")[0]
+    assert "NAT (adapted)" not in sure
