@@ -8,7 +8,10 @@ Per training step on one fixed batch (forward, backward, optimizer step), interl
 - fxdnat, original: the engine's step training the untouched traced model (our loop's cost);
 - stage 1, alternate: ω step, then θ step on the same batch (the paper's update);
 - stage 1, joint: one backward for ω and θ;
-- stage 2: the engine's step on finalize(all "same"), the network stage's module.
+- stage 2: the engine's step on finalize(all "same"), the network stage's module;
+- NAT search, weight / policy step: the NAT baseline's two steps (``--method nat``): an SGD
+  step of the supernet on a drawn architecture; a REINFORCE step (the source's and a sampled
+  architecture's forwards with batch statistics, the policy's forward and backward).
 
 Per epoch (data loading included): the engine's ``train_epoch`` training the untouched model
 against a minimal loop over the same loader. Targets (issue #4): alternate ≤ 2.1×, joint ≤ 1.10×,
@@ -72,6 +75,17 @@ def engine_step(t: Trainer, x, y) -> Callable[[], None]:
     return lambda: t.train_step(x, y)
 
 
+def nat_steps(t: Trainer, x, y) -> dict[str, Callable[[], None]]:
+    """NAT's search steps on one fixed batch, as its search epochs run them."""
+    t.dnat.module.train()
+    draws = torch.Generator().manual_seed(0)
+    search, clip = t.search, t.recipe.grad_clip
+    return {
+        "NAT search, weight step": lambda: search.weight_step(x, y, draws, t.opt_w, clip),
+        "NAT search, policy step": lambda: search.policy_step(x, y, draws, 0.0),
+    }
+
+
 def minimal_epoch(model: torch.nn.Module, loader, lr: float, clip: float) -> Callable[[], None]:
     """A minimal hand-written epoch over the same loader."""
     step = _sgd_step(model, lr, clip)
@@ -96,6 +110,7 @@ def measure(model: str, args: argparse.Namespace, tmp: Path) -> dict:
     lr, clip = reference.recipe.lr, reference.recipe.grad_clip
     steps = {"plain": plain_step(_eager_model(model, reference), x, y, lr, clip)}
     steps.update({name: engine_step(t, x, y) for name, t in runs.items()})
+    steps.update(nat_steps(trainer(model, tmp / "nat", method="nat", **common), x, y))
     step_samples = _timing.interleave(
         steps, rounds=args.max_rounds, warmup=args.warmup, min_rounds=args.min_rounds,
         budget_s=args.budget,
@@ -137,7 +152,7 @@ def section(results: list[dict], args: argparse.Namespace, load: tuple[str, str]
             # (noise cannot tell them apart)
             met = target is not None and min(stats.ratio, stats.ratio_ci[0]) <= target
             verdict = "" if target is None else ("met" if met else "MISSED")
-            goal = "baseline" if target is None else f"≤ {target:.2f}×"
+            goal = "baseline" if name == "plain" else "—" if target is None else f"≤ {target:.2f}×"
             rows.append([result["model"], name, *_cell(stats), goal, verdict, str(stats.n)])
     step_table = _report.markdown_table(
         ["model", "step", "ms", "ratio", "95% CI", "target", "", "rounds"], rows, "llrrrlll"

@@ -1,4 +1,5 @@
-"""Plot a run: θ of every group over the architecture stage, learning curves of both stages."""
+"""Plot a run: θ of every group over the architecture stage (NAT: its search), learning curves of
+both stages."""
 
 from __future__ import annotations
 
@@ -105,16 +106,26 @@ def _figure(data: dict, history: torch.Tensor | None, groups: list[Group]):
     shown = _most_moved(history, len(groups)) if history is not None else []
     rows = math.ceil(len(shown) / _COLUMNS)
     columns = min(len(shown), _COLUMNS) or 1
-    figure = plt.figure(figsize=(3.4 * max(columns, 2), 2.3 * rows + 3.4), layout="constrained")
+    searched = [m for m in data["state"].get("metrics") or [] if m["stage"] == "search"]
+    extra = 2.8 if searched else 2.3 * rows
+    figure = plt.figure(figsize=(3.4 * max(columns, 2), extra + 3.4), layout="constrained")
     top, bottom = (
         figure.subfigures(2, 1, height_ratios=[2.3 * rows, 3.4]) if rows else (None, figure)
     )
-    if top is not None:
+    if searched:  # NAT: its search in place of θ
+        top, bottom = figure.subfigures(2, 1, height_ratios=[2.8, 3.4])
+        _search_panel(top, searched)
+    if top is not None and not searched:
         _theta_panels(top, history, groups, shown, columns)
     _curves(bottom, data)
     state = data["state"]
-    stage = {"arch": f"architecture stage, epoch {state['epoch']}", "net": "network stage"}
-    method = "random control" if data.get("method") == "random" else "DNAT"
+    stage = {
+        "search": f"NAT's search, epoch {state.get('search_epoch', 0)}",
+        "arch": f"architecture stage, epoch {state['epoch']}",
+        "net": "network stage",
+    }
+    labels = {"random": "random control", "nat": "NAT (adapted to fxdnat's edges)"}
+    method = labels.get(data.get("method"), "DNAT")
     title = f"{data['model']['spec']}: {method} run ({stage.get(state['stage'], 'finished')})"
     figure.suptitle(title, fontweight="bold")
     return figure
@@ -158,11 +169,29 @@ def _theta_panels(figure, history: torch.Tensor, groups, shown: list[int], colum
     figure.suptitle(f"θ per group over the architecture stage{moved}", fontsize=10)
 
 
+def _search_panel(figure, searched: list[dict]) -> None:
+    """NAT's search per epoch: the source network's accuracy and the sampled architectures'
+    reward over it on the policy split (shared weights), and the policy's entropy."""
+    ax, ax_entropy = figure.subplots(1, 2)
+    epochs = [m["epoch"] for m in searched]
+    ax.plot(epochs, [100 * m["source_acc"] for m in searched], label="source accuracy")
+    ax.plot(epochs, [100 * m["reward"] for m in searched], label="reward (sample − source)")
+    ax.axhline(0, color="#9a9a9a", linewidth=0.8)
+    ax.set_ylabel("points (%)")
+    ax_entropy.plot(epochs, [m["entropy"] for m in searched], color="black")
+    ax_entropy.set_ylabel("policy entropy (nats)")
+    for axis in (ax, ax_entropy):
+        axis.set_xlabel("search epoch")
+        axis.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.suptitle("NAT's search on the policy split (means per epoch)", fontsize=10)
+
+
 def _curves(figure, data: dict) -> None:
     """Accuracy and loss of both stages; a dashed line where finalize cut the network."""
     from matplotlib.ticker import MaxNLocator  # after _figure chose the backend
 
-    metrics = data["state"].get("metrics") or []
+    metrics = [m for m in data["state"].get("metrics") or [] if m["stage"] != "search"]
     ax_acc, ax_loss = figure.subplots(1, 2)
     epochs = [m["epoch"] for m in metrics]
     for split, style in (("train", "--"), ("test", "-")):
