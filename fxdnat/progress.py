@@ -147,6 +147,15 @@ class RichReporter(Reporter):
                 f"test {100 * done['acc_before']:.2f}% → {100 * done['acc_after']:.2f}% "
                 f"(scale {done['scale']})",
             )
+        derived = summary.get("nat")
+        if derived:
+            best = derived["scores"][derived["chosen"]]
+            table.add_row(
+                "NAT derive",
+                f"sample {derived['chosen'] + 1} of {len(derived['scores'])} "
+                f"({100 * best:.1f}% on the policy split), trained from scratch; "
+                f"{len(summary.get('dead_joins') or [])} dead joins",
+            )
         table.add_row("time", f"{summary['seconds']:.0f} s")
         table.add_row("checkpoint", summary["checkpoint"])
         for label, path in summary.get("artifacts", {}).items():

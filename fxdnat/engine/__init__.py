@@ -7,6 +7,7 @@ One module a job:
 - ``trainer``: the epoch loop; every minibatch is one ``fxdnat.DNAT.step`` (fxdnat/dnat.py,
   where θ gets its optimizer and the step is written once);
 - ``stage``: the boundary between the stages — decide, finalize, carry ω's momentum;
+- ``search``: the NAT baseline's search and derive, before its derived network trains;
 - ``state``: what a checkpoint keeps and the run's files (checkpoint, metrics, summary);
 - ``runtime``: device, DDP process group, autocast, RNG state, Ctrl-C;
 - ``divergence``: a loss or gradient that is not finite, found and explained.

@@ -183,6 +183,16 @@ def test_a_diverging_theta_names_thetas_learning_rate(tmp_path):
             "be finite positive numbers",
         ),
         (
+            ["--search-epochs", "3"],
+            "--search-epochs is for --method nat (the NAT baseline) only; this run's method is "
+            "dnat",
+        ),
+        (
+            ["--method", "nat", "--data", "digits-hard", "--recipe", "quick", "--limit", "30"],
+            "NAT's weights split has 12 training examples, fewer than one batch of 16; use more "
+            "data (drop --limit) or a recipe with a smaller NAT batch",
+        ),
+        (
             ["--theta-lr", "inf", "--recipe", "quick"],
             "recipe 'quick' got lr=0.05, theta_lr=inf; learning rates (--lr, --theta-lr) must be "
             "finite positive numbers",
