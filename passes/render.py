@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import graphviz
 from torch import fx
 
-from fxdnat.ir import IDENTITY, NONE, SAME, Edge, within
+from fxdnat.ir import IDENTITY, NONE, SAME, Edge, joins_of, within
 from fxdnat.passes import _graph
 from fxdnat.passes.gate import cell_structures
 
@@ -569,7 +569,8 @@ def _caption(subject: Subject, note: str = "") -> str:
     if subject.status == "untransformed":
         parts.append("untransformed (every edge as built)")
     else:
-        name = "random control" if subject.method == "random" else "DNAT"
+        names = {"random": "random control", "nat": "NAT (adapted)"}
+        name = names.get(subject.method, "DNAT")
         parts.append(f"{name}, tie {subject.tie}" if subject.tie else name)
     if subject.accuracy is not None:
         parts.append(f"test accuracy {100 * subject.accuracy:.1f}%")
@@ -583,9 +584,14 @@ def _caption(subject: Subject, note: str = "") -> str:
     lines = [", ".join(parts)]
     if subject.status != "untransformed":
         detail = ", ".join(f"{counts[c]} {c}" for c in (IDENTITY, NONE) if counts[c])
+        dead = sum(
+            all(subject.decisions.get(e.name) == NONE for e in members)
+            for members in joins_of(subject.edges).values()
+        )
         lines.append(
             f"{changed} of {len(subject.decisions)} edges changed"
             + (f" ({detail})" if detail else "")
+            + (f"; {dead} dead joins (no operand left: a zero tensor flows on)" if dead else "")
         )
     if subject.status == "preferences":
         lines.insert(

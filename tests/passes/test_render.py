@@ -169,3 +169,13 @@ def test_the_pass_imports_no_io_layer():
     io = {"subprocess", "shutil", "os", "fxdnat.checkpoint", "fxdnat.specs", "fxdnat.report"}
     io |= {"fxdnat.frontend", "fxdnat.drawing", "fxdnat.engine"}
     assert not imported & io
+
+
+def test_a_nat_result_is_named_as_such_and_its_dead_joins_counted(subject, tmp_path):
+    import dataclasses
+
+    decisions = {**subject.decisions, "layer1.0:0": "none", "layer1.0:1": "none"}
+    nat = dataclasses.replace(subject, decisions=decisions, method="nat")
+    caption = " ".join(svg_texts(drawing.write(rendering.render(nat), tmp_path / "nat.svg")))
+    assert "NAT (adapted), tie full" in caption
+    assert "1 dead joins (no operand left: a zero tensor flows on)" in caption
