@@ -421,7 +421,7 @@ class Trainer:
         start = time.perf_counter()
         s.derive = self.search.derive()
         s.elapsed += time.perf_counter() - start
-        self.reporter.event("derive", s.derive | {"edges": self.dnat.edges})
+        self.reporter.event("derive", s.derive)
         self._retrain(s.derive["decisions"])
         self._save()
 

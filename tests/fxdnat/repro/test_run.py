@@ -302,7 +302,7 @@ def test_report_reaggregates_a_study(copy):
         ([], "give SPECs and --out DIR (or --report DIR to re-aggregate a study)"),
         (["--report", "nowhere"], "no study folder at nowhere; run `fxdnat repro SPEC --out"),
         (["zoo:resnet20", "--out", "o", "--seeds", "5-1"], "bad seed list '5-1'"),
-        (["zoo:resnet20", "--out", "o", "--methods", "cell,nat"], "unknown method(s) ['nat']"),
+        (["zoo:resnet20", "--out", "o", "--methods", "cell,enas"], "unknown method(s) ['enas']"),
         (["zoo:resnet20", "--out", "o", "--shard", "3/2"], "shard '3/2' does not exist"),
         (
             ["zoo:resnet20", "--out", "o", "--methods", "original,random"],
@@ -435,3 +435,20 @@ def test_with_several_gpus_a_random_run_waits_for_its_dnat_run_only(tmp_path, mo
     assert "start random2" not in events
     record = read(tmp_path / "study" / "resnet20" / "random" / "seed2" / "run.json")
     assert record["error"].startswith("its DNAT run (resnet20 cell seed 2) failed; ")
+
+
+def test_a_study_runs_the_nat_baseline_and_reports_it(tmp_path):
+    """NAT through the harness: its run logs every event (run.json / log.txt), and the report
+    tables it as NAT (adapted) with its dead joins."""
+    out = tmp_path / "study"
+    config = study(
+        out, data="digits-hard", limit=128, batch_size=16, seeds=[1], methods=["original", "nat"],
+        search_epochs=1,
+    )  # fmt: skip
+    results = run_study(config)
+    assert [(r.job.method, r.status) for r in results] == [("original", "done"), ("nat", "done")]
+    summary = read(out / "resnet20" / "nat" / "seed1" / "summary.json")
+    assert summary["method"] == "nat" and isinstance(summary["dead_joins"], list)
+    log = (out / "resnet20" / "nat" / "seed1" / "log.txt").read_text()
+    assert "search_epoch" in log and "derive" in log
+    assert "NAT (adapted)" in aggregate(out).markdown
