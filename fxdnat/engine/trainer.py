@@ -410,6 +410,13 @@ class Trainer:
                     f"interrupted in search epoch {s.search_epoch + 1}; resuming repeats it"
                 )
             record, s.baseline = done
+            if not math.isfinite(record["train_loss"]):  # the epoch is not kept
+                raise divergence.TrainingError(
+                    f"NAT's supernet loss became {record['train_loss']} in search epoch "
+                    f"{s.search_epoch + 1}; the checkpoint after epoch {s.search_epoch} is kept; "
+                    "lower the supernet's learning rate (the recipe's nat.lr, "
+                    f"{self.recipe.nat.lr} now) and rerun"
+                )
             s.search_epoch += 1
             s.elapsed += time.perf_counter() - start
             record = {"epoch": s.search_epoch, "stage": "search", **record}

@@ -238,3 +238,12 @@ def test_the_derived_network_trains_from_scratch_as_the_original_run_of_its_seed
     weights, expected = stored(tmp_path / "nat")[0], stored(tmp_path / "original")[0]
     assert list(weights) == list(expected)
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+def test_a_supernet_that_diverges_stops_the_run_with_what_to_do(tmp_path, monkeypatch):
+    from fxdnat.engine import TrainingError, search
+
+    monkeypatch.setattr(search.Search, "weight_step", lambda *args: float("nan"))
+    with pytest.raises(TrainingError, match="NAT's supernet loss became nan in search epoch 1"):
+        run(config(tmp_path))
+    assert stored(tmp_path / "run")[1]["search_epoch"] == 0  # the last good checkpoint
