@@ -297,7 +297,13 @@ _TRAINING_OPTIONS = (
         show_default=True,
         help="alternate: ω step then θ step per minibatch (the paper); joint: one backward.",
     ),
-    click.option("--epochs", type=click.IntRange(min=1), default=None, help="Total epochs."),
+    click.option(
+        "--epochs",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Total epochs (--method nat: of the derived network, and at most as many search "
+        "epochs unless --search-epochs says).",
+    ),
     click.option(
         "--arch-epochs",
         type=click.IntRange(min=0),
@@ -310,8 +316,18 @@ _TRAINING_OPTIONS = (
         default=None,
         help="ω-only epochs at the start of the architecture stage, before θ trains.",
     ),
-    click.option("--batch-size", type=click.IntRange(min=1), default=None),
-    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="ω's lr."),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Batch of training (NAT's search keeps its recipe's).",
+    ),
+    click.option(
+        "--lr",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="ω's lr (NAT's search keeps its recipe's).",
+    ),
     click.option(
         "--theta-reach",
         type=click.FloatRange(min=0, min_open=True),
@@ -411,7 +427,8 @@ def _training_options(command: Callable) -> Callable:
 )
 @_user_errors
 def transform(spec: str, out: str | None, resume: bool, compile_: bool, **options: Any) -> None:
-    """Transform SPEC with DNAT and train it: architecture stage, finalize, network stage."""
+    """Transform SPEC with DNAT and train it: architecture stage, finalize, network stage
+    (or train it with another --method: original, random, nat)."""
     from fxdnat.engine import Interrupted, RunConfig, TrainingError  # lazy: torch
     from fxdnat.engine import transform as run_transform
     from fxdnat.progress import RichReporter

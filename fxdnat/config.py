@@ -138,6 +138,8 @@ def resolve_recipe(c: RunConfig):
     if c.method in ("original", "nat"):  # no architecture stage: no θ, no warm-up before it
         overrides["arch_epochs"] = overrides["warmup_epochs"] = 0  # (NAT's search is apart)
     nat = {theirs: getattr(c, mine) for mine, theirs in _NAT_FIELDS.items()}
+    if "epochs" in overrides and nat["search_epochs"] is None:  # as --epochs caps DNAT's stage
+        nat["search_epochs"] = min(recipe.nat.search_epochs, overrides["epochs"])
     if any(v is not None for v in nat.values()):
         overrides["nat"] = dataclasses.replace(
             recipe.nat, **{k: v for k, v in nat.items() if v is not None}

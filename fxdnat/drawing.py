@@ -52,9 +52,12 @@ def from_checkpoint(path: str | Path, *, trust_code: bool = False) -> Subject:
     final, decisions, searching = restored.final()  # still searching: what θ prefers now
     status, progress = ("preferences" if searching else "final"), None
     if searching:
-        recipe = data.get("recipe") or {}
-        progress = f"epoch {data['state']['epoch']} of {recipe.get('arch_epochs', '?')}"
-    metrics = data["state"].get("metrics") or []
+        recipe, state = data.get("recipe") or {}, data["state"]
+        progress = f"epoch {state['epoch']} of {recipe.get('arch_epochs', '?')}"
+        if state["stage"] == "search":  # NAT: the source network on the supernet's weights
+            total = (recipe.get("nat") or {}).get("search_epochs", "?")
+            progress = f"NAT's search, epoch {state.get('search_epoch', 0)} of {total}"
+    metrics = [m for m in data["state"].get("metrics") or [] if "test_acc" in m]
     margins = data["state"].get("margins")
     if searching and restored.arch is not None:  # the margins of the preferences shown
         margins = theta_margins(restored.module)

@@ -108,7 +108,14 @@ def _final_network(
     finalized on the decisions its θ makes now."""
     data = ckpt.load(checkpoint)
     gm, decisions, finalized_now = ckpt.restore(data, trust_code=trust_code).final()
-    if finalized_now:
+    if finalized_now and data["state"]["stage"] == "search":
+        log.warning(
+            "%s is from NAT's search (epoch %s): exporting the source network on the "
+            "supernet's weights",
+            checkpoint,
+            data["state"].get("search_epoch"),
+        )
+    elif finalized_now:
         log.warning(
             "%s is from the architecture stage (epoch %s): exporting its current decisions",
             checkpoint,

@@ -180,9 +180,12 @@ def reinforce_loss(
     return -drawn.log_prob * (reward - baseline) - entropy_weight * drawn.entropy
 
 
-def moving_average(baseline: float, reward: float, decay: float) -> float:
-    """NAT's baseline after a reward: an exponential moving average (decay 0.99)."""
-    return decay * baseline + (1 - decay) * reward
+def update_baseline(baseline: float, reward: float, decay: float) -> float:
+    """NAT's baseline after a reward: an exponential moving average (decay 0.99) of the
+    *advantage* reward − baseline, as NAT's code computes it (``Transformer.update_baseline``
+    is handed the reward minus the baseline), not of the reward: the baseline settles at about
+    half the mean reward, b ← (2·decay − 1)·b + (1 − decay)·reward."""
+    return decay * baseline + (1 - decay) * (reward - baseline)
 
 
 def decisions_of(rows: torch.Tensor, edges: Sequence[Edge], groups: Sequence[int]) -> dict:

@@ -124,7 +124,7 @@ def _figure(data: dict, history: torch.Tensor | None, groups: list[Group]):
         "arch": f"architecture stage, epoch {state['epoch']}",
         "net": "network stage",
     }
-    labels = {"random": "random control", "nat": "NAT (adapted to fxdnat's edges)"}
+    labels = {"random": "random control", "nat": "NAT (adapted)"}
     method = labels.get(data.get("method"), "DNAT")
     title = f"{data['model']['spec']}: {method} run ({stage.get(state['stage'], 'finished')})"
     figure.suptitle(title, fontweight="bold")
@@ -172,6 +172,8 @@ def _theta_panels(figure, history: torch.Tensor, groups, shown: list[int], colum
 def _search_panel(figure, searched: list[dict]) -> None:
     """NAT's search per epoch: the source network's accuracy and the sampled architectures'
     reward over it on the policy split (shared weights), and the policy's entropy."""
+    from matplotlib.ticker import MaxNLocator  # after _figure chose the backend
+
     ax, ax_entropy = figure.subplots(1, 2)
     epochs = [m["epoch"] for m in searched]
     ax.plot(epochs, [100 * m["source_acc"] for m in searched], label="source accuracy")
@@ -182,6 +184,7 @@ def _search_panel(figure, searched: list[dict]) -> None:
     ax_entropy.set_ylabel("policy entropy (nats)")
     for axis in (ax, ax_entropy):
         axis.set_xlabel("search epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     ax.legend(fontsize=8)
     figure.suptitle("NAT's search on the policy split (means per epoch)", fontsize=10)

@@ -29,6 +29,15 @@ class RichReporter(Reporter):
             f"{rows}, {r['epochs']} epochs ({r['arch_epochs']} architecture), "
             f"batch {r['batch_size']}, {info['device']}{world}{resumed}"
         )
+        if info["method"] == "nat":
+            n = r["nat"]
+            self.console.print(
+                f"NAT: {n['search_epochs']} search epochs first (supernet weights on "
+                f"{100 * n['weight_split']:.0f} % of the training set, trained on "
+                f"{n['weight_archs']} architectures; policy on the rest; batch {n['batch_size']}),"
+                f" then the best of {n['derive_samples']} samples trains from scratch",
+                highlight=False,
+            )
         reach = info.get("reach") or {}
         if reach.get("theta_steps"):
             self.console.print(

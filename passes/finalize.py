@@ -30,7 +30,7 @@ from torch import fx
 from fxdnat.arch import Architecture, dnat_mix
 from fxdnat.frontend import memory
 from fxdnat.frontend.functionalize import INPLACE, reinplace_
-from fxdnat.ir import CHOICES, IDENTITY, META_KEY, NONE, SAME, SCALES
+from fxdnat.ir import CHOICES, IDENTITY, META_KEY, NONE, SAME, SCALES, Edge
 from fxdnat.mix import Tree
 from fxdnat.passes import _graph
 from fxdnat.passes._fold import fold_scale_
@@ -83,7 +83,8 @@ def finalize(
             _merge_dropped(mix, arch, theta, decisions, coefficients)
     for mix in mixes:
         factors = _fold(final, mix, decisions, coefficients, folded)
-        created = _write_back(mix, decisions, named, writes, factors, allow_dead)
+        edges = {e.name: e for e in arch.edges} if allow_dead else None
+        created = _write_back(mix, decisions, named, writes, factors, edges)
         fresh |= created
         if mix not in live:  # a join nobody read: its adds were dead code, which stays
             dead_before |= created
@@ -205,11 +206,12 @@ def _write_back(
     named: dict,
     writes: _Writes,
     factors: list[float],
-    allow_dead: bool = False,
+    edges: dict[str, Edge] | None = None,
 ) -> set[fx.Node]:
     """Replace ``mix`` by the sum of its edges' choices, each times its leaf's factor; returns
     the nodes created. Where the sum collapses to an existing value that is written in place
-    later, the value is copied; where nothing is left (``allow_dead``), it is a zero tensor."""
+    later, the value is copied; where nothing is left, it is a zero tensor if dead joins are
+    allowed (``edges``: the edges by name)."""
     (tree, _), tensors = mix.args[1], [_original(t) for t in mix.args[2:]]
     values = [
         _chosen(
@@ -221,8 +223,15 @@ def _write_back(
     ]
     writer = _Sum(mix, named, factors)
     value = writer.emit(tree, values)
-    if value is None and allow_dead:
-        value = writer.zeros_like(_shaped_like(mix, tensors))
+    if value is None and edges is not None:
+        value = _zeros(
+            writer,
+            mix,
+            [
+                _input(edges[leaf.edge], leaf, named, tensors)
+                for leaf in mix.meta[EDGES_META].leaves
+            ],
+        )
     if value is None:
         raise RuntimeError(f"every operand of {mix.name} is 'none'; please report this")
     if value not in writer.created and writes.need_copy(mix, value):
@@ -232,16 +241,30 @@ def _write_back(
     return writer.created
 
 
-def _shaped_like(mix: fx.Node, tensors: list[fx.Node]) -> fx.Node:
-    """A value of the join's shape for its zero: an edge's input x where it has the shape of the
-    branch outputs (x is computed anyway, so the dead branches go), else a branch output."""
-    leaves = mix.meta[EDGES_META].leaves
-    shape = _shape(tensors[leaves[0].same])
-    for leaf in leaves:
-        x = None if leaf.identity is None else tensors[leaf.identity]
-        if x is not None and shape is not None and _shape(x) == shape:
-            return x
-    return tensors[leaves[0].same]
+def _input(edge: Edge, leaf, named: dict, tensors: list[fx.Node]) -> fx.Node:
+    """The value x an edge reads, as the graph holds it now: a skip's operand is x itself; a
+    branch's x is what its first op reads (a join upstream may have been written back since)."""
+    if not edge.nodes:
+        return tensors[leaf.same]
+    first = named[edge.nodes[0]]
+    return next(a for a in first.all_input_nodes if a.op != "get_attr")
+
+
+def _zeros(writer: _Sum, mix: fx.Node, inputs: list[fx.Node]) -> fx.Node:
+    """A dead join's value: zeros of its shape, made from its edges' input x (computed anyway),
+    so that no removed branch is computed for it — ``zeros_like(x)`` where x has the join's
+    shape, else ``x.new_zeros((x.size(0), *shape[1:]))`` (a strided block: the batch follows
+    x). Without a recorded shape, zeros like a branch output (which then stays computed)."""
+    out = _original(mix.args[2 + mix.meta[EDGES_META].leaves[0].same])
+    shape = _shape(out)
+    if shape is None:
+        return writer.zeros_like(out)
+    x = next((t for t in inputs if _shape(t) == shape), None)
+    if x is not None:
+        return writer.zeros_like(x)
+    x = inputs[0]
+    batch = writer.call_method("size", (x, 0))
+    return writer.call_method("new_zeros", (x, (batch, *shape[1:])))
 
 
 def _shape(node: fx.Node) -> tuple | None:
@@ -320,6 +343,10 @@ class _Sum:
     def zeros_like(self, value: fx.Node) -> fx.Node:
         """``torch.zeros_like(value)`` where the mix stood: a dead join's value."""
         return self._create(None, "call_function", torch.zeros_like, (value,))
+
+    def call_method(self, method: str, args: tuple) -> fx.Node:
+        """``args[0].method(*args[1:])`` where the mix stood."""
+        return self._create(None, "call_method", method, args)
 
     def copy(self, value: fx.Node) -> fx.Node:
         """``value.clone()`` where the mix stood."""

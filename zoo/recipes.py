@@ -34,6 +34,7 @@ class NatSchedule:
     policy_lr: float = 3e-4  # Adam
     policy_betas: tuple[float, float] = (0.5, 0.999)
     policy_weight_decay: float = 5e-4
+    policy_grad_clip: float = 5.0  # the policy's gradient norm (NAT's `grad_clip`, DARTS's 5)
     entropy_weight: float = 0.003
     baseline_decay: float = 0.99
     derive_samples: int = 10

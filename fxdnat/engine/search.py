@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fxdnat.data import seed_worker
@@ -34,11 +35,11 @@ from fxdnat.nat import (
     Policy,
     dead_joins,
     decisions_of,
-    moving_average,
     reinforce_loss,
     sample,
     score,
     uniform_rows,
+    update_baseline,
 )
 from fxdnat.zoo.recipes import NatSchedule
 
@@ -48,10 +49,12 @@ _DERIVE = 999_983  # the derive's place among a run's seeded streams (after ever
 
 @dataclass
 class Split:
-    """The training set's two parts: the supernet's weights' and the policy's."""
+    """The training set's two parts: the supernet's weights' and the policy's (in full batches
+    for steps, every example once for the derive's scores)."""
 
     weights: DataLoader
     policy: DataLoader
+    scoring: DataLoader
 
 
 def split_loaders(train: Dataset, schedule: NatSchedule, workers: int) -> Split:
@@ -67,22 +70,22 @@ def split_loaders(train: Dataset, schedule: NatSchedule, workers: int) -> Split:
         if len(indices) < schedule.batch_size:
             raise ValueError(
                 f"NAT's {part} split has {len(indices)} training examples, fewer than one batch "
-                f"of {schedule.batch_size}; use more data (drop --limit) or a recipe with a "
-                "smaller NAT batch"
+                f"of {schedule.batch_size} (the recipe's NAT batch); use more data (drop or "
+                "raise --limit)"
             )
 
-    def loader(indices: list[int]) -> DataLoader:
+    def loader(indices: list[int], whole: bool = False) -> DataLoader:
         return DataLoader(
             Subset(train, indices),
             batch_size=schedule.batch_size,
             shuffle=True,
-            drop_last=True,
+            drop_last=not whole,
             num_workers=workers,
             worker_init_fn=seed_worker,
             generator=torch.Generator(),
         )
 
-    return Split(loader(parts["weights"]), loader(parts["policy"]))
+    return Split(loader(parts["weights"]), loader(parts["policy"]), loader(parts["policy"], True))
 
 
 class Search:
@@ -135,7 +138,7 @@ class Search:
         """One search epoch: a pass of weight steps, then a pass of policy steps. Returns the
         epoch's record (means over its steps) and the baseline after it; None as soon as
         ``stop()`` says so between two steps (the epoch is then to be repeated)."""
-        streams = self._seeded(self.seed * 1_000_003 + epoch)
+        streams = self._seeded(epoch)
         weights = []
         for x, y in self._on(self.split.weights):
             if stop():
@@ -146,7 +149,7 @@ class Search:
             if stop():
                 return None
             reward, source, ent = self.policy_step(x, y, streams, baseline)
-            baseline = moving_average(baseline, reward, self.schedule.baseline_decay)
+            baseline = update_baseline(baseline, reward, self.schedule.baseline_decay)
             rewards.append(reward)
             sources.append(source)
             entropies.append(ent)
@@ -162,13 +165,16 @@ class Search:
         }
         return record, baseline
 
-    def _seeded(self, seed: int) -> torch.Generator:
+    def _seeded(self, epoch: int) -> torch.Generator:
         """Seed the loaders' order, augmentation (torch's global RNG) and the architecture
-        draws (the returned generator) of one epoch or of the derive."""
-        torch.manual_seed(seed)
-        self.split.weights.generator.manual_seed(seed)
-        self.split.policy.generator.manual_seed(seed + 1)
-        return torch.Generator().manual_seed(seed + 2)
+        draws (the returned generator) of one search epoch (or of the derive: ``_DERIVE``),
+        each stream from its own seed."""
+        base = 8 * (self.seed * 1_000_003 + epoch)
+        torch.manual_seed(base)
+        self.split.weights.generator.manual_seed(base + 1)
+        self.split.policy.generator.manual_seed(base + 2)
+        self.split.scoring.generator.manual_seed(base + 3)
+        return torch.Generator().manual_seed(base + 4)
 
     def _on(self, loader: DataLoader):
         for x, y in loader:
@@ -200,6 +206,7 @@ class Search:
         loss = reinforce_loss(drawn, reward, baseline, self.schedule.entropy_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        nn.utils.clip_grad_norm_(self.policy.parameters(), self.schedule.policy_grad_clip)
         self.optimizer.step()
         return reward, source, drawn.entropy.item()
 
@@ -227,7 +234,7 @@ class Search:
         """Sample ``derive_samples`` architectures, score each on the whole policy split, keep
         the best (the first of equals). Returns what the run's state records: the decisions,
         each sample's score and dead joins, and the policy's log-probability of the chosen."""
-        draws = self._seeded(self.seed * 1_000_003 + _DERIVE)
+        draws = self._seeded(_DERIVE)
         with torch.no_grad():
             logits = self.policy().cpu()
         samples = [sample(logits, draws).rows for _ in range(self.schedule.derive_samples)]
@@ -245,13 +252,13 @@ class Search:
         }
 
     def _score(self, rows: torch.Tensor) -> float:
-        """Accuracy of ``rows`` on the whole policy split; every sample sees the same batches
-        and augmentation."""
-        seed = self.seed * 1_000_003 + _DERIVE + 3
+        """Accuracy of ``rows`` on every example of the policy split; every sample sees the
+        same batches and augmentation."""
+        seed = 8 * (self.seed * 1_000_003 + _DERIVE + 1)
         torch.manual_seed(seed)
-        self.split.policy.generator.manual_seed(seed)
+        self.split.scoring.generator.manual_seed(seed + 1)
         correct = seen = 0.0
-        for x, y in self._on(self.split.policy):
+        for x, y in self._on(self.split.scoring):
             correct += self._accuracy(x, y, rows) * len(y)
             seen += len(y)
         return correct / seen

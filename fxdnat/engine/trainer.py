@@ -433,10 +433,11 @@ class Trainer:
         self._save()
 
     def _retrain(self, decisions: dict[str, str]) -> None:
-        """The derived network, built from scratch (the initial weights of an ``original`` run
-        of the same seed), dead joins as NAT leaves them; ω's SGD of the recipe."""
+        """The derived network, built afresh (the initial weights of an ``original`` run of
+        the same seed: random, or published with ``pretrained``), dead joins as NAT leaves
+        them; ω's SGD of the recipe."""
         torch.manual_seed(self.config.seed)
-        _, traced = ckpt.build_traced(self.model_cfg)
+        _, traced = ckpt.build_traced(self.model_cfg, pretrained=self.config.pretrained)
         edges = discover(traced, self.config.granularity)
         gated = gate(traced, edges, tie=self.config.tie)
         final = finalize(gated, decisions, scale="one", allow_dead=True)

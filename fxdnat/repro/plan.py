@@ -94,6 +94,13 @@ class ReproConfig:
                 f"--methods {','.join(self.methods)}: random places as many changes as the DNAT "
                 "run of the same seed; add cell or full, e.g. --methods original,cell,random"
             )
+        unused = [f for f in ("search_epochs", "nat_weights") if getattr(self, f) is not None]
+        if unused and "nat" not in self.methods:  # recorded, they would bind the study
+            options = " and ".join("--" + f.replace("_", "-") for f in unused)
+            raise ValueError(
+                f"{options} set NAT's search, but --methods {','.join(self.methods)} has no nat; "
+                "add nat or drop them"
+            )
         if self.shard is not None:
             i, n = self.shard
             if not 1 <= i <= n:

@@ -54,6 +54,8 @@ class RunLog:
 
     def event(self, name: str, data: dict) -> None:
         self._write(f"{name} {json.dumps(data)}")
+        if name == "search_epoch" and self.reporter is not None:  # NAT's search: its epochs
+            self.reporter.epoch_end(self.job, data)
 
     def finish(self, summary: dict) -> None:
         self._write(f"finish {json.dumps(summary)}")

@@ -455,7 +455,8 @@ def _choices(groups: dict, models: Sequence[str], methods: Sequence[str]) -> tup
         if method != "original"  # the original has no edges to choose
         and (done := [r for r in groups[model, method] if r.status == "done"])
     ]
-    return "\n".join([*_choice_lines(table), "", *_sure_lines(table)]), table
+    sure = _sure_lines(table) if any(row["method"] != "nat" for row in table) else []
+    return "\n".join([*_choice_lines(table), "", *sure]).rstrip(), table
 
 
 def _choice_lines(table: Sequence[dict[str, Any]]) -> list[str]:

@@ -64,7 +64,7 @@ class ReproReporter:
         log.info("[%d/%d] %s: %s", index + 1, total, job, "resuming" if resumed else "training")
 
     def epoch_end(self, job: Job, record: dict) -> None:
-        log.debug("%s: epoch %(epoch)d test acc %(test_acc).4f", job, record)
+        log.debug("%s: epoch %d %s", job, record["epoch"], record["stage"])
 
     def run_end(self, result: RunResult, index: int, total: int) -> None:
         log.info("[%d/%d] %s: %s", index + 1, total, result.job, result.error or result.status)
@@ -84,9 +84,13 @@ class LineReporter(ReproReporter):
         self.write(f"[{index + 1}/{total}] {job}: {'resuming' if resumed else 'training'}")
 
     def epoch_end(self, job: Job, record: dict) -> None:
+        if record["stage"] == "search":  # NAT: the source's accuracy on the policy split
+            result = f"source {100 * record['source_acc']:.2f}% (policy split)"
+        else:
+            result = f"test {100 * record['test_acc']:.2f}%"
         self.write(
-            f"    {job} epoch {record['epoch']} {record['stage']}: "
-            f"test {100 * record['test_acc']:.2f}%, {record['seconds']:.0f} s"
+            f"    {job} epoch {record['epoch']} {record['stage']}: {result}, "
+            f"{record['seconds']:.0f} s"
         )
 
     def run_end(self, result: RunResult, index: int, total: int) -> None:

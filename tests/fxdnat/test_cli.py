@@ -189,8 +189,8 @@ def test_a_diverging_theta_names_thetas_learning_rate(tmp_path):
         ),
         (
             ["--method", "nat", "--data", "digits-hard", "--recipe", "quick", "--limit", "30"],
-            "NAT's weights split has 12 training examples, fewer than one batch of 16; use more "
-            "data (drop --limit) or a recipe with a smaller NAT batch",
+            "NAT's weights split has 12 training examples, fewer than one batch of 16 (the "
+            "recipe's NAT batch); use more data (drop or raise --limit)",
         ),
         (
             ["--theta-lr", "inf", "--recipe", "quick"],

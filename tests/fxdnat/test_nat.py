@@ -75,7 +75,7 @@ def test_reinforce_learns_the_choice_that_is_known_to_be_better():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        baseline = nat.moving_average(baseline, reward, 0.99)
+        baseline = nat.update_baseline(baseline, reward, 0.99)
     probabilities = policy().softmax(1)
     assert probabilities[2, identity] > 0.9
     # the sign: the same loss with the reward negated drives the choice out
@@ -196,7 +196,7 @@ def test_a_dead_join_is_trained_as_nat_emits_it(tmp_path, monkeypatch):
     summary = run(config(tmp_path, search_epochs=1, epochs=1))
     assert len(summary["dead_joins"]) == 1
     network, _ = ckpt.load_network(tmp_path / "run" / "checkpoint.pt")
-    assert any(n.target is torch.zeros_like for n in network.graph.nodes)
+    assert any(n.target in (torch.zeros_like, "new_zeros") for n in network.graph.nodes)
 
 
 class _CtrlC(Reporter):
@@ -247,3 +247,34 @@ def test_a_supernet_that_diverges_stops_the_run_with_what_to_do(tmp_path, monkey
     with pytest.raises(TrainingError, match="NAT's supernet loss became nan in search epoch 1"):
         run(config(tmp_path))
     assert stored(tmp_path / "run")[1]["search_epoch"] == 0  # the last good checkpoint
+
+
+def test_a_dead_join_costs_nothing_of_the_branches_it_lost():
+    """NAT's null edges compute nothing: a dead strided block keeps none of its branch's
+    weights (its zeros take the batch from the block's input)."""
+    from fxdnat import passes, zoo
+    from fxdnat.frontend import trace
+
+    torch.manual_seed(0)
+    model = zoo.create_model("resnet20", num_classes=10, input_size=8).eval()
+    gm = trace(model, torch.zeros(1, 3, 8, 8))
+    gated = passes.gate(gm, passes.discover(gm), tie="full")
+    decisions = {"layer2.0:0": "none", "layer2.0:1": "none"}  # a strided block, both edges
+    gated.arch.assign(decisions)
+    final = passes.finalize(gated, decisions, scale="one", allow_dead=True)
+    assert not any(name.startswith("layer2.0.") for name, _ in final.named_parameters())
+    x = torch.randn(5, 3, 8, 8)
+    torch.testing.assert_close(final(x), gated(x))
+
+
+def test_epochs_cap_the_search_as_they_cap_dnats_stage_unless_search_epochs_says():
+    from fxdnat.config import resolve_recipe
+
+    def search(**fields):
+        return resolve_recipe(RunConfig(**{**fields, "spec": "zoo:resnet20", "out": "o",
+                                           "data": "digits-hard", "recipe": "quick",
+                                           "method": "nat"})).nat.search_epochs  # fmt: skip
+
+    assert search() == 80
+    assert search(epochs=10) == 10
+    assert search(epochs=10, search_epochs=30) == 30

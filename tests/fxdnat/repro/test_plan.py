@@ -128,3 +128,8 @@ def test_a_nat_job_runs_the_nat_baseline_and_only_it_gets_natsoptions(tmp_path):
     assert (runs["nat"].search_epochs, runs["nat"].nat_weights) == (3, "source")
     for method in ("original", "full"):  # they would refuse NAT's options
         assert (runs[method].search_epochs, runs[method].nat_weights) == (None, None)
+
+
+def test_nats_options_without_the_nat_method_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="--search-epochs set NAT's search, but --methods"):
+        ReproConfig(["zoo:resnet20"], str(tmp_path), methods=["original"], search_epochs=2)
