@@ -24,9 +24,12 @@ class RichReporter(Reporter):
         resumed = f", resumed after epoch {info['resumed_at']}" if info["resumed_at"] else ""
         rows = f" ({info['groups']} θ rows, tie {info['tie']})" if info["groups"] else ""
         world = f" ×{info['world']}" if info["world"] > 1 else ""
+        stages = f"{r['arch_epochs']} architecture"
+        if info["method"] == "nat":
+            stages = f"after {r['nat']['search_epochs']} of NAT's search"
         self.console.print(
             f"[bold]{info['spec']}[/] {info['method']} on {info['data']}: {info['edges']} edges"
-            f"{rows}, {r['epochs']} epochs ({r['arch_epochs']} architecture), "
+            f"{rows}, {r['epochs']} epochs ({stages}), "
             f"batch {r['batch_size']}, {info['device']}{world}{resumed}"
         )
         if info["method"] == "nat":
