@@ -120,6 +120,7 @@ class Trainer:
         self.opt_w: torch.optim.SGD | None = None
         self.opt_theta: torch.optim.Adam | None = None
         self.search: nat_search.Search | None = None  # NAT's policy, while it searches
+        self.policy_state = stored.get("nat") if stored else None  # NAT's, once searched
         if stored is None and self.state.stage == "arch" and self.recipe.arch_epochs == 0:
             self._finalize(before=None)
         self.drop_path = zoo.set_drop_path_prob(self.dnat.module, 0.0) > 0
@@ -444,7 +445,7 @@ class Trainer:
         self.dnat = DNAT.from_module(final, traced=traced, edges=edges)
         s = self.state
         s.decisions, s.stage, s.finalize = decisions, "net", {"scale": "one"}
-        self.search = None
+        self.policy_state, self.search = self.search.state_dict(), None
         self.drop_path = zoo.set_drop_path_prob(self.dnat.module, 0.0) > 0
         self._place()
         self._optimizers(None)
@@ -507,8 +508,10 @@ class Trainer:
             self.opt_theta,
             default_scale=stage.scale(self.config, self.recipe),
         )
-        if self.search is not None:  # NAT's policy and its optimizer, while it searches
+        if self.search is not None:  # NAT's policy and its optimizer (kept once searched)
             data["nat"] = self.search.state_dict()
+        elif self.policy_state is not None:
+            data["nat"] = self.policy_state
         ckpt.save(self.out / CHECKPOINT, data)
 
     def _summary(self) -> dict:

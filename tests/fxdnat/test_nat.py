@@ -157,6 +157,7 @@ def test_a_nat_run_searches_derives_and_trains_the_derived_network_from_scratch(
         [Edge.from_dict(e) for e in data["edges"]], data["decisions"]
     )
     assert summary["nat"]["scores"] == derive["scores"]
+    assert set(data["nat"]) == {"policy", "optimizer"}  # the searched policy stays with the run
     network, _ = ckpt.load_network(out / "checkpoint.pt")
     assert not hasattr(network, "arch")  # the retrained network is clean
 
