@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from fxdnat.zoo import Recipe, get_recipe, list_recipes
+from fxdnat.zoo.recipes import NatSchedule
 
 NAS_EXTRAS = {"cutout": 16, "auxiliary_weight": 0.4, "drop_path_prob": 0.2}
 
@@ -79,11 +80,26 @@ def test_quick_recipe():
         theta_lr=0.01,
         warmup_epochs=10,
         theta_reach=30.0,
+        nat=NatSchedule(search_epochs=80, batch_size=16),
     )
     # on 32-px digits the earlier quick run, whose θ cannot reach a change (lr·T 1.3)
     digits = get_recipe("quick", dataset="digits")
     assert (digits.epochs, digits.arch_epochs, digits.batch_size) == (15, 6, 64)
     assert (digits.warmup_epochs, digits.theta_lr, digits.theta_reach) == (0, 0.01, None)
+    assert (digits.nat.search_epochs, digits.nat.batch_size) == (6, 64)
+
+
+def test_the_paper_recipe_states_nats_reference_search():
+    nat = get_recipe("paper").nat
+    assert (nat.search_epochs, nat.batch_size, nat.weight_split, nat.derive_samples) == (
+        100,
+        64,
+        0.4,
+        10,
+    )
+    assert (nat.lr, nat.momentum, nat.weight_decay) == (0.01, 0.9, 3e-4)
+    assert (nat.policy_lr, nat.policy_betas, nat.policy_weight_decay) == (3e-4, (0.5, 0.999), 5e-4)
+    assert (nat.entropy_weight, nat.baseline_decay, nat.policy_grad_clip) == (0.003, 0.99, 5.0)
 
 
 def test_the_paper_recipe_keeps_the_papers_theta_reach_on_cifar10():
