@@ -21,6 +21,7 @@ stage 2 1.00×, our loop ≤ 1.03×.
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +87,15 @@ def nat_steps(t: Trainer, x, y) -> dict[str, Callable[[], None]]:
     }
 
 
+def nat_trainer(model: str, out: Path, reference: Trainer, args: argparse.Namespace) -> Trainer:
+    """A NAT run's trainer. Its split needs a full NAT batch in each part, so it may read more
+    examples than ``--limit``; its loaders are not timed (the steps run on the fixed batch)."""
+    nat = reference.recipe.nat
+    part = min(nat.weight_split, 1 - nat.weight_split)
+    limit = max(args.limit, math.ceil(nat.batch_size / part) + 1)
+    return trainer(model, out, args.batch, limit, method="nat")
+
+
 def minimal_epoch(model: torch.nn.Module, loader, lr: float, clip: float) -> Callable[[], None]:
     """A minimal hand-written epoch over the same loader."""
     step = _sgd_step(model, lr, clip)
@@ -110,7 +120,7 @@ def measure(model: str, args: argparse.Namespace, tmp: Path) -> dict:
     lr, clip = reference.recipe.lr, reference.recipe.grad_clip
     steps = {"plain": plain_step(_eager_model(model, reference), x, y, lr, clip)}
     steps.update({name: engine_step(t, x, y) for name, t in runs.items()})
-    steps.update(nat_steps(trainer(model, tmp / "nat", method="nat", **common), x, y))
+    steps.update(nat_steps(nat_trainer(model, tmp / "nat", reference, args), x, y))
     step_samples = _timing.interleave(
         steps, rounds=args.max_rounds, warmup=args.warmup, min_rounds=args.min_rounds,
         budget_s=args.budget,
