@@ -4,7 +4,10 @@ for both.
 
 A study folder holds ``OUT/repro.json`` (the manifest), ``OUT/report.md`` with its CSVs and
 plots, and one folder per run, ``OUT/<model>/<method>/seed<k>/``, with the engine's files and the
-harness's ``run.json``.
+harness's ``run.json``. A run of a budget sweep (``--budgets``) has the budget in its method's
+folder name after an ``@``, ``OUT/<model>/<method>@flops=0.6/seed<k>/``: the engine's canonical
+budget text, so the name reads as the run's ``--budget`` and needs no escaping (letters, digits,
+``=``, ``.``, ``,``).
 """
 
 from __future__ import annotations
@@ -15,16 +18,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fxdnat._files import CHECKPOINT, METRICS, SUMMARY
+from fxdnat.config import format_budget, parse_budget
 from fxdnat.ir import TIES
 
 __all__ = ["CHECKPOINT", "METRICS", "SUMMARY"]  # a run's files, as the study reads them
 
 DNAT_METHODS: tuple[str, ...] = TIES  # DNAT, by θ's tie; a random run copies the first listed
-STUDY_METHODS = ("original", *DNAT_METHODS, "random", "nat")
+STUDY_METHODS = ("original", *DNAT_METHODS, "random", "nat", "prune")
 """What a study compares, each a run folder's name: the original model, DNAT with each θ tie,
-the random control, the NAT baseline. Not :data:`fxdnat.ir.METHODS`, what one run trains: a
-study's ``cell`` and ``full`` runs are both ``--method dnat``."""
+the random control, the NAT baseline, contribution pruning (a budget sweep's only). Not
+:data:`fxdnat.ir.METHODS`, what one run trains: a study's ``cell`` and ``full`` runs are both
+``--method dnat``."""
+BUDGET_METHODS = (*DNAT_METHODS, "prune", "random")
+"""The study methods a budget sweep runs at each budget below 1 (the others have no cost term:
+original and nat run once, unconstrained)."""
 DEFAULT_METHODS = ("original", "cell", "full")  # `fxdnat repro`'s --methods default
+METHOD_LABELS = {
+    "original": "original",
+    "cell": "DNAT cell",
+    "full": "DNAT full",
+    "random": "random (control)",
+    "nat": "NAT (adapted)",  # NAT's policy on fxdnat's edges, not NAT's DARTS-cell code
+    "prune": "prune (contribution)",  # the smallest ‖op(x)‖ / ‖x + op(x)‖ go, to fit the budget
+}
 
 MANIFEST, REPORT = "repro.json", "report.md"
 RUN_RECORD, RUN_LOG = "run.json", "log.txt"
@@ -35,6 +51,27 @@ def model_name(spec: str) -> str:
     """The folder and table name of a spec: "zoo:resnet20" → "resnet20"."""
     name = spec.split(":")[-1]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+
+
+def run_folder(method: str, budget: str | None = None) -> str:
+    """The folder of a method's runs below its model: "cell", or "cell@flops=0.6" at a budget
+    (canonical text, as `fxdnat.config.format_budget` writes it)."""
+    return method if budget is None else f"{method}@{budget}"
+
+
+def parse_run_folder(name: str) -> tuple[str, str | None] | None:
+    """`run_folder`'s inverse: "cell@flops=0.6" → ("cell", "flops=0.6"), "cell" → ("cell",
+    None); None for a folder that holds no study method's runs (a budget must be canonical)."""
+    method, at, budget = name.partition("@")
+    if method not in STUDY_METHODS:
+        return None
+    if not at:
+        return method, None
+    try:
+        canonical = format_budget(parse_budget(budget))
+    except ValueError:
+        return None
+    return (method, budget) if canonical == budget else None
 
 
 def random_source(methods: Sequence[str]) -> str | None:

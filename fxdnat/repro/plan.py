@@ -4,6 +4,13 @@ trains. A study (``ReproConfig``) is every spec × method × seed; each is a ``J
 the jobs among launchers, and ``claim`` writes the study's manifest ``OUT/repro.json``, or
 refuses a command that would mix two studies in one folder.
 
+A budget sweep (``budgets``, fractions of the original network's cost in one resource) runs,
+at each budget below 1, every method that can meet one (cell and full: DNAT with a cost term;
+prune; random: decisions drawn to fit it) in ``OUT/<model>/<method>@flops=0.6/seed<k>/``. The
+budget 1 is the unconstrained point, the plain study's own folders: cell and full without a
+budget when 1 is listed, and original and nat, which have no cost term, once whatever the
+budgets. A budgeted random run pairs with no DNAT run.
+
 The ``random`` method is the control: a random run of (model, seed) makes as many identity and
 none changes as the DNAT run of the same model and seed (the study's ``cell`` run, else its
 ``full`` run), placed at random. It reads those counts from that run's summary, so it runs after
@@ -25,9 +32,10 @@ from typing import Any
 
 from fxdnat import __version__
 from fxdnat._files import write_json
-from fxdnat.config import RunConfig, resolve_recipe
-from fxdnat.ir import IDENTITY, NONE, Device, Granularity, NatWeights, Update
+from fxdnat.config import RunConfig, format_budget, resolve_recipe
+from fxdnat.ir import IDENTITY, NONE, RESOURCES, Device, Granularity, NatWeights, Resource, Update
 from fxdnat.repro.layout import (
+    BUDGET_METHODS,
     CHECKPOINT,
     DEFAULT_METHODS,
     DNAT_METHODS,
@@ -38,11 +46,25 @@ from fxdnat.repro.layout import (
     model_name,
     random_source,
     read_json,
+    run_folder,
 )
 
-# ReproConfig fields that say where and how a study runs, not what it computes: a rerun may
-# change them freely; every other field must match the study already in the folder
-_WHERE = ("specs", "out", "seeds", "methods", "data_dir", "download", "device", "workers", "shard")
+# ReproConfig fields that say where and how a study runs, or which runs (a budget names its
+# runs' folders), not what a run computes: a rerun may change them freely; every other field
+# must match the study already in the folder
+_WHERE = (
+    "specs",
+    "out",
+    "seeds",
+    "methods",
+    "budgets",
+    "budget_resource",
+    "data_dir",
+    "download",
+    "device",
+    "workers",
+    "shard",
+)
 
 
 @dataclass
@@ -53,6 +75,9 @@ class ReproConfig:
     out: str
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])  # the paper: five seeds
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    # a budget sweep: fractions in (0, 1] of the original's cost, 1 the unconstrained point
+    budgets: list[float] | None = None  # kept in decreasing order
+    budget_resource: Resource = "flops"  # what the budgets bound
     data: str = "digits"
     data_dir: str | None = None
     download: bool = False
@@ -89,10 +114,16 @@ class ReproConfig:
                 f"unknown method(s) {unknown or self.methods}; expected some of "
                 f"{', '.join(STUDY_METHODS)}, e.g. --methods original,cell,full"
             )
-        if "random" in self.methods and random_source(self.methods) is None:
+        self._check_budgets()
+        if (
+            "random" in self.methods
+            and self.budgets is None
+            and random_source(self.methods) is None
+        ):
             raise ValueError(
                 f"--methods {','.join(self.methods)}: random places as many changes as the DNAT "
-                "run of the same seed; add cell or full, e.g. --methods original,cell,random"
+                "run of the same seed; add cell or full, e.g. --methods original,cell,random "
+                "(or sweep budgets, where random draws decisions that fit each: --budgets)"
             )
         unused = [f for f in ("search_epochs", "nat_weights") if getattr(self, f) is not None]
         if unused and "nat" not in self.methods:  # recorded, they would bind the study
@@ -115,6 +146,47 @@ class ReproConfig:
                 "once"
             )
 
+    def _check_budgets(self) -> None:
+        """Budgets in (0, 1], none repeated, kept in decreasing order (every launcher of a
+        sharded sweep then lists the same jobs); prune needs a budget below 1, and a sweep a
+        method that meets one."""
+        methods = ",".join(self.methods)
+        if self.budget_resource not in RESOURCES:
+            raise ValueError(
+                f"unknown budget resource {self.budget_resource!r}; expected one of "
+                f"{', '.join(RESOURCES)}"
+            )
+        if self.budgets is None:
+            if "prune" in self.methods:
+                raise ValueError(
+                    f"--methods {methods}: prune removes the least-contributing branches until "
+                    "the network fits a budget; sweep some, e.g. --budgets 1.0,0.8,0.6,0.4"
+                )
+            return
+        if not self.budgets or not all(0 < b <= 1 for b in self.budgets):
+            raise ValueError(
+                f"budgets {self.budgets} must be fractions in (0, 1] of the original's cost, "
+                "e.g. --budgets 1.0,0.8,0.6,0.4"
+            )
+        texts = Counter(f"{b:g}" for b in self.budgets)  # two that print alike share a folder
+        twins = sorted(text for text, count in texts.items() if count > 1)
+        if twins:
+            raise ValueError(f"budgets {self.budgets} repeat {', '.join(twins)}; give each once")
+        self.budgets = sorted(map(float, self.budgets), reverse=True)
+        budgeted = [m for m in self.methods if m in BUDGET_METHODS]
+        if not budgeted:
+            raise ValueError(
+                f"--budgets: --methods {methods} has no method that meets a budget; add "
+                f"some of {', '.join(BUDGET_METHODS)}, e.g. --methods original,cell,prune,random"
+            )
+        below = [m for m in budgeted if m in ("prune", "random")]
+        if below and min(self.budgets) == 1:
+            raise ValueError(
+                f"--budgets {_fractions(self.budgets)}: {' and '.join(below)} run at budgets "
+                "below 1 only (the unconstrained network is the original); add one, e.g. "
+                "--budgets 1.0,0.6"
+            )
+
     def settings(self) -> dict[str, Any]:
         """What the runs compute (stored in the manifest; a rerun must not change it)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in _WHERE}
@@ -128,6 +200,7 @@ class Job:
     method: str  # one of STUDY_METHODS
     seed: int
     pairs_with: str | None = None  # a random job: the DNAT method whose changes it copies
+    budget: str | None = None  # a sweep's job below 1: its RunConfig.budget, "flops=0.6"
 
     @property
     def model(self) -> str:
@@ -135,8 +208,9 @@ class Job:
 
     @property
     def source(self) -> Job | None:
-        """The DNAT run a random job copies its number of changes from."""
-        if self.method != "random":
+        """The DNAT run a random job copies its number of changes from; a random job at a budget
+        copies none (it draws decisions that fit the budget)."""
+        if self.method != "random" or self.budget is not None:
             return None
         if self.pairs_with not in DNAT_METHODS:
             raise ValueError(
@@ -145,10 +219,10 @@ class Job:
         return Job(self.spec, self.pairs_with, self.seed)
 
     def folder(self, out: str | Path) -> Path:
-        return Path(out) / self.model / self.method / f"seed{self.seed}"
+        return Path(out) / self.model / run_folder(self.method, self.budget) / f"seed{self.seed}"
 
     def __str__(self) -> str:
-        return f"{self.model} {self.method} seed {self.seed}"
+        return f"{self.model} {run_folder(self.method, self.budget)} seed {self.seed}"
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -176,6 +250,24 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
+def parse_budgets(text: str) -> list[float]:
+    """ "1.0,0.8,0.6" → [1.0, 0.8, 0.6]: a sweep's budgets, fractions of the original's cost."""
+    budgets = []
+    for part in text.split(","):
+        try:
+            budgets.append(float(part))
+        except ValueError:
+            raise ValueError(
+                f"bad budget list {text!r}: {part.strip()!r} is no number; write fractions in "
+                "(0, 1] of the original's cost, e.g. 1.0,0.8,0.6,0.4"
+            ) from None
+    return budgets
+
+
+def _fractions(budgets: Sequence[float]) -> str:
+    return ",".join(f"{b:g}" for b in budgets)
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """ "2/4" → (2, 4): the second of four slices."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
@@ -190,7 +282,15 @@ def parse_shard(text: str) -> tuple[int, int]:
 def jobs(config: ReproConfig) -> list[Job]:
     """The study's runs: models in the order given, then seeds, then methods, so that a
     cut-short study already holds every method for its first seeds. Random comes last for its
-    seed, whatever the order given: it copies the changes of that seed's DNAT run."""
+    seed, whatever the order given: it copies the changes of that seed's DNAT run. A budget
+    sweep goes budget by budget within a seed, the unconstrained point first (`_sweep`)."""
+    if config.budgets is not None:
+        return [
+            job
+            for spec in config.specs
+            for seed in config.seeds
+            for job in _sweep(config, spec, seed)
+        ]
     source = random_source(config.methods)
     methods = sorted(config.methods, key=lambda m: m == "random")  # stable: the rest as given
     return [
@@ -199,6 +299,26 @@ def jobs(config: ReproConfig) -> list[Job]:
         for seed in config.seeds
         for method in methods
     ]
+
+
+def _sweep(config: ReproConfig, spec: str, seed: int) -> list[Job]:
+    """One seed's runs of a budget sweep: unconstrained, original and nat (no cost term: once,
+    whatever the budgets) and cell and full if 1 is a budget; then, at each budget below 1, the
+    methods that meet one, in the order given."""
+    unconstrained = [
+        m
+        for m in config.methods
+        if m in ("original", "nat") or (m in DNAT_METHODS and 1.0 in config.budgets)
+    ]
+    budgeted = [m for m in config.methods if m in BUDGET_METHODS]
+    return [Job(spec, m, seed) for m in unconstrained] + [
+        Job(spec, m, seed, budget=budget) for budget in _budget_texts(config) for m in budgeted
+    ]
+
+
+def _budget_texts(config: ReproConfig) -> list[str]:
+    """The sweep's budgets below 1 as each run's RunConfig.budget has them: "flops=0.6"."""
+    return [format_budget({config.budget_resource: b}) for b in config.budgets or () if b < 1]
 
 
 def shard(all_jobs: Sequence[Job], i: int, n: int) -> list[Job]:
@@ -220,20 +340,24 @@ def shard(all_jobs: Sequence[Job], i: int, n: int) -> list[Job]:
 def run_config(config: ReproConfig, job: Job) -> RunConfig:
     """The engine's RunConfig for one job: the study's settings that the engine shares by name
     (data, recipe and its overrides, device, ...), and the job's spec, folder, method and seed.
-    A random job also gets its DNAT run's tie and number of changes (`random_changes`)."""
+    A random job also gets its DNAT run's tie and number of changes (`random_changes`); a job
+    of a budget sweep, its budget."""
     shared = {f.name for f in dataclasses.fields(RunConfig)} & {
         f.name for f in dataclasses.fields(ReproConfig)
     }
     shared.discard("out")  # the study's folder; the run's is below it
     if job.method == "original":
         method = {"method": "original", "tie": "cell"}
+    elif job.method in ("random", "prune") and job.budget is not None:
+        # no θ decides: each edge on its own, as a DNAT run of tie full
+        method = {"method": job.method, "tie": "full", "budget": job.budget}
     elif job.method == "random":
         source = job.source
         method = {"method": "random", "tie": source.method, "changes": random_changes(config, job)}
     elif job.method == "nat":  # NAT's genotype is one per cell type: tie cell
         method = {"method": "nat", "tie": "cell"}
     else:
-        method = {"method": "dnat", "tie": job.method}
+        method = {"method": "dnat", "tie": job.method, "budget": job.budget}
     if job.method != "nat":  # NAT's options are refused by the other methods
         shared -= {"search_epochs", "nat_weights"}
     return RunConfig(
@@ -294,11 +418,10 @@ def claim(config: ReproConfig) -> None:
             )
         manifest["recipes"][model] = recipe
     _pair_random(config, manifest)
-    for key, values in (
-        ("specs", config.specs),
-        ("seeds", config.seeds),
-        ("methods", config.methods),
-    ):
+    asked = [("specs", config.specs), ("seeds", config.seeds), ("methods", config.methods)]
+    if config.budgets is not None:  # the budgets below 1 swept, as the folders name them
+        asked.append(("budgets", _budget_texts(config)))
+    for key, values in asked:
         manifest[key] = manifest.get(key, []) + [
             v for v in values if v not in manifest.get(key, [])
         ]
@@ -325,8 +448,8 @@ def _pair_random(config: ReproConfig, manifest: dict[str, Any]) -> None:
     """Record which DNAT runs the study's random runs copy; a command that would pair them with
     the other tie is refused while random runs exist, as the table would mix two controls."""
     source = random_source(config.methods)
-    if "random" not in config.methods or source is None:
-        return
+    if "random" not in config.methods or source is None or config.budgets is not None:
+        return  # a sweep's random runs draw to fit their budget: they copy no run
     stored = manifest.get("random_pairs_with", source)
     made = any(
         any(Path(config.out).glob(f"*/random/seed*/{name}")) for name in (CHECKPOINT, SUMMARY)

@@ -70,6 +70,7 @@ def open_attempt(folder: Path, job: Job, config: ReproConfig, resumed: bool) -> 
         "method": job.method,
         "seed": job.seed,
         "data": config.data,
+        **({"budget": job.budget} if job.budget is not None else {}),
         "attempts": [],
     }
     starts = [a["start_time"] for a in record["attempts"]] + [time.time()]

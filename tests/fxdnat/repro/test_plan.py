@@ -133,3 +133,142 @@ def test_a_nat_job_runs_the_nat_baseline_and_only_it_gets_natsoptions(tmp_path):
 def test_nats_options_without_the_nat_method_are_refused(tmp_path):
     with pytest.raises(ValueError, match="--search-epochs set NAT's search, but --methods"):
         ReproConfig(["zoo:resnet20"], str(tmp_path), methods=["original"], search_epochs=2)
+
+
+# ------------------------------------------------------------------ budget sweeps
+def sweep(out: Path, **overrides) -> ReproConfig:
+    settings = {"seeds": [1], "methods": ["random", "original", "cell", "prune"]}
+    return ReproConfig(
+        ["zoo:resnet20"], str(out), **{**settings, "budgets": [0.6, 1.0, 0.8], **overrides}
+    )
+
+
+def test_a_sweep_runs_the_budgeted_methods_below_1_and_the_unconstrained_point_once(tmp_path):
+    config = sweep(tmp_path)
+    assert config.budgets == [1.0, 0.8, 0.6]  # kept in decreasing order
+    assert [(j.method, j.budget) for j in jobs(config)] == [
+        ("original", None),
+        ("cell", None),  # 1 is listed: cell runs unconstrained too
+        ("random", "flops=0.8"),  # in the order given, paired with nothing
+        ("cell", "flops=0.8"),
+        ("prune", "flops=0.8"),
+        ("random", "flops=0.6"),
+        ("cell", "flops=0.6"),
+        ("prune", "flops=0.6"),
+    ]
+    random_job = jobs(config)[2]
+    assert random_job.source is None
+    assert str(random_job) == "resnet20 random@flops=0.8 seed 1"
+    assert random_job.folder(tmp_path) == tmp_path / "resnet20" / "random@flops=0.8" / "seed1"
+    # without 1, original (and nat) still run once, unconstrained; cell only at its budgets
+    config = sweep(tmp_path, methods=["full", "nat", "original"], budgets=[0.5],
+                   budget_resource="params")  # fmt: skip
+    assert [(j.method, j.budget) for j in jobs(config)] == [
+        ("nat", None),
+        ("original", None),
+        ("full", "params=0.5"),
+    ]
+    assert jobs(config)[2].folder("o") == Path("o/resnet20/full@params=0.5/seed1")
+
+
+def test_a_sweeps_unconstrained_runs_are_the_plain_studys_own(tmp_path):
+    plain = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[1, 2], methods=["original", "cell"])
+    swept = sweep(tmp_path, seeds=[1, 2], methods=["original", "cell"])
+    unconstrained = [j for j in jobs(swept) if j.budget is None]
+    assert unconstrained == jobs(plain)  # so a sweep over a plain study skips its finished runs
+    assert swept.settings() == plain.settings()  # and its manifest accepts the sweep
+
+
+def test_each_sweep_job_gets_its_budget_and_no_pairing(tmp_path):
+    from fxdnat.config import check_method
+    from fxdnat.repro import run_config
+
+    config = sweep(tmp_path, budgets=[1.0, 0.6])
+    runs = {(j.method, j.budget): run_config(config, j) for j in jobs(config)}
+    got = {key: (r.method, r.tie, r.budget, r.changes) for key, r in runs.items()}
+    assert got == {
+        ("original", None): ("original", "cell", None, None),
+        ("cell", None): ("dnat", "cell", None, None),
+        # no DNAT summary exists: a budgeted random run draws to fit its budget
+        ("random", "flops=0.6"): ("random", "full", "flops=0.6", None),
+        ("cell", "flops=0.6"): ("dnat", "cell", "flops=0.6", None),
+        ("prune", "flops=0.6"): ("prune", "full", "flops=0.6", None),
+    }
+    for run in runs.values():
+        check_method(run)  # the engine takes each
+    assert runs["prune", "flops=0.6"].out == str(
+        tmp_path / "resnet20" / "prune@flops=0.6" / "seed1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"budgets": None},
+            "--methods random,original,cell,prune: prune removes the least-contributing branches "
+            "until the network fits a budget; sweep some, e.g. --budgets 1.0,0.8,0.6,0.4",
+        ),
+        ({"budgets": [1.2, 0.5]}, r"budgets [1.2, 0.5] must be fractions in (0, 1] of the"),
+        ({"budgets": [0.0]}, "budgets [0.0] must be fractions in (0, 1]"),
+        ({"budgets": [0.6, 0.6000001]}, "budgets [0.6, 0.6000001] repeat 0.6; give each once"),
+        (
+            {"methods": ["original", "nat"]},
+            "--budgets: --methods original,nat has no method that meets a budget; add some of "
+            "cell, full, prune, random, e.g. --methods original,cell,prune,random",
+        ),
+        (
+            {"budgets": [1]},
+            "--budgets 1: random and prune run at budgets below 1 only (the unconstrained "
+            "network is the original); add one, e.g. --budgets 1.0,0.6",
+        ),
+        ({"budget_resource": "energy"}, "unknown budget resource 'energy'; expected one of flops,"),
+    ],
+)
+def test_a_sweep_that_cannot_run_is_refused(tmp_path, overrides, message):
+    with pytest.raises(ValueError) as error:
+        sweep(tmp_path, **overrides)
+    assert str(error.value).startswith(message)
+
+
+def test_budget_lists_parse_and_random_needs_no_dnat_method_in_a_sweep(tmp_path):
+    from fxdnat.repro.plan import parse_budgets
+
+    assert parse_budgets("1.0,0.8, 0.6") == [1.0, 0.8, 0.6]
+    with pytest.raises(ValueError, match=r"^bad budget list '1,x': 'x' is no number; write"):
+        parse_budgets("1,x")
+    config = sweep(tmp_path, methods=["original", "random"], budgets=[0.5])
+    assert [(j.method, j.budget) for j in jobs(config)] == [
+        ("original", None),
+        ("random", "flops=0.5"),
+    ]
+
+
+def test_shards_slice_a_sweep_round_robin(tmp_path):
+    config = sweep(
+        tmp_path, seeds=[1, 2, 3], methods=["original", "cell", "full", "prune", "random"]
+    )
+    everything = jobs(config)
+    assert len(everything) == 3 * (3 + 2 * 4)  # per seed: 3 unconstrained, 4 at each budget
+    for n in (2, 3, 5):
+        slices = [shard(everything, i, n) for i in range(1, n + 1)]
+        # no budgeted job waits on another: plain round robin, disjoint and covering
+        assert slices == [everything[i::n] for i in range(n)]
+
+
+def test_the_manifest_records_the_swept_budgets_and_a_plain_study_none(tmp_path):
+    from fxdnat.repro.plan import claim
+
+    plain = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[1], methods=["original", "cell"],
+                        epochs=2)  # fmt: skip
+    claim(plain)
+    assert "budgets" not in json.loads((tmp_path / "repro.json").read_text())
+    claim(sweep(tmp_path, epochs=2, budgets=[1.0, 0.8]))
+    claim(sweep(tmp_path, epochs=2, budgets=[0.6, 0.8], budget_resource="params"))
+    manifest = json.loads((tmp_path / "repro.json").read_text())
+    assert manifest["budgets"] == ["flops=0.8", "params=0.8", "params=0.6"]
+    assert manifest["methods"] == ["original", "cell", "random", "prune"]
+    assert "random_pairs_with" not in manifest  # a sweep's random runs copy no run
+    _write_summary(tmp_path / "resnet20" / "prune@flops=0.8" / "seed1", test_acc=0.9)
+    with pytest.raises(ValueError, match=r"holds runs made with epochs=2 \(the study's settings\)"):
+        claim(sweep(tmp_path, epochs=3))
