@@ -9,7 +9,9 @@ modules, one job each:
 - `fxdnat.repro.run`: running the jobs, one after another or one subprocess per GPU, and the
   reporters of their progress (``python -m fxdnat.repro`` is one run's subprocess);
 - `fxdnat.repro.records`: each run's ``run.json``, the record of its attempts and their cost;
-- `fxdnat.repro.report`: the report, ``OUT/report.md`` with its CSVs and plots, without torch.
+- `fxdnat.repro.report`: the report, ``OUT/report.md`` with its CSVs and plots, without torch;
+- `fxdnat.repro.pareto`: accuracy against measured cost over runs (a budget sweep's), the
+  figure the report and ``fxdnat plot RUN...`` draw, without torch.
 
 The names below are imported on first use, as ``fxdnat``'s own are, so that a caller loads only
 the modules it needs: ``fxdnat --help`` the layout, ``fxdnat repro --report`` the layout and the
@@ -25,21 +27,26 @@ from fxdnat._lazy import lazy_exports
 
 # public name -> module that defines it (loaded on first use)
 _LAZY: dict[str, str] = {
+    "BUDGET_METHODS": "fxdnat.repro.layout",
     "DEFAULT_METHODS": "fxdnat.repro.layout",
     "DNAT_METHODS": "fxdnat.repro.layout",
     "STUDY_METHODS": "fxdnat.repro.layout",
+    "METHOD_LABELS": "fxdnat.repro.layout",
     "REPORT": "fxdnat.repro.layout",
+    "CostPoint": "fxdnat.repro.pareto",
+    "CostRun": "fxdnat.repro.pareto",
+    "plot_runs": "fxdnat.repro.pareto",
     "Job": "fxdnat.repro.plan",
     "ReproConfig": "fxdnat.repro.plan",
     "changes_text": "fxdnat.repro.plan",
     "jobs": "fxdnat.repro.plan",
+    "parse_budgets": "fxdnat.repro.plan",
     "parse_methods": "fxdnat.repro.plan",
     "parse_seeds": "fxdnat.repro.plan",
     "parse_shard": "fxdnat.repro.plan",
     "random_changes": "fxdnat.repro.plan",
     "run_config": "fxdnat.repro.plan",
     "shard": "fxdnat.repro.plan",
-    "METHOD_LABELS": "fxdnat.repro.report",
     "MISSING": "fxdnat.repro.report",
     "Agreement": "fxdnat.repro.report",
     "Report": "fxdnat.repro.report",
@@ -55,6 +62,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "BUDGET_METHODS",
     "DEFAULT_METHODS",
     "DNAT_METHODS",
     "METHOD_LABELS",
@@ -62,6 +70,8 @@ __all__ = [
     "REPORT",
     "STUDY_METHODS",
     "Agreement",
+    "CostPoint",
+    "CostRun",
     "Job",
     "LineReporter",
     "Report",
@@ -74,9 +84,11 @@ __all__ = [
     "changes_text",
     "collect",
     "jobs",
+    "parse_budgets",
     "parse_methods",
     "parse_seeds",
     "parse_shard",
+    "plot_runs",
     "random_changes",
     "run_config",
     "run_one",
@@ -85,12 +97,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from fxdnat.repro.layout import DEFAULT_METHODS, DNAT_METHODS, REPORT, STUDY_METHODS
+    from fxdnat.repro.layout import (
+        BUDGET_METHODS,
+        DEFAULT_METHODS,
+        DNAT_METHODS,
+        METHOD_LABELS,
+        REPORT,
+        STUDY_METHODS,
+    )
+    from fxdnat.repro.pareto import CostPoint, CostRun, plot_runs
     from fxdnat.repro.plan import (
         Job,
         ReproConfig,
         changes_text,
         jobs,
+        parse_budgets,
         parse_methods,
         parse_seeds,
         parse_shard,
@@ -99,7 +120,6 @@ if TYPE_CHECKING:
         shard,
     )
     from fxdnat.repro.report import (
-        METHOD_LABELS,
         MISSING,
         Agreement,
         Report,

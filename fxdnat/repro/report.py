@@ -4,7 +4,9 @@ data set and a plot of the per-seed accuracies; safe while the study still runs,
 
 The tables follow the paper (Kim & Lee 2020, Table 1: mean / std / cost over seeds), with DNAT
 against the random control at equal changes, the networks' size, the edge choices with the seeds'
-agreement and how sure DNAT was of them, and θ's reach: when DNAT will change the network.
+agreement and how sure DNAT was of them, and θ's reach: when DNAT will change the network. They
+hold the unconstrained runs; a budget sweep adds accuracy against the measured cost, each
+method at each budget, as a table and a figure (`fxdnat.repro.pareto`).
 """
 
 from __future__ import annotations
@@ -20,27 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fxdnat.ir import CHANGE_KINDS, CHOICES, IDENTITY, NONE, SAME
+from fxdnat.ir import CHANGE_KINDS, CHOICES, IDENTITY, NONE, RESOURCES, SAME
 from fxdnat.reach import NEEDED, NOISY, UNSURE
+from fxdnat.repro import pareto
 from fxdnat.repro.layout import (
     DNAT_METHODS,
     MANIFEST,
+    METHOD_LABELS,
     REPORT,
     RUN_RECORD,
     STUDY_METHODS,
     SUMMARY,
     model_name,
+    parse_run_folder,
     random_source,
     read_json,
+    run_folder,
 )
 
-METHOD_LABELS = {
-    "original": "original",
-    "cell": "DNAT cell",
-    "full": "DNAT full",
-    "random": "random (control)",
-    "nat": "NAT (adapted)",  # NAT's policy on fxdnat's edges, not NAT's DARTS-cell code
-}
 MISSING = "—"  # a report's cell for what no run says (yet)
 
 
@@ -91,6 +90,7 @@ class RunRow:
     method: str
     seed: int
     status: str  # "done", "failed", "interrupted", "killed", "running"
+    budget: str | None = None  # a budget sweep's run below 1: its target, "flops=0.6"
     test_acc: float | None = None  # percent
     wall_seconds: float = 0.0  # the harness's, over every attempt (failed ones cost too)
     train_seconds: float | None = None  # the engine's: training epochs only
@@ -101,6 +101,7 @@ class RunRow:
     changed: dict[str, str] = field(default_factory=dict)
     params: tuple[int | None, int | None] = (None, None)  # before, after
     flops: tuple[int | None, int | None] = (None, None)
+    cost: dict[str, float] = field(default_factory=dict)  # fractions of the original's
     error: str | None = None
     # how sure DNAT was; None where the summary does not say (older fxdnat, original runs)
     tie: str | None = None  # a DNAT or random run's θ tie
@@ -122,16 +123,19 @@ class Report:
 
 
 def collect(out: str | Path) -> list[RunRow]:
-    """Every run folder ``OUT/<model>/<method>/seed<k>`` that holds a summary or a record."""
+    """Every run folder ``OUT/<model>/<method>/seed<k>`` (``<method>@<budget>`` in a budget
+    sweep) that holds a summary or a record."""
     out = Path(out)
     default_data = read_json(out / MANIFEST).get("settings", {}).get("data", "?")
     rows = []
     for folder in sorted(out.glob("*/*/seed*")):
         match = re.fullmatch(r"seed(\d+)", folder.name)
-        if match is None or folder.parent.name not in STUDY_METHODS or not folder.is_dir():
+        method = parse_run_folder(folder.parent.name)
+        if match is None or method is None or not folder.is_dir():
             continue
         row = _row(folder, int(match[1]), default_data)
         if row is not None:
+            row.method, row.budget = method
             rows.append(row)
     return rows
 
@@ -165,6 +169,7 @@ def _row(folder: Path, seed: int, default_data: str) -> RunRow | None:
     row.changed = summary.get("changed", {})
     row.params = (summary.get("params_before"), summary.get("params_after"))
     row.flops = (summary.get("flops_before"), summary.get("flops_after"))
+    row.cost = pareto.measured(summary)
     row.tie = summary.get("tie")
     row.margins, row.flipped = summary.get("margins"), summary.get("flipped")
     row.finalize, row.reach = summary.get("finalize"), summary.get("reach")
@@ -222,13 +227,38 @@ def _headline(rows: Sequence[RunRow]) -> str:
 def _data_section(
     out: Path, data: str, rows: Sequence[RunRow], models: Sequence[str], files: list[Path]
 ) -> str:
+    """One data set's tables: those of the unconstrained runs, with a budget sweep's accuracy
+    against cost after Table 1, then the failures of either."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", data)
+    plain = [r for r in rows if r.budget is None]
+    parts = [f"## {data}"]
+    if plain:  # a sweep of budgeted methods only has none
+        parts += _plain_tables(out, data, stem, plain, models, files)
+    if any(r.budget is not None for r in rows):
+        at = next((k for k, p in enumerate(parts) if p.startswith("### Table 2")), len(parts))
+        parts[at:at] = _cost_section(out, data, stem, rows, models, files)
+    failures = _failures(rows)
+    if failures:
+        parts.append(failures)
+    return "\n\n".join(parts)
+
+
+def _plain_tables(
+    out: Path,
+    data: str,
+    stem: str,
+    rows: Sequence[RunRow],
+    models: Sequence[str],
+    files: list[Path],
+) -> list[str]:
+    """The paper's tables, DNAT against random, sizes, choices, θ's reach and the per-seed
+    plot, each written to its CSV or image in ``out`` (listed in ``files``)."""
     models = [m for m in models if any(r.model == m for r in rows)]
     methods = [m for m in STUDY_METHODS if any(r.method == m for r in rows)]
     groups = {
         (m, k): [r for r in rows if (r.model, r.method) == (m, k)] for m in models for k in methods
     }
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", data)
-    parts = [f"## {data}"]
+    parts = []
     for name, (lines, table) in (
         ("table1", _table1(groups, models, methods)),
         ("random", _versus_random(groups, models, methods)),
@@ -249,10 +279,71 @@ def _data_section(
     _plot(groups, models, methods, data, plot)
     files.append(plot)
     parts.append(f"![per-seed test accuracy on {data}]({plot.name})")
-    failures = _failures(rows)
-    if failures:
-        parts.append(failures)
-    return "\n\n".join(parts)
+    return parts
+
+
+def _cost_section(
+    out: Path,
+    data: str,
+    stem: str,
+    rows: Sequence[RunRow],
+    models: Sequence[str],
+    files: list[Path],
+) -> list[str]:
+    """A budget sweep: every model × method × budget's accuracy against its measured cost, as
+    a table (``cost-DATA.csv``) and a figure against FLOPs (``pareto-DATA.png``)."""
+    order = {m: k for k, m in enumerate(models)}
+    done = sorted(
+        (r for r in rows if r.status == "done" and r.test_acc is not None),
+        key=lambda r: order.get(r.model, len(order)),
+    )
+    found = pareto.points(
+        pareto.CostRun(r.data, r.model, r.method, r.budget, r.test_acc, r.cost) for r in done
+    )
+    if not found:
+        return []
+    lines, table = _cost_table(found)
+    path = out / f"cost-{stem}.csv"
+    _write_csv(path, table)
+    files.append(path)
+    parts = [lines]
+    if any("flops" in p.cost for p in found):  # summaries written before FLOPs were counted
+        title = f"{data}: accuracy against cost (bars: std over seeds; labels: budget)"
+        figure = pareto.draw(found, out / f"pareto-{stem}.png", "flops", title)
+        files.append(figure)
+        parts.append(f"![test accuracy against measured FLOPs on {data}]({figure.name})")
+    return parts
+
+
+def _cost_table(found: Sequence[pareto.CostPoint]) -> tuple[str, list[dict]]:
+    """Per model × method × budget: accuracy mean ± std, each measured cost's mean, seeds."""
+    resources = [r for r in RESOURCES if any(r in p.cost for p in found)]  # latency if timed
+    header = ["model", "method", "budget", "test accuracy (%)"]
+    header += [pareto.RESOURCE_LABELS[r] for r in resources] + ["seeds"]
+    lines = [
+        "### Accuracy against cost: test accuracy (%), mean ± sample std over seeds; the "
+        "trained network's measured cost, a fraction of the original's (mean over seeds)",
+        "",
+        _md_row(header),
+        _md_row(["---"] * len(header)),
+    ]
+    table = []
+    for p in found:
+        std = MISSING if p.acc_std is None else f"{p.acc_std:.2f}"
+        cells = [p.model, METHOD_LABELS.get(p.method, p.method), p.budget or "none"]
+        cells += [f"{p.acc_mean:.2f} ± {std}", *(_num(p.cost.get(r), 3) for r in resources)]
+        lines.append(_md_row([*cells, str(p.seeds)]))
+        row = {"model": p.model, "method": p.method, "budget": p.budget, "seeds": p.seeds}
+        row.update(mean_acc=p.acc_mean, std_acc=p.acc_std)
+        for r in resources:
+            row.update({r: p.cost.get(r), f"{r}_std": p.cost_std.get(r)})
+        table.append(row)
+    lines += [
+        "",
+        "Budget: what the run was asked to fit (none: unconstrained); the costs are what the "
+        "network it emitted measures, so a run may land under its budget.",
+    ]
+    return "\n".join(lines), table
 
 
 def _stats(runs: Sequence[RunRow]) -> dict[str, Any]:
@@ -650,7 +741,8 @@ def _failures(rows: Sequence[RunRow]) -> str:
         return ""
     lines = ["### Runs without a result yet (rerun the same command to retry or resume them)", ""]
     lines += [
-        f"- {r.model} {r.method} seed {r.seed}: {r.status}" + (f" — {r.error}" if r.error else "")
+        f"- {r.model} {run_folder(r.method, r.budget)} seed {r.seed}: {r.status}"
+        + (f" — {r.error}" if r.error else "")
         for r in bad
     ]
     return "\n".join(lines)

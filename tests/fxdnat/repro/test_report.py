@@ -277,3 +277,96 @@ def test_nat_rows_show_changes_by_kind_and_dead_joins_and_no_margins(study):
     assert cells[6:8] == ["identity 0.3, none 0.7, skip-none 1.3", "1.0"]
     sure = report.markdown.split("### How sure DNAT was")[1].split("###")[0]
     assert "NAT (adapted)" not in sure
+
+
+# --------------------------------------------------------------------------- budget sweeps
+def budgeted(target: dict, flops: float, params: float, **emitted) -> dict:
+    """A budgeted run's summary fields: its target, and the measured fractions of the original's
+    cost, both as the engine's "budget" and as sizes after (of 1000 parameters, 2000 FLOPs)."""
+    return {
+        "budget": {"target": target, "emitted": {"flops": flops, "params": params, **emitted}},
+        "params_before": 1000,
+        "params_after": round(1000 * params),
+        "flops_before": 2000,
+        "flops_after": round(2000 * flops),
+    }
+
+
+@pytest.fixture
+def sweep(study) -> Path:
+    """The study swept at flops=0.6 and 0.8 (the 1 point is its unconstrained runs)."""
+    for seed, acc, flops in ((1, 0.91, 0.58), (2, 0.92, 0.59)):
+        run(study, "resnet20/cell@flops=0.6", seed, method="dnat", tie="cell", test_acc=acc,
+            **budgeted({"flops": 0.6}, flops, 0.7))  # fmt: skip
+    for seed, acc in ((1, 0.90), (2, 0.88)):
+        run(study, "resnet20/prune@flops=0.6", seed, method="prune", tie="full", test_acc=acc,
+            **budgeted({"flops": 0.6}, 0.6, 0.65))  # fmt: skip
+    run(study, "resnet20/random@flops=0.6", 1, method="random", tie="full", test_acc=0.85,
+        **budgeted({"flops": 0.6}, 0.55, 0.5, latency=0.7))  # fmt: skip
+    run(study, "resnet20/cell@flops=0.8", 1, method="dnat", tie="cell", test_acc=0.94,
+        **budgeted({"flops": 0.8}, 0.8, 0.9))  # fmt: skip
+    failed = study / "resnet20" / "prune@flops=0.8" / "seed1"
+    failed.mkdir(parents=True)
+    (failed / "run.json").write_text(json.dumps({"status": "failed", "error": "no fit"}))
+    return study
+
+
+def table_lines(markdown: str, heading: str) -> list[str]:
+    section = markdown.split(heading)[1].split("###")[0]
+    return [line for line in section.splitlines() if line.startswith("| ")]
+
+
+def test_a_sweep_tables_accuracy_against_measured_cost_per_method_and_budget(sweep):
+    report = aggregate(sweep)
+    lines = table_lines(report.markdown, "### Accuracy against cost")
+    assert lines[0] == (
+        "| model | method | budget | test accuracy (%) | FLOPs | parameters | latency | seeds |"
+    )
+    assert lines[2:] == [  # models as Table 1 orders them (no manifest: by name)
+        "| old | DNAT cell | none | 80.00 ± 0.00 | — | — | — | 2 |",
+        "| resnet20 | original | none | 91.00 ± 1.00 | 1.000 | 1.000 | — | 3 |",
+        "| resnet20 | DNAT cell | none | 93.33 ± 1.53 | 0.750 | 0.800 | — | 3 |",
+        "| resnet20 | DNAT cell | flops=0.8 | 94.00 ± — | 0.800 | 0.900 | — | 1 |",
+        "| resnet20 | DNAT cell | flops=0.6 | 91.50 ± 0.71 | 0.585 | 0.700 | — | 2 |",
+        "| resnet20 | random (control) | none | 91.50 ± 1.32 | — | — | — | 3 |",
+        "| resnet20 | random (control) | flops=0.6 | 85.00 ± — | 0.550 | 0.500 | 0.700 | 1 |",
+        "| resnet20 | prune (contribution) | flops=0.6 | 89.00 ± 1.41 | 0.600 | 0.650 | — | 2 |",
+    ]
+    # with Table 1, before Table 2; the failed budgeted run is listed with its folder's name
+    assert report.markdown.index("### Accuracy against cost") < report.markdown.index("### Table 2")
+    assert "- resnet20 prune@flops=0.8 seed 1: failed — no fit" in report.markdown
+    rows = read_csv(sweep / "cost-digits.csv")
+    prune = next(r for r in rows if (r["method"], r["budget"]) == ("prune", "flops=0.6"))
+    assert (prune["seeds"], number(prune["flops"]), number(prune["flops_std"])) == ("2", 0.6, 0.0)
+    assert number(prune["std_acc"]) == pytest.approx(statistics.stdev([90, 88]))
+    figure = sweep / "pareto-digits.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure in report.files
+    assert "![test accuracy against measured FLOPs on digits](pareto-digits.png)" in report.markdown
+
+
+def test_the_papers_tables_keep_the_unconstrained_runs_only(sweep):
+    report = aggregate(sweep).markdown
+    table1 = table_lines(report, "### Table 1")
+    assert table1[0] == "| model | original | DNAT cell | random (control) |"  # no prune column
+    assert table1[3].startswith("| resnet20 | 91.00 / 1.00 / ") and "93.33 / 1.53" in table1[3]
+    tables = report.split("### Table 2")[1].split("### Runs without a result")[0]
+    assert "flops=" not in tables and "prune" not in tables
+
+
+def test_a_study_without_budgets_has_no_cost_section(study):
+    report = aggregate(study)
+    assert "Accuracy against cost" not in report.markdown
+    assert not (study / "cost-digits.csv").exists() and not (study / "pareto-digits.png").exists()
+
+
+def test_a_sweep_of_budgeted_runs_only_reports_them(tmp_path):
+    out = tmp_path / "study"
+    run(out, "resnet20/prune@params=0.5", 1, method="prune", test_acc=0.8,
+        **budgeted({"params": 0.5}, 0.7, 0.5))  # fmt: skip
+    report = aggregate(out).markdown
+    assert "### Table 1" not in report
+    lines = table_lines(report, "### Accuracy against cost")
+    assert (
+        lines[2]
+        == "| resnet20 | prune (contribution) | params=0.5 | 80.00 ± — | 0.700 | 0.500 | 1 |"
+    )
