@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,7 +21,7 @@ from fxdnat import __version__
 from fxdnat._files import check_writable, one_line
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.config import RUNTIME, flag
-from fxdnat.ir import DEVICES, GRANULARITIES, METHODS, NAT_WEIGHTS, TIES, UPDATES
+from fxdnat.ir import DEVICES, GRANULARITIES, METHODS, NAT_WEIGHTS, RESOURCES, TIES, UPDATES
 from fxdnat.repro.layout import DEFAULT_METHODS
 
 # what a resumed run may change, as the options that set it (fxdnat.config.RUNTIME)
@@ -553,15 +554,43 @@ def render(
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path())
+@click.argument("sources", nargs=-1, required=True, metavar="CHECKPOINT | RUN...")
 @_output_file("Image file: .png, .svg or .pdf.")
+@click.option(
+    "--cost",
+    type=click.Choice(RESOURCES),
+    default="flops",
+    show_default=True,
+    help="RUNs: the measured cost on the x axis (latency where the runs timed it).",
+)
 @_trust_code
 @_user_errors
-def plot(checkpoint: str, out: str, trust_code: bool) -> None:
-    """Plot θ of every group over the architecture stage and both stages' learning curves."""
-    from fxdnat.plot import plot as plot_run  # lazy: torch, matplotlib
+def plot(sources: tuple[str, ...], out: str, cost: str, trust_code: bool) -> None:
+    """Plot one run's CHECKPOINT: θ of every group over the architecture stage and both stages'
+    learning curves.
 
-    click.echo(f"wrote {plot_run(checkpoint, out, trust_code=trust_code)}")
+    Or plot RUNs (run folders, their summary.json files, study folders): test accuracy against
+    the measured cost of each network, a fraction of the original's, one line per method
+    through its budgets, error bars the std over seeds (a budget sweep's report draws the same).
+    """
+    if _is_checkpoint(sources):
+        if _typed({"cost": "cost"}):
+            raise UserError("--cost is for RUNs' summaries; a checkpoint plots θ and its curves")
+        from fxdnat.plot import plot as plot_run  # lazy: torch, matplotlib
+
+        click.echo(f"wrote {plot_run(sources[0], out, trust_code=trust_code)}")
+        return
+    if trust_code:
+        raise UserError("--trust-code is for a CHECKPOINT; RUNs' summaries run no code")
+    from fxdnat.repro.pareto import plot_runs  # lazy: matplotlib (no torch)
+
+    click.echo(f"wrote {plot_runs(sources, out, cost)}")
+
+
+def _is_checkpoint(sources: tuple[str, ...]) -> bool:
+    """One file that is not a summary: a checkpoint (folders and .json files are RUNs)."""
+    path = Path(sources[0])
+    return len(sources) == 1 and not path.is_dir() and path.suffix.lower() != ".json"
 
 
 @main.command()
@@ -604,7 +633,22 @@ def export(checkpoint: str, out: str, trust_code: bool) -> None:
     help="Comma list: original (the untouched model, same recipe), cell, full (DNAT's θ ties), "
     "random (the control: as many changes as the same seed's run of the first DNAT method listed, "
     "placed at random), nat (the NAT baseline, adapted to fxdnat's edges: search, derive, "
-    "retrain from scratch).",
+    "retrain from scratch), prune (contribution pruning; --budgets only).",
+)
+@click.option(
+    "--budgets",
+    default=None,
+    help="A budget sweep: comma list of fractions of the original's cost, e.g. 1.0,0.8,0.6,0.4. "
+    "At each below 1, cell, full (DNAT with a cost term), prune and random (decisions drawn to "
+    "fit it) run into OUT/<model>/<method>@flops=0.6/seed<k>/; 1 is the unconstrained point "
+    "(cell and full without a budget); original and nat run once.",
+)
+@click.option(
+    "--budget-resource",
+    type=click.Choice(RESOURCES),
+    default="flops",
+    show_default=True,
+    help="What --budgets bound.",
 )
 @_training_options
 @click.option(
@@ -618,13 +662,15 @@ def export(checkpoint: str, out: str, trust_code: bool) -> None:
     "--out",
     type=click.Path(file_okay=False),
     default=None,
-    help="Study folder: OUT/<model>/<method>/seed<k>/ per run, tables in OUT.",
+    help="Study folder: OUT/<model>/<method>/seed<k>/ per run (<method>@<budget> under "
+    "--budgets), tables in OUT.",
 )
 @click.option(
     "--shard",
     default=None,
     help="Run only slice i of n (e.g. 2/4), for job launchers; give every shard the same "
-    "SPECs, --seeds and --methods. A random run goes in the shard of the DNAT run it copies.",
+    "SPECs, --seeds, --methods and --budgets. A random run goes in the shard of the DNAT run it "
+    "copies.",
 )
 @click.option(
     "--report",
@@ -638,6 +684,8 @@ def repro(
     specs: tuple[str, ...],
     seeds: str,
     methods: str,
+    budgets: str | None,
+    budget_resource: str,
     out: str | None,
     shard: str | None,
     report_dir: str | None,
@@ -648,7 +696,8 @@ def repro(
     Finished runs are skipped and cut ones resumed, so rerunning the same command continues a
     study. Writes OUT/report.md (Table 1: mean / std / device-hours, and DNAT against random at
     equal changes; Table 2: per seed; Table 3: size against the original; edge choices, seed
-    agreement and how sure DNAT was; when DNAT will change the network), CSVs and a plot.
+    agreement and how sure DNAT was; when DNAT will change the network; under --budgets,
+    accuracy against the measured cost), CSVs and plots.
     """
     from fxdnat.repro.report import aggregate  # alone, for --report: no torch, no harness
 
@@ -661,11 +710,15 @@ def repro(
 
     if not specs or out is None:
         raise UserError("give SPECs and --out DIR (or --report DIR to re-aggregate a study)")
+    if budgets is None and _typed({"budget_resource": "budget_resource"}):
+        raise UserError("--budget-resource says what --budgets bound; give --budgets too")
     config = harness.ReproConfig(
         specs=list(specs),
         out=out,
         seeds=harness.parse_seeds(seeds),
         methods=harness.parse_methods(methods),
+        budgets=harness.parse_budgets(budgets) if budgets is not None else None,
+        budget_resource=budget_resource,
         shard=harness.parse_shard(shard) if shard else None,
         **options,
     )

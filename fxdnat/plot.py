@@ -1,5 +1,5 @@
 """Plot a run: θ of every group over the architecture stage (NAT: its search), learning curves of
-both stages."""
+both stages. (Accuracy against cost over many runs is `fxdnat.repro.pareto`'s.)"""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from fxdnat import checkpoint as ckpt
 from fxdnat._files import check_writable
 from fxdnat.ir import CHOICES, IDENTITY, NONE, SAME
 from fxdnat.passes._graph import op_summary
+from fxdnat.repro.pareto import check_format
 
-FORMATS = (".png", ".svg", ".pdf")
 MAX_PANELS = 48
 """θ panels in one figure; a run with more groups shows those whose θ moved most."""
 # the colours of `fxdnat render`: kept black, identity red, removed grey
@@ -39,12 +39,7 @@ def plot(checkpoint: str | Path, out: str | Path, *, trust_code: bool = False) -
 
     ``trust_code``: rebuild a model that the checkpoint says is made by code (see
     ``checkpoint.restore``); without it such a checkpoint is refused before anything runs."""
-    out = Path(out)
-    if out.suffix.lower() not in FORMATS:
-        raise ValueError(
-            f"unknown plot format {out.suffix or '(no extension)'!r} for {out}; "
-            f"supported: {', '.join(FORMATS)}"
-        )
+    out = check_format(out)
     check_writable(out)
     data = ckpt.load(checkpoint)
     history = _history(data)

@@ -309,6 +309,16 @@ def test_report_reaggregates_a_study(copy):
             "--methods original,random: random places as many changes as the DNAT run of the "
             "same seed; add cell or full, e.g. --methods original,cell,random",
         ),
+        (
+            ["zoo:resnet20", "--out", "o", "--methods", "original,prune"],
+            "--methods original,prune: prune removes the least-contributing branches until the "
+            "network fits a budget; sweep some, e.g. --budgets 1.0,0.8,0.6,0.4",
+        ),
+        (
+            ["zoo:resnet20", "--out", "o", "--budget-resource", "params"],
+            "--budget-resource says what --budgets bound; give --budgets too",
+        ),
+        (["zoo:resnet20", "--out", "o", "--budgets", "1,x"], "bad budget list '1,x': 'x' is no"),
         (["zoo:resnet2", "--out", "o"], "unknown zoo model 'resnet2'"),
         (["zoo:resnet20", "--out", "o", "--recipe", "quik"], "unknown recipe 'quik'"),
     ],
@@ -452,3 +462,69 @@ def test_a_study_runs_the_nat_baseline_and_reports_it(tmp_path):
     log = (out / "resnet20" / "nat" / "seed1" / "log.txt").read_text()
     assert "search_epoch" in log and "derive" in log
     assert "NAT (adapted)" in aggregate(out).markdown
+
+
+def _fake_budgeted_transform(calls: list):
+    """Stands in for the engine in a budget sweep: the network lands just under its FLOPs budget
+    (or at 0.9 of the original's unconstrained), accuracy falls with it."""
+
+    def transform(config: engine.RunConfig, reporter=None, *, resume: bool = False) -> dict:
+        calls.append(config)
+        flops = 1.0 if config.method == "original" else 0.9
+        budget = None
+        if config.budget is not None:
+            flops = float(config.budget.split("=")[1]) - 0.02
+            budget = {"target": {"flops": flops + 0.02}, "emitted": {"flops": flops, "params": 0.8}}
+        summary = {
+            "spec": config.spec,
+            "method": config.method,
+            "tie": config.tie,
+            "data": config.data,
+            "test_acc": 0.8 + 0.1 * flops + 0.01 * config.seed,
+            "seconds": 1.0,
+            "device": "cpu",
+            "flops_before": 1000,
+            "flops_after": round(1000 * flops),
+            "budget": budget,
+        }
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        (Path(config.out) / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    return transform
+
+
+def test_a_budget_sweep_trains_each_budget_and_reports_accuracy_against_cost(tmp_path, monkeypatch):
+    out, calls = tmp_path / "study", []
+    monkeypatch.setattr(engine, "transform", _fake_budgeted_transform(calls))
+    args = ["repro", "zoo:resnet20", "--seeds", "1-2", "--out", str(out), "--budgets", "0.5,1"]
+    result = CliRunner().invoke(main, [*args, "--methods", "original,cell,prune,random"])
+    assert result.exit_code == 0, result.output
+    assert [(c.method, c.tie, c.budget, c.seed) for c in calls if c.seed == 1] == [
+        ("original", "cell", None, 1),
+        ("dnat", "cell", None, 1),
+        ("dnat", "cell", "flops=0.5", 1),
+        ("prune", "full", "flops=0.5", 1),
+        ("random", "full", "flops=0.5", 1),
+    ]
+    assert sorted(p.name for p in (out / "resnet20").iterdir()) == [
+        "cell",
+        "cell@flops=0.5",
+        "original",
+        "prune@flops=0.5",
+        "random@flops=0.5",
+    ]
+    record = read(out / "resnet20" / "prune@flops=0.5" / "seed2" / "run.json")
+    assert (record["method"], record["budget"], record["status"]) == ("prune", "flops=0.5", "done")
+    # printed with Table 1, and in the report beside its figure
+    assert "| resnet20 | prune (contribution) | flops=0.5 | 86.30 ± 0.71 | 0.480 | 0.800 | 2 |" in (
+        result.output
+    )
+    assert (out / "pareto-digits.png").exists() and (out / "cost-digits.csv").exists()
+    assert read(out / "repro.json")["budgets"] == ["flops=0.5"]
+    # the same sweep again trains nothing
+    calls.clear()
+    assert (
+        CliRunner().invoke(main, [*args, "--methods", "original,cell,prune,random"]).exit_code == 0
+    )
+    assert calls == []
