@@ -2,9 +2,10 @@
 another, or one subprocess per GPU when several are visible, each taking the next job that is
 ready; progress goes to a ``ReproReporter``.
 
-Every run trains into ``OUT/<model>/<method>/seed<k>/`` through `fxdnat.engine.transform`, so a
-rerun of the same study skips finished runs (``summary.json``) and resumes cut ones
-(``checkpoint.pt``); each attempt is recorded in the run's ``run.json`` (`fxdnat.repro.records`).
+Every run trains into ``OUT/<model>/<method>/seed<k>/`` (``<method>@<budget>`` in a budget
+sweep) through `fxdnat.engine.transform`, so a rerun of the same study skips finished runs
+(``summary.json``) and resumes cut ones (``checkpoint.pt``); each attempt is recorded in the
+run's ``run.json`` (`fxdnat.repro.records`).
 Ctrl-C or SIGTERM stop the study, and reach the run subprocesses as Ctrl-C: they save first.
 """
 
