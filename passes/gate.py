@@ -239,6 +239,9 @@ def _gate_op(graph, nodes, weights, edge: Edge, group: int, later: memory.LaterW
         node = mix.emit(graph, weights, leaf)
     mixed = {node, *node.args}  # the mix and the copy of op(x) it may read keep reading op(x)
     operand.replace_all_uses_with(node, delete_user_cb=lambda user: user not in mixed)
+    # an op edge gated later whose x is this op's output reads the mix, so that its identity
+    # skips what this edge decided (conv → identity, then bn → identity removes both)
+    nodes[edge.operand] = node
 
 
 def group_count(gm: fx.GraphModule, edges: Sequence[Edge], tie: str) -> int:
