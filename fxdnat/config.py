@@ -10,6 +10,7 @@ from its seed and its learning rate follows one cosine schedule over all of its 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Collection
@@ -23,6 +24,7 @@ from fxdnat.ir import (
     GRANULARITIES,
     METHODS,
     NAT_WEIGHTS,
+    RESOURCES,
     TIES,
     UPDATES,
     Device,
@@ -65,6 +67,7 @@ class RunConfig:
     recipe: str | None = None  # default: the zoo model's, else "paper"
     method: Method = "dnat"  # "original": untouched; "random": the control; "nat": the baseline
     changes: str | None = None  # method "random": how many edges change, "identity=2,none=1"
+    budget: str | None = None  # "flops=0.7": the emitted network's cost, a fraction of the original
     tie: Tie = "cell"
     granularity: Granularity = "branch"
     arch_update: Update = "alternate"
@@ -103,6 +106,8 @@ class RunConfig:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
         if self.changes is not None:  # checked against the method once it is known
             self.changes = format_changes(parse_changes(self.changes))  # (a resume may omit it)
+        if self.budget is not None:
+            self.budget = format_budget(parse_budget(self.budget)) or None
         # the checkpoint must find the data from any working folder (`fxdnat eval` elsewhere)
         self.data = resolve_name(self.data)
         if self.data_dir is not None:
@@ -174,9 +179,53 @@ def parse_changes(text: str) -> dict[str, int]:
     return counts
 
 
+def parse_budget(text: str) -> dict[str, float]:
+    """``"flops=0.7,params=0.5"`` → ``{"flops": 0.7, "params": 0.5}``: each resource's bound as a
+    fraction of the original network's cost, in (0, 1]. ValueError naming the part."""
+    budget: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        resource, sep, number = part.partition("=")
+        resource = resource.strip()
+        try:
+            fraction = float(number) if sep else math.nan
+        except ValueError:
+            fraction = math.nan
+        if resource not in RESOURCES or not 0 < fraction <= 1:
+            raise ValueError(
+                f"--budget: cannot read {part!r}; expected RESOURCE=FRACTION with RESOURCE one of "
+                f"{', '.join(RESOURCES)} and FRACTION in (0, 1] of the original network's cost, "
+                "e.g. flops=0.7"
+            )
+        if resource in budget:
+            raise ValueError(f"--budget: {resource} is given twice; give each resource once")
+        budget[resource] = fraction
+    return budget
+
+
+def format_budget(budget: dict[str, float]) -> str:
+    """The canonical string of ``budget``: resources in RESOURCES order, fractions as given."""
+    return ",".join(f"{r}={budget[r]:g}" for r in RESOURCES if r in budget)
+
+
 def check_method(config: RunConfig) -> None:
-    """``changes`` belong to the random control, NAT's options to NAT: refused with any other
-    method."""
+    """``changes`` belong to the random control, NAT's options to NAT, a budget to the methods
+    that emit a transformed network by deciding at the stage's end (dnat, random, prune);
+    prune needs one. Refused otherwise."""
+    if config.budget is not None and config.method not in ("dnat", "random", "prune"):
+        raise ValueError(
+            f"--budget is for --method dnat, random or prune; this run's method is "
+            f"{config.method} (NAT's search has no cost term here)"
+        )
+    if config.method == "prune" and config.budget is None:
+        raise ValueError(
+            "--method prune removes the least-contributing branches until the network fits a "
+            "budget; give one, e.g. --budget flops=0.6"
+        )
+    if config.budget is not None and config.changes:
+        raise ValueError(
+            "give --changes (how many edges change) or --budget (what the network may cost), "
+            "not both"
+        )
     if config.method != "random" and config.changes:
         raise ValueError(
             f"--changes is for --method random (the control) only; this run's method is "

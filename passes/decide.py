@@ -1,4 +1,5 @@
-"""decide: each edge keeps the candidate with the largest θ, and no join is left dead.
+"""decide: each edge keeps the candidate with the largest θ, and no join is left dead; under a cost
+budget, the decisions that fit with the most θ (fxdnat/passes/_knapsack.py).
 
 NAT's released ResNet20 runs collapsed to 10 % accuracy when every edge into a node became
 "none" (Kim & Lee 2020, §4): a zero tensor flowed on. Here a join whose operands all chose none
@@ -17,7 +18,9 @@ import torch
 from torch import fx
 
 from fxdnat.arch import Architecture
+from fxdnat.cost import CostModel
 from fxdnat.ir import CHOICES, NONE, SAME, Edge, change_kind, check_decisions, joins_of
+from fxdnat.passes._knapsack import fit_budget
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +28,36 @@ log = logging.getLogger(__name__)
 _PREFERENCE = (SAME, "identity", NONE)
 
 
-def decide(gated: fx.GraphModule, theta: torch.Tensor | None = None) -> dict[str, str]:
+def decide(
+    gated: fx.GraphModule,
+    theta: torch.Tensor | None = None,
+    *,
+    budget: Mapping[str, float] | None = None,
+    costs: CostModel | None = None,
+) -> dict[str, str]:
     """``{edge name: choice}``: the argmax of each edge's θ row over its allowed choices.
 
-    ``theta`` (groups × 3, e.g. an epoch of a run's θ history) replaces the module's own θ."""
+    ``theta`` (groups × 3, e.g. an epoch of a run's θ history) replaces the module's own θ.
+
+    Under a ``budget`` (resource → fraction of the original network's cost, e.g.
+    ``{"flops": 0.7}``), measured by ``costs`` (:func:`fxdnat.cost.cost_model`): the decisions
+    that fit it with the largest sum of chosen θ entries — the argmax itself when it fits, else
+    the smallest total of θ's margins given up (an exact knapsack over edges, never a dead join).
+
+    Raises:
+        ValueError: a budget without ``costs``.
+        BudgetError: no decisions fit the budget; the message gives the smallest reachable cost.
+    """
     arch = _architecture(gated)
     theta = (arch.theta if theta is None else theta).detach().float().cpu()
+    if budget is not None:
+        if costs is None:
+            raise ValueError("a budget needs the network's costs: pass costs=cost_model(...)")
+        scores = {
+            e.name: {c: theta[arch.group_of[e.name], CHOICES.index(c)].item() for c in e.choices}
+            for e in arch.edges
+        }
+        return fit_budget(arch.edges, scores, costs, budget)
     decisions = {
         edge.name: _best(theta[arch.group_of[edge.name]], edge.choices) for edge in arch.edges
     }
