@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -390,8 +391,9 @@ def _training_options(command: Callable) -> Callable:
     default="dnat",
     show_default=True,
     help="original: train the untouched model with the same recipe; random: the control, "
-    "--changes placed at random edges instead of where θ puts them; nat: the NAT baseline "
-    "(policy search on a supernet, derive, retrain from scratch; adapted to fxdnat's edges).",
+    "--changes placed at random edges instead of where θ puts them (or random changes that fit "
+    "--budget); nat: the NAT baseline (policy search on a supernet, derive, retrain from "
+    "scratch; adapted to fxdnat's edges); prune: contribution pruning to --budget.",
 )
 @click.option(
     "--changes",
@@ -399,6 +401,14 @@ def _training_options(command: Callable) -> Callable:
     help="For --method random: how many edges make each kind of change, e.g. "
     "identity=2,skip-none=1 (kinds: identity, none (a branch removed), skip-none, op-identity; "
     "a DNAT run's are `changes` in its summary.json).",
+)
+@click.option(
+    "--budget",
+    default=None,
+    help="What the emitted network may cost, as fractions of the original's: flops=0.7, "
+    "params=0.5, latency=0.8 (timed on the run's device), or several, comma-separated. dnat "
+    "trains θ with a cost term and decides exactly within it; random and prune (the "
+    "least-contributing branches removed) fit it at the stage's end. docs/budgets.md.",
 )
 @click.option(
     "--tie",
@@ -434,7 +444,9 @@ def transform(spec: str, out: str | None, resume: bool, compile_: bool, **option
     from fxdnat.engine import transform as run_transform
     from fxdnat.progress import RichReporter
 
-    out = out or _default_out(spec, options["method"], options["tie"], options["seed"])
+    out = out or _default_out(
+        spec, options["method"], options["tie"], options["seed"], options["budget"]
+    )
     config = RunConfig(spec=spec, out=out, compile=compile_, **options)
     given = _typed({"compile": "compile_", **{name: name for name in ("spec", *options)}})
     try:
@@ -460,9 +472,11 @@ def _typed(fields: dict[str, str]) -> set[str]:
     }
 
 
-def _default_out(spec: str, method: str, tie: str, seed: int) -> str:
+def _default_out(spec: str, method: str, tie: str, seed: int, budget: str | None = None) -> str:
     name = spec.split(":")[-1].replace("/", "_").replace(".", "_")
-    suffix = method if method == "original" else f"{method}-{tie}"
+    suffix = method if method in ("original", "prune") else f"{method}-{tie}"
+    if budget:  # "flops=0.7,params=0.5" → "flops0.7-params0.5"
+        suffix += "-" + re.sub(r"[^A-Za-z0-9.-]+", "", budget.replace(",", "-").replace("=", ""))
     return f"runs/{name}-{suffix}-s{seed}"
 
 

@@ -12,7 +12,8 @@ final = dnat.finalize()  # a clean GraphModule; keep training its weights
 A step is one backward and one clip-and-step of ω, then θ's step where the update rule says:
 "alternate" (the paper's) computes θ's gradient alone on a second forward, after ω's update;
 "joint" steps θ on the gradient of the same backward. Without θ's optimizer (ω's warm-up, the
-random control, the network stage) a step trains ω alone.
+random control, the network stage) a step trains ω alone. Under a cost budget
+(:attr:`DNAT.cost_term`, fxdnat/budget.py) θ's loss gains the budget's term.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch.distributed as dist
 from torch import fx, nn
 
 from fxdnat.arch import Architecture
+from fxdnat.budget import BudgetTerm
 from fxdnat.frontend import trace
 from fxdnat.ir import Edge, Granularity, Scale, Tie, Update
 from fxdnat.passes import decide, discover, finalize, gate
@@ -102,6 +104,9 @@ class DNAT:
         self.wrapper: nn.Module = module
         """What ω's forward runs through: ``module`` itself, or a DDP / ``torch.compile``
         wrapper of it that the caller sets. θ's forward always runs through ``module``."""
+        self.cost_term: BudgetTerm | None = None
+        """A cost budget's term (fxdnat/budget.py), added to θ's loss when set; its multipliers
+        step after each θ step."""
         theta = self.theta
         self._weights = [p for p in module.parameters() if p.requires_grad and p is not theta]
 
@@ -165,16 +170,23 @@ class DNAT:
         frozen = not (searching and not alternate) and _world() == 1
         with self.theta_frozen() if frozen else contextlib.nullcontext():
             loss, output = _split(loss_of(self.wrapper))
-        norm = self.weight_step(loss, opt_w, clip)
+        budgeted = searching and self.cost_term is not None
+        if budgeted and not alternate:  # the term's gradient reaches θ alone
+            norm = self.weight_step(loss + self.cost_term.penalty(), opt_w, clip)
+        else:
+            norm = self.weight_step(loss, opt_w, clip)
         done = Step(loss, output, norm)
         if searching and not alternate:  # joint: θ's gradient came with the same backward
             opt_theta.step()
             opt_theta.zero_grad(set_to_none=True)
         elif searching:
             done.theta_loss, _ = _split(loss_of(self.module))
-            done.theta_grad_norm = self.theta_step(done.theta_loss, opt_theta)
+            total = done.theta_loss + self.cost_term.penalty() if budgeted else done.theta_loss
+            done.theta_grad_norm = self.theta_step(total, opt_theta)
         elif self.theta is not None:  # under DDP θ got a gradient it must not keep
             self.theta.grad = None
+        if budgeted:
+            self.cost_term.update()
         return done
 
     def weight_step(

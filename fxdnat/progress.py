@@ -49,6 +49,15 @@ class RichReporter(Reporter):
                 f"changes after about 1), noise lr·√T {reach['lr_sqrt_T']:.2g}",
                 highlight=False,
             )
+        if info.get("budget"):
+            how = {
+                "dnat": "θ trains with a cost term; the emitted network is the best that fits",
+                "random": "changes drawn at random until the network fits",
+                "prune": "the branches that contribute least are removed until the network fits",
+            }[info["method"]]
+            self.console.print(
+                f"budget {info['budget']} of the original's cost: {how}", highlight=False
+            )
         for warning in info.get("warnings", []):
             self.console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         if info["tie"] == "cell" and info["groups"] == info["edges"]:
@@ -145,6 +154,16 @@ class RichReporter(Reporter):
         table.add_row(
             "MFLOPs", f"{summary['flops_before'] / 1e6:,.1f} → {summary['flops_after'] / 1e6:,.1f}"
         )
+        budget = summary.get("budget")
+        if budget:
+            table.add_row(
+                "budget",
+                ", ".join(
+                    f"{r} {100 * budget['emitted'][r]:.1f}% of the original (target "
+                    f"{100 * target:g}%)"
+                    for r, target in budget["target"].items()
+                ),
+            )
         decisions = ", ".join(f"{k} {v}" for k, v in sorted(summary["decisions"].items()))
         table.add_row(
             "edges",

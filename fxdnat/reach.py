@@ -53,15 +53,21 @@ class Reach:
     def to_dict(self) -> dict[str, float | int]:
         return {**asdict(self), "lr_T": self.lr_T, "lr_sqrt_T": self.lr_sqrt_T}
 
-    def warnings(self) -> list[str]:
-        """Plain sentences for a run that cannot change an edge, or whose choices noise makes."""
+    def warnings(self, budgeted: bool = False) -> list[str]:
+        """Plain sentences for a run that cannot change an edge, or whose choices noise makes
+        (``budgeted``: a cost budget will change edges whatever θ does)."""
         if self.theta_steps == 0:
             return []
         found = []
         if self.lr_T < NEEDED:
+            outcome = (
+                "the budget's decisions will rest on θ's start more than on what it learns"
+                if budgeted
+                else "you will get the original network"
+            )
             found.append(
                 f"θ can move at most lr·T = {self.lr_T:.2g} in {self.theta_steps} θ steps and an "
-                f"edge changes only after about {NEEDED:g}: you will get the original network. "
+                f"edge changes only after about {NEEDED:g}: {outcome}. "
                 "Give θ more steps (--arch-epochs, a smaller --batch-size) or more reach "
                 "(--theta-reach)"
             )

@@ -13,13 +13,14 @@ from torch.utils.data import DataLoader
 
 from fxdnat import checkpoint as ckpt
 from fxdnat import zoo
-from fxdnat.config import RunConfig, parse_changes, resolve_recipe
+from fxdnat.config import RunConfig, parse_budget, parse_changes, resolve_recipe
+from fxdnat.cost import CostModel, cost_model
 from fxdnat.data import DatasetInfo, make_loaders
 from fxdnat.dnat import DNAT
 from fxdnat.engine.runtime import Runtime
 from fxdnat.engine.state import RunState, stored_state
 from fxdnat.ir import Edge
-from fxdnat.passes import discover, gate, random_changes
+from fxdnat.passes import BudgetError, discover, fit_budget, gate, random_changes
 from fxdnat.reach import Reach
 from fxdnat.reach import plan as plan_reach
 from fxdnat.specs import parse_spec
@@ -71,11 +72,30 @@ def prepare(
         dnat = DNAT.from_module(restored.module, traced=restored.traced, edges=restored.edges)
         state = stored_state(stored)
         state.theta_history = list(stored["theta_history"])
+        names = {e.name for e in dnat.edges}
+        if (
+            state.costs is not None
+            and not {e for p in state.costs["parts"] for e in p["edges"]} <= names
+        ):
+            raise ckpt.CheckpointError(
+                "the checkpoint's cost model is for other edges than its network's; was it "
+                "written by fxdnat?"
+            )
+        counted = set(state.costs["total"]) if state.costs is not None else None
+        if (counted is None) != (config.budget is None) or (
+            counted is not None and not set(parse_budget(config.budget)) <= counted
+        ):
+            raise ckpt.CheckpointError(
+                "the checkpoint's cost model does not count what its run's budget bounds; was "
+                "it written by fxdnat?"
+            )
         model_cfg = stored["model"]
     else:
         model_cfg, dnat = _new_network(config, recipe, info)
         first = {"original": "net", "nat": "search"}  # DNAT and the control: "arch"
         state = RunState(stage=first.get(config.method, "arch"))
+        if config.budget is not None:
+            state.costs = _costs(config, recipe, info, runtime, dnat).to_dict()
     return Prepared(recipe, reach, train_loader, test_loader, info, model_cfg, dnat, state)
 
 
@@ -112,10 +132,43 @@ def _new_network(config: RunConfig, recipe: Recipe, info: DatasetInfo) -> tuple[
     if config.method == "original":
         return model_cfg, DNAT.from_module(traced, traced=traced)
     edges = discover(traced, config.granularity)
-    if config.method == "random":  # can the changes be placed? before any training
+    if config.method == "random" and config.budget is None:  # can the changes be placed?
         random_decisions(config, edges)
     gated = gate(traced, edges, tie=config.tie)
     return model_cfg, DNAT.from_module(gated, traced=traced, edges=edges)
+
+
+def _costs(
+    config: RunConfig, recipe: Recipe, info: DatasetInfo, runtime: Runtime, dnat: DNAT
+) -> CostModel:
+    """The network's cost model for its budget: FLOPs of one image (as the summary counts them),
+    parameters, and, when the budget bounds it, latency timed on a batch of the recipe's size on
+    the run's device (fxdnat.cost.node_latency). Refuses a budget no network reaches.
+
+    Raises:
+        ValueError: no decisions fit the budget; names the smallest reachable cost.
+    """
+    budget = parse_budget(config.budget or "")
+    resources = ("flops", "params", *(["latency"] if "latency" in budget else []))
+    size = info.input_size
+    traced = dnat.traced.to(runtime.device)
+    try:
+        costs = cost_model(
+            traced,
+            dnat.edges,
+            torch.zeros(1, 3, size, size, device=runtime.device),
+            resources,
+            latency_inputs=torch.randn(recipe.batch_size, 3, size, size, device=runtime.device),
+        )
+    finally:
+        traced.to("cpu")
+    try:  # any decisions at all that fit: scores do not matter
+        fit_budget(
+            dnat.edges, {e.name: dict.fromkeys(e.choices, 0.0) for e in dnat.edges}, costs, budget
+        )
+    except BudgetError as exc:
+        raise BudgetError(f"--budget {config.budget}: {exc}; give a larger budget") from None
+    return costs
 
 
 def random_decisions(config: RunConfig, edges: list[Edge]) -> dict[str, str]:

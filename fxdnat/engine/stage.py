@@ -1,37 +1,54 @@
 """The boundary between DNAT's two stages: decide each edge, finalize, and carry what was trained.
 
 DNAT's decisions are θ's argmax (with θ's margins and the edges that flipped late kept for the
-report); the random control's are drawn (fxdnat.engine.setup.random_decisions). The ω
+report), under a cost budget the best that fit; the random control's are drawn
+(fxdnat.engine.setup.random_decisions; at a budget :func:`random_within`); contribution pruning
+keeps the branches that contribute most within the budget (:func:`pruned_decisions`). The ω
 optimiser is rebuilt for the final module with the momentum of the weights that remain; BN
 statistics can be re-estimated (``Recipe.bn_recalibration``).
 """
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import fx, nn
 from torch.utils.data import DataLoader
 
 from fxdnat.config import RunConfig
+from fxdnat.contribution import contributions
+from fxdnat.cost import CostModel
 from fxdnat.engine.runtime import Runtime
 from fxdnat.engine.state import RunState
-from fxdnat.ir import Scale
-from fxdnat.passes import decide, margins
+from fxdnat.ir import IDENTITY, NONE, SAME, Edge, Scale
+from fxdnat.passes import decide, fit_budget, margins
 from fxdnat.zoo.recipes import Recipe
 
 
 def scale(config: RunConfig, recipe: Recipe) -> Scale:
-    """finalize's scale: the recipe's, but 1 for the random control and NAT, whose θ never
-    trained (θ is one-hot on an architecture)."""
-    return "one" if config.method in ("random", "nat") else recipe.finalize_scale
+    """finalize's scale: the recipe's, but 1 for the random control, contribution pruning and
+    NAT, whose θ never trained (θ is one-hot on an architecture)."""
+    return "one" if config.method in ("random", "nat", "prune") else recipe.finalize_scale
 
 
-def dnat_decisions(gated: fx.GraphModule, recipe: Recipe, state: RunState) -> dict[str, str]:
-    """θ's argmax, never a dead join; θ's margins and the edges whose decision differed in the
-    last quarter of θ's epochs (at least the last two) go into ``state``."""
-    decisions = decide(gated)
+CONTRIBUTION_BATCHES = 10
+"""Training batches contribution pruning measures its ratios on (fxdnat/contribution.py)."""
+
+
+def dnat_decisions(
+    gated: fx.GraphModule,
+    recipe: Recipe,
+    state: RunState,
+    budget: Mapping[str, float] | None = None,
+    costs: CostModel | None = None,
+) -> dict[str, str]:
+    """θ's argmax, never a dead join (under a budget: the decisions that fit with the most θ);
+    θ's margins and the edges whose decision differed in the last quarter of θ's epochs (at
+    least the last two) go into ``state``."""
+    decisions = decide(gated, budget=budget, costs=costs)
     state.margins = margins(gated)
     searched = recipe.arch_epochs - recipe.warmup_epochs
     late = state.theta_history[-max(2, searched // 4) :]
@@ -39,11 +56,43 @@ def dnat_decisions(gated: fx.GraphModule, recipe: Recipe, state: RunState) -> di
         {
             name
             for theta in late
-            for name, choice in decide(gated, theta).items()
+            for name, choice in decide(gated, theta, budget=budget, costs=costs).items()
             if choice != decisions[name]
         }
     )
     return decisions
+
+
+def pruned_decisions(
+    gated: fx.GraphModule,
+    loader: DataLoader,
+    runtime: Runtime,
+    budget: Mapping[str, float],
+    costs: CostModel,
+) -> dict[str, str]:
+    """Contribution pruning: the edges that keep the most summed contribution and fit the budget
+    (each edge's ‖op(x)‖ / ‖join‖ on :data:`CONTRIBUTION_BATCHES` training batches); a removed
+    branch becomes "none" (its join keeps the rest), an op edge the identity."""
+    batches = (batch for _, batch in zip(range(CONTRIBUTION_BATCHES), loader, strict=False))
+    ratio = contributions(gated, batches, runtime.device)
+    edges = gated.arch.edges
+    cheap = {e.name: {NONE: 0.0, IDENTITY: -0.5 if e.kind != "op" else 0.0} for e in edges}
+    scores = {e.name: {c: cheap[e.name].get(c, ratio[e.name]) for c in e.choices} for e in edges}
+    return fit_budget(edges, scores, costs, budget)
+
+
+def random_within(
+    edges: Sequence[Edge], budget: Mapping[str, float], costs: CostModel, seed: int
+) -> dict[str, str]:
+    """The random control at a budget: edges keep "same" in a random order of preference while
+    the network fits, and each other edge takes one of its other choices at random (the knapsack
+    with random scores, "same" always preferred where it fits, so the network ends as close
+    under the budget as a DNAT run's)."""
+    rng = random.Random(seed)
+    scores = {
+        e.name: {c: (1.0 if c == SAME else 0.0) + rng.random() for c in e.choices} for e in edges
+    }
+    return fit_budget(edges, scores, costs, budget)
 
 
 def carry_momentum(

@@ -19,8 +19,8 @@ import torch
 import fxdnat
 from fxdnat import checkpoint as ckpt
 from fxdnat._files import CHECKPOINT, METRICS, SUMMARY
-from fxdnat.config import RunConfig, format_changes
-from fxdnat.cost import count_flops, count_params
+from fxdnat.config import RunConfig, format_changes, parse_budget
+from fxdnat.cost import CostModel, count_flops, count_params
 from fxdnat.dnat import DNAT
 from fxdnat.ir import CHOICES, SAME, Scale
 from fxdnat.nat import dead_joins
@@ -47,6 +47,8 @@ class RunState:
     search_epoch: int = 0  # NAT: search epochs completed
     baseline: float = 0.0  # NAT: REINFORCE's moving-average baseline
     derive: dict[str, Any] | None = None  # NAT: the derived decisions, every sample's score
+    costs: dict[str, Any] | None = None  # a budgeted run: its CostModel (latency measured once)
+    multipliers: dict[str, float] | None = None  # a budgeted DNAT run: the cost term's λ
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The checkpoint's "state" entry (θ's history is stored beside it)."""
@@ -89,7 +91,43 @@ def stored_state(stored: dict) -> RunState:
         raise ckpt.CheckpointError(
             "the checkpoint's run state is not one this fxdnat writes; was it written by fxdnat?"
         )
+    if not (_numbers(state.get("multipliers")) and _cost_model(state.get("costs"))):
+        raise ckpt.CheckpointError(
+            "the checkpoint's cost model or budget multipliers are not plain numbers by name; "
+            "was it written by fxdnat?"
+        )
     return RunState(**state)
+
+
+def _numbers(value: Any) -> bool:
+    """None, or a dict of str → int/float."""
+    return value is None or (
+        type(value) is dict
+        and all(type(k) is str and type(v) in (int, float) for k, v in value.items())
+    )
+
+
+def _cost_model(value: Any) -> bool:
+    """None, or a CostModel's plain form (``CostModel.to_dict``)."""
+    if value is None:
+        return True
+    if type(value) is not dict or set(value) != {"total", "parts"} or value["total"] is None:
+        return False
+    parts, resources = value["parts"], set(value["total"])
+    return (
+        _numbers(value["total"])
+        and type(parts) is list
+        and all(
+            type(p) is dict
+            and set(p) == {"edges", "cost"}
+            and type(p["edges"]) is list
+            and all(type(e) is str for e in p["edges"])
+            and p["cost"] is not None
+            and _numbers(p["cost"])
+            and set(p["cost"]) == resources
+            for p in parts
+        )
+    )
 
 
 def raise_if_finished(out: Path, stored: dict) -> None:
@@ -158,6 +196,8 @@ def summary(
     traced, final = dnat.traced, dnat.module.to("cpu")
     last = state.metrics[-1] if state.metrics else {}
     decisions = state.decisions or {}
+    flops = {"before": count_flops(traced, example), "after": count_flops(final, example)}
+    params = {"before": count_params(traced), "after": count_params(final)}
     return {
         "spec": model_cfg["spec"],
         "method": config.method,
@@ -165,10 +205,11 @@ def summary(
         "epochs": state.epoch,
         "test_acc": last.get("test_acc"),
         "train_acc": last.get("train_acc"),
-        "params_before": count_params(traced),
-        "params_after": count_params(final),
-        "flops_before": count_flops(traced, example),
-        "flops_after": count_flops(final, example),
+        "params_before": params["before"],
+        "params_after": params["after"],
+        "flops_before": flops["before"],
+        "flops_after": flops["after"],
+        "budget": _budget(config, state, decisions, flops, params),
         "edges": len(dnat.edges),
         "decisions": dict(Counter(decisions.values())),
         "changed": {k: v for k, v in decisions.items() if v != SAME},
@@ -182,6 +223,24 @@ def summary(
         "dead_joins": dead_joins(dnat.edges, decisions),
         "nat": None if state.derive is None else _derived(state.derive),
     }
+
+
+def _budget(
+    config: RunConfig,
+    state: RunState,
+    decisions: dict[str, str],
+    flops: dict[str, int],
+    params: dict[str, int],
+) -> dict[str, Any] | None:
+    """A budgeted run's target and what the emitted network costs, as fractions of the
+    original: FLOPs and parameters counted on the final module, latency in the run's cost model
+    (fxdnat.cost.node_latency; the budget bounds that model)."""
+    if config.budget is None:
+        return None
+    emitted = {r: n["after"] / n["before"] for r, n in (("flops", flops), ("params", params))}
+    if state.costs is not None and "latency" in state.costs["total"]:
+        emitted["latency"] = CostModel.from_dict(state.costs).fraction(decisions)["latency"]
+    return {"target": parse_budget(config.budget), "emitted": emitted}
 
 
 def _derived(derive: dict[str, Any]) -> dict[str, Any]:

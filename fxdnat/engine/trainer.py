@@ -35,7 +35,9 @@ from fxdnat._files import (
     remove_temporaries,
     write_json,
 )
-from fxdnat.config import RunConfig, check_method, resumed_config
+from fxdnat.budget import BudgetTerm
+from fxdnat.config import RunConfig, check_method, parse_budget, resumed_config
+from fxdnat.cost import CostModel
 from fxdnat.dnat import DNAT
 from fxdnat.drawing import draw_run
 from fxdnat.engine import divergence, setup, stage
@@ -154,6 +156,11 @@ class Trainer:
             self.opt_theta = self.dnat.theta_optimizer(
                 r.theta_lr, r.theta_betas, r.theta_weight_decay
             )
+            if self.config.budget is not None:  # θ's loss gains the budget's cost term
+                self.dnat.cost_term = BudgetTerm(
+                    self.dnat.arch, self._costs(), parse_budget(self.config.budget)
+                )
+                self.dnat.cost_term.multipliers.update(self.state.multipliers or {})
         if stored is not None:
             self.opt_w.load_state_dict(stored["optimizer_w"])
             if self.opt_theta is not None and stored.get("optimizer_theta") is not None:
@@ -209,7 +216,12 @@ class Trainer:
             "tie": c.tie,
             "groups": theta.shape[0] if theta is not None else None,
             "reach": self.reach.to_dict(),
-            "warnings": self.reach.warnings() if self.state.stage == "arch" else [],
+            "budget": c.budget,
+            "warnings": (
+                self.reach.warnings(budgeted=c.budget is not None)
+                if self.state.stage == "arch"
+                else []
+            ),
             "device": str(self.runtime.device),
             "world": self.runtime.world,
             "resumed_at": self.state.epoch,
@@ -455,11 +467,20 @@ class Trainer:
         """Decide and finalize; ``before`` is the gated network's test accuracy (None when the
         stage had no epoch). Returns what the metrics log records: the scale, the accuracy
         just before and just after, and after re-estimating BN statistics if the recipe asks."""
-        gated, r, s = self.dnat, self.recipe, self.state
-        if self.config.method == "random":
-            decisions = setup.random_decisions(self.config, gated.edges)
+        gated, r, s, c = self.dnat, self.recipe, self.state, self.config
+        budget = parse_budget(c.budget) if c.budget is not None else None
+        if c.method == "random" and budget is not None:
+            decisions = stage.random_within(gated.edges, budget, self._costs(), c.seed)
+        elif c.method == "random":
+            decisions = setup.random_decisions(c, gated.edges)
+        elif c.method == "prune":
+            decisions = stage.pruned_decisions(
+                gated.module, self.train_loader, self.runtime, budget, self._costs()
+            )
         else:
-            decisions = stage.dnat_decisions(gated.module, r, s)
+            decisions = stage.dnat_decisions(
+                gated.module, r, s, budget, self._costs() if budget is not None else None
+            )
         scale = stage.scale(self.config, r)
         final = finalize(gated.module, decisions, scale=scale)
         self.dnat = DNAT.from_module(final, traced=gated.traced, edges=gated.edges)
@@ -471,6 +492,8 @@ class Trainer:
             stage.carry_momentum(old, self.opt_w, gated.module, final)
             self.opt_theta = None
         record: dict[str, Any] = {"scale": scale, "acc_before": before, "acc_after": None}
+        if budget is not None:  # the emitted network's cost in the run's cost model
+            record["cost"] = self._costs().fraction(decisions)
         if before is not None:  # an empty stage has no "before" to compare with
             record["acc_after"] = self.evaluate()[1]
         record["acc_after_bn"] = None
@@ -493,10 +516,16 @@ class Trainer:
         )
         return record
 
+    def _costs(self) -> CostModel:
+        """The run's cost model (a budgeted run measured it before training)."""
+        return CostModel.from_dict(self.state.costs)
+
     # ---------------------------------------------------------------------- checkpoints
     def _save(self) -> None:
         if self.runtime.rank != 0:
             return
+        if self.dnat.cost_term is not None:
+            self.state.multipliers = dict(self.dnat.cost_term.multipliers)
         self.state.rng = get_rng() if self.state.step else {}
         data = checkpoint_data(
             self.config,
