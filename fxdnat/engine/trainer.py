@@ -35,7 +35,7 @@ from fxdnat._files import (
     remove_temporaries,
     write_json,
 )
-from fxdnat.budget import BudgetTerm
+from fxdnat.budget import BudgetTerm, temperature_at
 from fxdnat.config import RunConfig, check_method, parse_budget, resumed_config
 from fxdnat.cost import CostModel
 from fxdnat.dnat import DNAT
@@ -252,6 +252,7 @@ class Trainer:
             "test_acc": test_acc,
             "seconds": time.perf_counter() - start,
             "preferences": self._preferences(),
+            "budget": self._budget_state(),
         }
 
     def train_epoch(self) -> list[float]:
@@ -266,6 +267,9 @@ class Trainer:
             self.train_loader.sampler.set_epoch(s.epoch)
         if self.drop_path:
             zoo.set_drop_path_prob(self.dnat.module, r.drop_path_prob * s.epoch / r.epochs)
+        if self.dnat.cost_term is not None:  # the budget's τ falls over θ's epochs
+            searched = max(r.arch_epochs - r.warmup_epochs, 1)
+            self.dnat.cost_term.temperature = temperature_at((s.epoch - r.warmup_epochs) / searched)
         self.dnat.module.train()
         steps = len(self.train_loader)
         self.reporter.epoch_start(s.epoch, s.stage, steps)
@@ -382,6 +386,17 @@ class Trainer:
         loss_sum, correct, seen = rt.reduce(sums).tolist()
         module.train()
         return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def _budget_state(self) -> dict[str, Any] | None:
+        """The cost term's expected cost (fractions), multipliers and τ after the epoch."""
+        term = self.dnat.cost_term
+        if term is None or not term.expected:
+            return None
+        return {
+            "expected": dict(term.expected),
+            "multipliers": dict(term.multipliers),
+            "temperature": term.temperature,
+        }
 
     def _preferences(self) -> dict[str, int]:
         """How many edges currently prefer each choice (the decisions once finalized)."""
