@@ -233,6 +233,8 @@ class Trainer:
         if s.step == 0:
             s.partial = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
         train = self.train_epoch()
+        if self.dnat.cost_term is not None:  # before finalize drops the term with θ
+            s.multipliers = dict(self.dnat.cost_term.multipliers)
         total = {
             k: s.partial[k] + v for k, v in zip(("loss", "correct", "seen"), train, strict=True)
         }
@@ -269,7 +271,8 @@ class Trainer:
             zoo.set_drop_path_prob(self.dnat.module, r.drop_path_prob * s.epoch / r.epochs)
         if self.dnat.cost_term is not None:  # the budget's τ falls over θ's epochs
             searched = max(r.arch_epochs - r.warmup_epochs, 1)
-            self.dnat.cost_term.temperature = temperature_at((s.epoch - r.warmup_epochs) / searched)
+            done = (s.epoch + 1 - r.warmup_epochs) / searched  # the stage's last epoch: τ's end
+            self.dnat.cost_term.temperature = temperature_at(done)
         self.dnat.module.train()
         steps = len(self.train_loader)
         self.reporter.epoch_start(s.epoch, s.stage, steps)

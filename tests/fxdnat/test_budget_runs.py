@@ -1,0 +1,131 @@
+"""Runs under a cost budget: DNAT with its cost term, contribution pruning and the random control
+emit a network within the budget; an unreachable budget is refused before anything is written;
+a budgeted run resumes exactly; a checkpoint's cost model is checked like every other field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fxdnat import checkpoint as ckpt
+from fxdnat.config import RunConfig, check_method, parse_budget
+from fxdnat.engine import Interrupted, Reporter, Trainer
+from fxdnat.passes import BudgetError
+
+# 128 digits, batch 32: 4 steps an epoch; one θ epoch after one ω epoch, then one network epoch
+SMALL = dict(
+    recipe="quick", limit=128, batch_size=32, epochs=3, arch_epochs=2, warmup_epochs=1, seed=3
+)
+
+
+def config(tmp_path, name="run", **overrides) -> RunConfig:
+    fields = {"spec": "zoo:resnet20", "out": str(tmp_path / name), **SMALL, **overrides}
+    return RunConfig(**fields)
+
+
+def run(cfg: RunConfig, reporter: Reporter | None = None, resume: bool = False) -> dict:
+    return Trainer(cfg, reporter or Reporter(), resume=resume).run()
+
+
+@pytest.mark.parametrize("method", ["dnat", "prune", "random"])
+def test_each_method_emits_a_network_within_the_budget(tmp_path, method):
+    summary = run(config(tmp_path, method=method, budget="flops=0.6,params=0.7"))
+    budget = summary["budget"]
+    assert budget["target"] == {"flops": 0.6, "params": 0.7}
+    assert budget["emitted"]["flops"] <= 0.6
+    assert budget["emitted"]["params"] <= 0.7
+    assert budget["emitted"]["flops"] == summary["flops_after"] / summary["flops_before"]
+    assert summary["changed"]  # the budget forced changes
+    assert summary["dead_joins"] == []
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[1]["finalize"]["cost"]["flops"] <= 0.6
+    if method == "dnat":  # the cost term trained θ in the θ epoch and the log says how
+        term = lines[1]["budget"]
+        assert set(term) == {"expected", "multipliers", "temperature"}
+        assert term["temperature"] < 0.25
+    else:
+        assert lines[1]["budget"] is None and lines[1]["finalize"]["scale"] == "one"
+
+
+def test_an_unreachable_budget_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(BudgetError, match=r"--budget flops=0.01: .* smallest reachable cost is"):
+        Trainer(config(tmp_path, budget="flops=0.01"), Reporter())
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_budget_belongs_to_the_methods_that_decide():
+    with pytest.raises(ValueError, match="--budget is for --method dnat, random or prune"):
+        check_method(RunConfig(spec="zoo:resnet20", out="x", method="original", budget="flops=1"))
+    with pytest.raises(ValueError, match="give one, e.g. --budget flops=0.6"):
+        check_method(RunConfig(spec="zoo:resnet20", out="x", method="prune"))
+    with pytest.raises(ValueError, match="not both"):
+        check_method(
+            RunConfig(
+                spec="zoo:resnet20", out="x", method="random", changes="none=1", budget="flops=0.5"
+            )
+        )
+    for text in ("flops", "flops=0", "flops=1.5", "energy=0.5", "flops=abc", "flops=nan"):
+        with pytest.raises(ValueError, match="--budget: cannot read"):
+            parse_budget(text)
+    with pytest.raises(ValueError, match="given twice"):
+        parse_budget("flops=0.5,flops=0.6")
+    assert RunConfig(spec="zoo:resnet20", out="x", budget=" params=0.50 , flops=.7").budget == (
+        "flops=0.7,params=0.5"
+    )
+
+
+class _CtrlC(Reporter):
+    """Presses Ctrl-C after a step of the θ epoch."""
+
+    def __init__(self) -> None:
+        self.trainer = None
+
+    def step(self, epoch: int, step: int, loss: float | None) -> None:
+        if (epoch, step) == (1, 2):
+            self.trainer.stop.requested = True
+
+
+def test_a_budgeted_run_resumes_exactly(tmp_path):
+    run(config(tmp_path, "whole", budget="flops=0.6"))
+    reporter = _CtrlC()
+    reporter.trainer = Trainer(config(tmp_path, "cut", budget="flops=0.6"), reporter)
+    with pytest.raises(Interrupted):
+        reporter.trainer.run()
+    cut = ckpt.load(tmp_path / "cut" / "checkpoint.pt")
+    assert cut["state"]["multipliers"] is not None and cut["state"]["costs"] is not None
+    run(config(tmp_path, "cut", budget="flops=0.6"), resume=True)
+    whole, resumed = (ckpt.load(tmp_path / n / "checkpoint.pt") for n in ("whole", "cut"))
+    assert whole["decisions"] == resumed["decisions"]
+    assert whole["state"]["multipliers"] == resumed["state"]["multipliers"]
+    for key, value in whole["model_state"].items():
+        assert torch.equal(value, resumed["model_state"][key]), key
+
+
+@pytest.mark.parametrize(
+    "costs",
+    [
+        {"total": {"flops": "many"}, "parts": []},
+        {"total": {"flops": 1.0}, "parts": [{"edges": ["layer1.0:0"], "cost": {"params": 1.0}}]},
+        {"total": {"flops": 1.0}, "parts": [{"edges": ["no such edge"], "cost": {"flops": 1.0}}]},
+        {"total": {"flops": 1.0}},
+    ],
+)
+def test_a_checkpoint_with_a_bad_cost_model_is_refused(tmp_path, costs):
+    trainer = Trainer(
+        config(tmp_path, budget="flops=0.6", epochs=1, arch_epochs=1, warmup_epochs=0), Reporter()
+    )
+    trainer.run()
+    path = tmp_path / "run" / "checkpoint.pt"
+    data = ckpt.load(path)
+    data["state"]["costs"] = costs
+    data["state"]["stage"] = "arch"
+    ckpt.save(path, data)
+    (tmp_path / "run" / "summary.json").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="cost model"):
+        Trainer(
+            config(tmp_path, budget="flops=0.6", epochs=1, arch_epochs=1, warmup_epochs=0),
+            Reporter(),
+            resume=True,
+        )
