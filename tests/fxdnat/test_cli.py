@@ -435,3 +435,27 @@ def test_a_seed_outside_what_torch_takes_is_refused():
         assert last_line(result) == (
             f"Error: Invalid value for '--seed': {seed} is not in the range 0<=x<=4294967295."
         )
+
+
+def test_budget_mistakes_get_one_line_and_exit_2(tmp_path):
+    out = str(tmp_path / "b")
+    cases = {
+        (
+            "--budget",
+            "flops=2",
+        ): "Error: --budget: cannot read 'flops=2'; expected RESOURCE=FRACTION",
+        ("--budget", "flops=0.5", "--method", "original"): (
+            "Error: --budget is for --method dnat, random or prune; this run's method is original"
+        ),
+        ("--method", "prune"): "Error: --method prune removes the least-contributing branches",
+        ("--budget", "flops=0.01"): (
+            "Error: --budget flops=0.01: no network fits the budget flops=0.01 without removing "
+            "every operand of a join; the smallest reachable cost is flops=0.0"
+        ),
+    }
+    for args, start in cases.items():
+        result = run("transform", "zoo:resnet20", *SMALL, *args, "--out", out)
+        assert result.exit_code == 2, result.output
+        assert last_line(result).startswith(start), last_line(result)
+        assert len(result.output.strip().splitlines()) == 1
+        assert not (tmp_path / "b").exists()
