@@ -129,3 +129,12 @@ def test_a_checkpoint_with_a_bad_cost_model_is_refused(tmp_path, costs):
             Reporter(),
             resume=True,
         )
+
+
+def test_a_latency_budget_is_met_in_the_measured_model(tmp_path):
+    summary = run(config(tmp_path, epochs=2, arch_epochs=1, warmup_epochs=0, budget="latency=0.7"))
+    emitted = summary["budget"]["emitted"]
+    assert set(emitted) == {"flops", "params", "latency"}
+    assert emitted["latency"] <= 0.7
+    costs = ckpt.load(tmp_path / "run" / "checkpoint.pt")["state"]["costs"]
+    assert costs["total"]["latency"] > 0  # seconds, timed once on the run's device
