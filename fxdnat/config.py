@@ -107,7 +107,7 @@ class RunConfig:
         if self.changes is not None:  # checked against the method once it is known
             self.changes = format_changes(parse_changes(self.changes))  # (a resume may omit it)
         if self.budget is not None:
-            self.budget = format_budget(parse_budget(self.budget)) or None
+            self.budget = format_budget(parse_budget(self.budget))
         # the checkpoint must find the data from any working folder (`fxdnat eval` elsewhere)
         self.data = resolve_name(self.data)
         if self.data_dir is not None:
@@ -199,6 +199,8 @@ def parse_budget(text: str) -> dict[str, float]:
         if resource in budget:
             raise ValueError(f"--budget: {resource} is given twice; give each resource once")
         budget[resource] = fraction
+    if not budget:
+        raise ValueError("--budget is empty; give RESOURCE=FRACTION, e.g. flops=0.7")
     return budget
 
 

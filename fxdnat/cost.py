@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxdnat.ir import SAME, Edge
+from fxdnat.ir import RESOURCES, SAME, Edge
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,8 @@ class CostModel:
     """Resource → the original network's cost: "flops" (of one forward of the inputs the model
     was built with, FLOPs), "params" (elements), "latency" (seconds, :func:`node_latency`)."""
     parts: tuple[Part, ...]
+    names: tuple[str, ...] | None = None
+    """Every edge the model was measured for, in order: a model of another graph is refused."""
 
     @property
     def edges(self) -> dict[str, dict[str, float]]:
@@ -240,12 +242,34 @@ class CostModel:
 
     def to_dict(self) -> dict[str, Any]:
         parts = [{"edges": list(p.edges), "cost": dict(p.cost)} for p in self.parts]
-        return {"total": dict(self.total), "parts": parts}
+        return {
+            "total": dict(self.total),
+            "parts": parts,
+            "names": None if self.names is None else list(self.names),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CostModel:
         parts = tuple(Part(tuple(p["edges"]), dict(p["cost"])) for p in data["parts"])
-        return cls(dict(data["total"]), parts)
+        names = data.get("names")
+        return cls(dict(data["total"]), parts, None if names is None else tuple(names))
+
+    def check(self, edges: Sequence[Edge], resources: Iterable[str]) -> None:
+        """Raise ValueError unless this model was measured for ``edges`` and counts
+        ``resources``."""
+        names = tuple(e.name for e in edges)
+        if self.names is not None and self.names != names:
+            raise ValueError(
+                f"the cost model was measured for {len(self.names)} other edges than these "
+                f"{len(names)}; build it with cost_model() on the same traced graph"
+            )
+        missing = [r for r in resources if r not in self.total]
+        if missing:
+            raise ValueError(
+                f"the budget bounds {', '.join(missing)} but the cost model counts "
+                f"{', '.join(self.total)}; build it with cost_model(..., resources=(..., "
+                f"{', '.join(map(repr, missing))}))"
+            )
 
 
 def cost_model(
@@ -260,7 +284,11 @@ def cost_model(
 
     FLOPs are counted on ``inputs`` (e.g. one image, as a run's summary counts them); latency,
     when ``resources`` has it, is timed on ``latency_inputs`` (default ``inputs``), on their
-    device — ``gm`` must be there too. Raises KeyError for an edge naming a node ``gm`` lacks."""
+    device — ``gm`` must be there too. Raises KeyError for an edge naming a node ``gm`` lacks,
+    ValueError for a resource outside :data:`fxdnat.ir.RESOURCES`."""
+    unknown = [r for r in resources if r not in RESOURCES]
+    if unknown:
+        raise ValueError(f"unknown resource(s) {unknown}; expected some of {RESOURCES}")
     nodes = {n.name: n for n in gm.graph.nodes}
     per_node: dict[str, dict[str, float]] = {}
     if "flops" in resources:
@@ -289,7 +317,8 @@ def cost_model(
         for names, count in _params_by_owners(gm, owners).items():
             parts.setdefault(names, dict.fromkeys(resources, 0.0))["params"] += count
     ordered = tuple(Part(names, parts[names]) for names in sorted(parts, key=_edge_order(edges)))
-    return CostModel({r: total[r] for r in resources if r in total}, ordered)
+    names = tuple(e.name for e in edges)
+    return CostModel({r: total[r] for r in resources if r in total}, ordered, names)
 
 
 def _edge_order(edges: Sequence[Edge]):

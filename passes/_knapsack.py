@@ -42,8 +42,10 @@ def fit_budget(
     Raises:
         BudgetError: no decisions fit; the message gives each resource's smallest reachable
             fraction (:func:`cheapest`).
-        KeyError: a resource of ``budget`` that ``model`` does not count.
+        ValueError: ``model`` was measured for other edges, or does not count a resource of
+            ``budget``.
     """
+    model.check(edges, budget)
     choices = [(e, c) for e in edges for c in e.choices]
     value = np.array([scores[e.name][c] + _PREFER[c] for e, c in choices])
     solution = _solve(edges, choices, -value, model, budget)
@@ -65,10 +67,12 @@ def cheapest(
 ) -> dict[str, float]:
     """Resource → the smallest fraction of the original cost that any decisions without a dead
     join reach, each resource minimised on its own (default: every resource of ``model``)."""
+    resources = list(model.total if resources is None else resources)
+    model.check(edges, resources)
     choices = [(e, c) for e in edges for c in e.choices]
     nested = [p for p in model.parts if len(p.edges) > 1]
     found = {}
-    for r in model.total if resources is None else resources:
+    for r in resources:
         kept = {p.edges[0]: p.cost[r] for p in model.parts if len(p.edges) == 1}
         cost = [kept.get(e.name, 0.0) if c == SAME else 0.0 for e, c in choices]
         solution = _solve(edges, choices, np.array(cost + [p.cost[r] for p in nested]), model, {})

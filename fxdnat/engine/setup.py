@@ -72,11 +72,7 @@ def prepare(
         dnat = DNAT.from_module(restored.module, traced=restored.traced, edges=restored.edges)
         state = stored_state(stored)
         state.theta_history = list(stored["theta_history"])
-        names = {e.name for e in dnat.edges}
-        if (
-            state.costs is not None
-            and not {e for p in state.costs["parts"] for e in p["edges"]} <= names
-        ):
+        if state.costs is not None and state.costs["names"] != [e.name for e in dnat.edges]:
             raise ckpt.CheckpointError(
                 "the checkpoint's cost model is for other edges than its network's; was it "
                 "written by fxdnat?"

@@ -111,7 +111,12 @@ def _cost_model(value: Any) -> bool:
     """None, or a CostModel's plain form (``CostModel.to_dict``)."""
     if value is None:
         return True
-    if type(value) is not dict or set(value) != {"total", "parts"} or value["total"] is None:
+    if type(value) is not dict or set(value) != {"total", "parts", "names"}:
+        return False
+    if value["total"] is None:
+        return False
+    names = value["names"]
+    if type(names) is not list or not all(type(n) is str for n in names):
         return False
     parts, resources = value["parts"], set(value["total"])
     return (

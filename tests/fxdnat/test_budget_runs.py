@@ -66,6 +66,9 @@ def test_a_budget_belongs_to_the_methods_that_decide():
                 spec="zoo:resnet20", out="x", method="random", changes="none=1", budget="flops=0.5"
             )
         )
+    for text in ("", ",", " , "):
+        with pytest.raises(ValueError, match="--budget is empty"):
+            parse_budget(text)
     for text in ("flops", "flops=0", "flops=1.5", "energy=0.5", "flops=abc", "flops=nan"):
         with pytest.raises(ValueError, match="--budget: cannot read"):
             parse_budget(text)

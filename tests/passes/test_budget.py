@@ -261,3 +261,17 @@ def test_contributions_rank_a_silent_branch_last():
         gated.arch.theta[0, CHOICES.index(SAME)] = 0.5
     with pytest.raises(ValueError, match="must be"):
         contributions(gated, [x])
+
+
+def test_a_cost_model_of_another_graph_or_resource_is_refused():
+    _, edges, gated, costs = _toy()
+    one_block = fxdnat.trace(nn.Sequential(nn.Conv2d(2, 2, 1)), torch.randn(1, 2, 4, 4))
+    other = cost_model(one_block, [], torch.randn(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="measured for 0 other edges than these"):
+        passes.decide(gated, budget={"flops": 0.5}, costs=other)
+    with pytest.raises(ValueError, match="the budget bounds latency but the cost model counts"):
+        passes.decide(gated, budget={"latency": 0.5}, costs=costs)
+    with pytest.raises(ValueError, match="the budget bounds latency"):
+        cheapest(edges, costs, ["latency"])
+    with pytest.raises(ValueError, match="unknown resource"):
+        cost_model(one_block, [], torch.randn(1, 2, 4, 4), ("memory",))
