@@ -7,6 +7,7 @@ sweep (`fxdnat.repro.report`) and ``fxdnat plot RUN...`` draw the same figure; w
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,34 @@ def target(summary: Mapping[str, Any]) -> str | None:
     return (format_budget(wanted) or None) if wanted else None
 
 
+def _wrong_field(summary: Mapping[str, Any]) -> str | None:
+    """What in a summary is not what fxdnat writes, in words; None when all is."""
+
+    def number(value: Any) -> bool:
+        return type(value) in (int, float) and math.isfinite(value)
+
+    if not number(summary["test_acc"]):
+        return "its test_acc is not a number"
+    for key in ("data", "spec", "method", "tie"):
+        if key in summary and summary[key] is not None and type(summary[key]) is not str:
+            return f"its {key} is not text"
+    budget = summary.get("budget")
+    if budget is None:
+        return None
+    if not isinstance(budget, Mapping):
+        return "its budget is not a mapping"
+    for part in ("target", "emitted"):
+        values = budget.get(part)
+        if part == "emitted" and part not in budget:  # the measured sizes stand in for it
+            continue
+        if not isinstance(values, Mapping) or not all(
+            r in RESOURCES and number(v) and (part == "emitted" or 0 < v <= 1)
+            for r, v in values.items()
+        ):
+            return f"its budget's {part} is not fractions by resource"
+    return None
+
+
 def study_method(summary: Mapping[str, Any]) -> str:
     """The study method a run is: DNAT by its θ tie (cell, full), any other by its name."""
     method = summary.get("method", "?")
@@ -121,6 +150,9 @@ def _read_run(path: Path) -> CostRun | None:
         raise ValueError(f"{path} is not a run's summary (it has no test_acc); {fix}")
     if summary["test_acc"] is None:
         return None
+    wrong = _wrong_field(summary)
+    if wrong is not None:
+        raise ValueError(f"{path} is not a run's summary ({wrong}); {fix}")
     return CostRun(
         data=summary.get("data", "?"),
         model=model_name(summary.get("spec", "?")),

@@ -109,6 +109,16 @@ def test_reading_runs_refuses_what_holds_none(tmp_path):
         ValueError, match=r"other.json is not a run's summary \(it has no test_acc\)"
     ):
         read_runs([other])
+    for field, value, why in (
+        ("test_acc", "high", "its test_acc is not a number"),
+        ("budget", {"target": {"flops": "x"}, "emitted": {}}, "its budget's target is not"),
+        ("budget", {"target": {"flops": 0.6}, "emitted": {"flops": None}}, "its budget's emitted"),
+        ("budget", [1], "its budget is not a mapping"),
+        ("spec", 3, "its spec is not text"),
+    ):
+        hostile = write(tmp_path / "h.json", json.dumps({"test_acc": 0.5, field: value}))
+        with pytest.raises(ValueError, match=rf"h.json is not a run's summary \({why}"):
+            read_runs([hostile])
     unfinished = write(tmp_path / "u" / "summary.json", json.dumps({"test_acc": None}))
     with pytest.raises(ValueError, match=r"^no run in .*u has a test accuracy: none trained"):
         read_runs([unfinished.parent])
