@@ -1,11 +1,11 @@
 """The cost term of a budgeted architecture stage: θ's expected cost, held to the target by a
 Lagrange multiplier.
 
-Each edge's chance of keeping "same" is read from its θ row as a softmax over the row's allowed
-entries at temperature τ (:data:`TEMPERATURE`); at θ = (0, 0, 1) it is 0.96, so the expected
-cost starts near the original's. The expected cost of resource r is
+DNAT's mix weighs each edge's operation by its raw θ_same, so the share of a branch's cost the
+gated network still pays is θ_same clipped to [0, 1] (1 at the initial (0, 0, 1); 0 once the
+branch no longer counts). The expected cost of resource r is
 
-    C_r(θ) = fixed_r + Σ_parts cost_part,r · Π_(e of the part) p_e(same)
+    C_r(θ) = fixed_r + Σ_parts cost_part,r · Π_(e of the part) clip(θ_e,same, 0, 1)
 
 (a fraction of the original's cost; a part is a branch's nodes, fxdnat.cost.Part)
 and θ's loss gains ``Σ_r λ_r · C_r(θ) / target_r``. After each θ step the multiplier follows
@@ -13,9 +13,12 @@ dual ascent, ``λ_r ← max(0, λ_r + η · (C_r − target_r) / target_r)``: it
 expected cost is over the target and shrinks back once under. Why a multiplier rather than a
 fixed penalty weight: θ's gradient from the loss differs by orders of magnitude between models
 and data sets (and Adam rescales it anyway), so no one weight both reaches a target and stops
-there; the multiplier needs no tuning per model, only a rate. The budget is met exactly at the
-end whatever θ learned (``decide(..., budget=)``, an exact knapsack); the term's job is that the
-network trains towards an architecture that fits, so that finalize changes little.
+there; the multiplier needs no tuning per model, only a rate. Why θ_same itself rather than
+a softmax of θ's row (the chance that decide keeps "same"): the term then lowers the weight the
+network computes with, so the network trains without the branches it gives up; a softmax moves
+the argmax and leaves θ_same, and the network, where they were (measured in docs/budgets.md).
+The budget is met exactly at the end whatever θ learned (``decide(..., budget=)``, an exact
+knapsack); the term's job is that the network trains towards an architecture that fits.
 """
 
 from __future__ import annotations
@@ -28,27 +31,9 @@ from fxdnat.arch import Architecture
 from fxdnat.cost import CostModel
 from fxdnat.ir import CHOICES, SAME
 
-TEMPERATURE = 0.25
-"""τ of the softmax that reads "same"'s chance from a θ row at the stage's start: at the initial
-(0, 0, 1) it is 0.96 on a row with three choices, so the expected cost starts close to the
-original's."""
-FINAL_TEMPERATURE = 0.025
-"""τ at the stage's end (:func:`temperature_at`): "same"'s chance is then all but the argmax, so
-the expected cost the multiplier holds to the target is the cost of what decide will choose; at
-a fixed τ θ can meet the target with rows hovering at a tie, which decide then breaks (measured:
-ResNet20, digits-hard, flops=0.6 at τ = 0.25 throughout, the gated network's 86.4 % fell to
-19.1 % at finalize)."""
 MULTIPLIER_LR = 0.05
 """η, the multiplier's step per θ step per unit of relative excess: 20 steps 100 % over the
 target raise λ by 1 (the θ loss's own gradient is ~10⁻³–10⁻² per entry on ResNet20; digits)."""
-
-
-def temperature_at(progress: float) -> float:
-    """τ after ``progress`` (0 to 1) of θ's training: geometric from :data:`TEMPERATURE` to
-    :data:`FINAL_TEMPERATURE`, as Gumbel-softmax temperatures are annealed in differentiable
-    architecture search (FBNet)."""
-    progress = min(max(progress, 0.0), 1.0)
-    return TEMPERATURE * (FINAL_TEMPERATURE / TEMPERATURE) ** progress
 
 
 class BudgetTerm:
@@ -67,21 +52,16 @@ class BudgetTerm:
         costs: CostModel,
         budget: Mapping[str, float],
         *,
-        temperature: float = TEMPERATURE,
         multiplier_lr: float = MULTIPLIER_LR,
     ) -> None:
         self.arch, self.budget = arch, dict(budget)
-        self.temperature, self.multiplier_lr = temperature, multiplier_lr
+        self.multiplier_lr = multiplier_lr
         self.multipliers = dict.fromkeys(self.budget, 0.0)
         """λ per resource (plain floats: a checkpoint keeps them)."""
         self.expected: dict[str, float] = {}
         """C_r(θ) at the last :meth:`penalty`, a fraction of the original cost."""
         edges = arch.edges
         self._rows = torch.tensor([arch.group_of[e.name] for e in edges], dtype=torch.long)
-        allowed = torch.zeros(len(edges), len(CHOICES), dtype=torch.bool)
-        for i, edge in enumerate(edges):
-            allowed[i, [CHOICES.index(c) for c in edge.choices]] = True
-        self._allowed = allowed
         # each part is kept when all its edges keep "same": its members' indices, padded with
         # len(edges), whose chance is 1
         position = {e.name: i for i, e in enumerate(edges)}
@@ -99,11 +79,13 @@ class BudgetTerm:
         self._fixed = {r: 1.0 - float(w.sum()) for r, w in self._weights.items()}
 
     def expected_cost(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Resource → C_r(θ), a 0-dim tensor differentiable in ``theta`` (rows × 3): each part's
-        cost times the chance that every edge it goes with keeps "same"."""
-        rows = theta[self._rows.to(theta.device)] / self.temperature
-        rows = rows.masked_fill(~self._allowed.to(theta.device), float("-inf"))
-        same = torch.softmax(rows, dim=1)[:, CHOICES.index(SAME)]
+        """Resource → C_r(θ), a 0-dim tensor differentiable in ``theta`` (groups × 3): each
+        part's cost times the product of its edges' θ_same, each clipped to [0, 1] (its
+        gradient that of max(θ_same, 0))."""
+        raw = theta[self._rows.to(theta.device), CHOICES.index(SAME)].relu()
+        # the value clipped at 1, the gradient of the unclipped one: a θ_same above 1 still pays
+        # for its branch (clamp's gradient is 0 there, and at exactly 1, where θ starts)
+        same = raw - (raw - raw.clamp(max=1.0)).detach()
         kept = torch.cat([same, same.new_ones(1)])[self._members.to(theta.device)].prod(dim=1)
         return {
             r: self._fixed[r] + (w.to(theta.device) * kept).sum() for r, w in self._weights.items()

@@ -27,7 +27,7 @@ from torch import fx, nn
 
 from fxdnat._files import atomic_file
 from fxdnat.frontend import trace
-from fxdnat.ir import CHOICES, GRANULARITIES, SCALES, TIES, Edge
+from fxdnat.ir import CHOICES, GRANULARITIES, SCALES, TIES, Edge, check_decisions
 from fxdnat.passes import decide, discover, finalize, gate
 from fxdnat.specs import BuiltModel, build_model, check_untrusted, same_spec
 
@@ -139,10 +139,15 @@ class Restored:
 
     def final(self) -> tuple[fx.GraphModule, dict[str, str], bool]:
         """The clean network, its decisions, and whether they were made now: a checkpoint of
-        the architecture stage is finalized on the choices its θ prefers at this point."""
+        the architecture stage is finalized on the choices its θ prefers at this point (in the
+        fade before finalize, on the run's decisions)."""
         if self.decisions is not None or not self.edges:
             return self.module, self.decisions or {}, False
-        decisions = decide(self.module)
+        fade = (self.data.get("state") or {}).get("fade")
+        if type(fade) is dict and type(fade.get("decisions")) is dict:  # decided, fading out
+            decisions = check_decisions(self.edges, fade["decisions"])
+        else:
+            decisions = decide(self.module)
         scale = self.data.get("finalize_scale", "one")
         return finalize(self.module, decisions, scale=scale), decisions, True
 

@@ -319,6 +319,13 @@ _TRAINING_OPTIONS = (
         help="ω-only epochs at the start of the architecture stage, before θ trains.",
     ),
     click.option(
+        "--fade-epochs",
+        type=click.IntRange(min=0),
+        default=None,
+        help="The architecture stage's last epochs: decide at their start, then fade out what "
+        "finalize drops while ω trains [default: 0; with --budget 1/8 of the stage].",
+    ),
+    click.option(
         "--batch-size",
         type=click.IntRange(min=1),
         default=None,

@@ -43,6 +43,7 @@ _RECIPE_FIELDS = (
     "epochs",
     "arch_epochs",
     "warmup_epochs",
+    "fade_epochs",
     "batch_size",
     "lr",
     "theta_lr",
@@ -51,6 +52,9 @@ _RECIPE_FIELDS = (
     "search_epochs",
     "nat_weights",
 )
+BUDGET_FADE = 8
+"""A budgeted run fades for 1/8 of its architecture stage unless told (``--fade-epochs``): 10 of
+the quick recipe's 80 epochs (docs/budgets.md, "The fade")."""
 _NAT_FIELDS = {"search_epochs": "search_epochs", "nat_weights": "weight_archs"}
 """RunConfig fields that override the recipe's NAT schedule (``Recipe.nat``), and theirs."""
 
@@ -74,6 +78,7 @@ class RunConfig:
     epochs: int | None = None
     arch_epochs: int | None = None
     warmup_epochs: int | None = None
+    fade_epochs: int | None = None  # default: 0, or an eighth of the architecture stage at a budget
     batch_size: int | None = None
     lr: float | None = None
     theta_lr: float | None = None
@@ -130,6 +135,7 @@ def resolve_recipe(c: RunConfig):
             ("epochs", c.epochs),
             ("arch_epochs", c.arch_epochs),
             ("warmup_epochs", c.warmup_epochs),
+            ("fade_epochs", c.fade_epochs),
             ("batch_size", c.batch_size),
             ("lr", c.lr),
             ("theta_lr", c.theta_lr),
@@ -142,6 +148,7 @@ def resolve_recipe(c: RunConfig):
         overrides["arch_epochs"] = min(recipe.arch_epochs, overrides["epochs"])
     if c.method in ("original", "nat"):  # no architecture stage: no θ, no warm-up before it
         overrides["arch_epochs"] = overrides["warmup_epochs"] = 0  # (NAT's search is apart)
+        overrides["fade_epochs"] = 0
     nat = {theirs: getattr(c, mine) for mine, theirs in _NAT_FIELDS.items()}
     if "epochs" in overrides and nat["search_epochs"] is None:  # as --epochs caps DNAT's stage
         nat["search_epochs"] = min(recipe.nat.search_epochs, overrides["epochs"])
@@ -157,6 +164,12 @@ def resolve_recipe(c: RunConfig):
     if "warmup_epochs" not in overrides:  # a shorter stage keeps at least one θ epoch
         arch = overrides.get("arch_epochs", recipe.arch_epochs)
         overrides["warmup_epochs"] = min(recipe.warmup_epochs, max(arch - 1, 0))
+    if "fade_epochs" not in overrides and c.budget is not None:
+        # a budget removes candidates θ still weighs (and prune / random remove branches of the
+        # trained original): fading them out keeps finalize from breaking the trained network
+        arch = overrides.get("arch_epochs", recipe.arch_epochs)
+        room = max(arch - overrides["warmup_epochs"] - 1, 0)
+        overrides["fade_epochs"] = min(arch // BUDGET_FADE, room)
     if c.theta_lr is not None:  # an explicit lr is taken as it is
         overrides["theta_reach"] = None
     return dataclasses.replace(recipe, **overrides)
@@ -232,6 +245,11 @@ def check_method(config: RunConfig) -> None:
         raise ValueError(
             f"--changes is for --method random (the control) only; this run's method is "
             f"{config.method}"
+        )
+    if config.method in ("original", "nat") and config.fade_epochs:
+        raise ValueError(
+            f"--fade-epochs fades out what finalize drops at the architecture stage's end; "
+            f"--method {config.method} has no such stage"
         )
     for name in _NAT_FIELDS:
         if config.method != "nat" and getattr(config, name) is not None:

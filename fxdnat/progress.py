@@ -126,6 +126,15 @@ class RichReporter(Reporter):
                 f"{dead} dead joins; it trains from scratch now",
                 highlight=False,
             )
+        if name == "fade":
+            changed = data["changed"]
+            listed = ", ".join(f"{k}→{v}" for k, v in changed.items()) or "none"
+            self.console.print(
+                f"[bold]decide[/] after epoch {data['epoch']}: {len(changed)} edges change "
+                f"({listed}); θ stops, and what finalize drops fades out over "
+                f"{data['epochs']} epochs (test accuracy now {100 * data['acc_decided']:.2f}%)",
+                highlight=False,
+            )
         if name == "finalize":
             changed = data["changed"]
             listed = ", ".join(f"{k}→{v}" for k, v in changed.items()) or "none"
@@ -141,7 +150,8 @@ class RichReporter(Reporter):
                 after_bn = f", {100 * bn:.2f}% after BN re-estimation" if bn is not None else ""
                 self.console.print(
                     f"  test accuracy {100 * data['acc_before']:.2f}% gated → "
-                    f"{100 * data['acc_after']:.2f}% finalized (scale {data['scale']}){after_bn}",
+                    f"{_faded(data)}{100 * data['acc_after']:.2f}% finalized "
+                    f"(scale {data['scale']}){after_bn}",
                     highlight=False,
                 )
 
@@ -175,8 +185,8 @@ class RichReporter(Reporter):
         if done.get("acc_after") is not None:
             table.add_row(
                 "finalize",
-                f"test {100 * done['acc_before']:.2f}% → {100 * done['acc_after']:.2f}% "
-                f"(scale {done['scale']})",
+                f"test {100 * done['acc_before']:.2f}% → {_faded(done)}"
+                f"{100 * done['acc_after']:.2f}% (scale {done['scale']})",
             )
         derived = summary.get("nat")
         if derived:
@@ -207,3 +217,10 @@ def _how_sure(margins: dict[str, float], flipped: list[str]) -> str:
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _faded(finalize: dict) -> str:
+    """The fade's step of the finalize line: "85.10% after a 10-epoch fade → ", or nothing."""
+    if finalize.get("acc_faded") is None:
+        return ""
+    return f"{100 * finalize['acc_faded']:.2f}% after a {finalize['fade_epochs']}-epoch fade → "

@@ -81,6 +81,10 @@ class Recipe:
     theta_reach: float | None = None  # lr·T: θ's lr becomes theta_reach / T; None: theta_lr
     finalize_scale: Scale = "keep"  # fold θ's learned coefficients into the network ("one": 1)
     bn_recalibration: int = 0  # training batches that re-estimate BN statistics after finalize
+    # the architecture stage's last epochs: the decisions are taken at their start, θ stops
+    # training, and the candidates finalize will drop fade linearly to 0 while ω trains, so
+    # finalize changes nothing (fxdnat/engine/stage.py); a budgeted run's default: see config
+    fade_epochs: int = 0
     nat: NatSchedule = NatSchedule()  # the NAT baseline's search (``--method nat`` only)
 
     def __post_init__(self) -> None:
@@ -116,6 +120,12 @@ class Recipe:
             raise ValueError(
                 f"recipe {self.name!r}: finalize_scale is 'keep' or 'one' and "
                 "bn_recalibration a number of batches >= 0"
+            )
+        if not 0 <= self.fade_epochs <= max(self.arch_epochs - self.warmup_epochs - 1, 0):
+            raise ValueError(
+                f"recipe {self.name!r} fades for {self.fade_epochs} of its {self.arch_epochs} "
+                f"architecture epochs after {self.warmup_epochs} of warm-up; θ needs at least "
+                "one epoch before the fade (--fade-epochs must leave one)"
             )
         if not 0 <= self.drop_path_prob < 1:
             raise ValueError(f"recipe {self.name!r}: drop_path_prob must be in [0, 1)")

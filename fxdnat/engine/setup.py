@@ -101,7 +101,7 @@ def _reach(config: RunConfig, recipe: Recipe, steps_per_epoch: int) -> Reach:
         return Reach(0, 0, recipe.theta_lr)
     return plan_reach(
         steps_per_epoch,
-        recipe.arch_epochs,
+        recipe.arch_epochs - recipe.fade_epochs,  # θ does not train in the fade
         recipe.warmup_epochs,
         recipe.theta_lr,
         recipe.theta_reach,

@@ -6,6 +6,12 @@ report), under a cost budget the best that fit; the random control's are drawn
 keeps the branches that contribute most within the budget (:func:`pruned_decisions`). The ω
 optimiser is rebuilt for the final module with the momentum of the weights that remain; BN
 statistics can be re-estimated (``Recipe.bn_recalibration``).
+
+With ``Recipe.fade_epochs`` the decisions are taken that many epochs before the stage's end;
+θ stops training and moves linearly, over those epochs while ω trains, to what finalize will
+read: the entries it drops at 0, those it keeps at their value or 1 (:func:`fade_target`,
+:func:`fade_factor`); the network ω trains is then already the one finalize emits, and
+finalize changes nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ import torch
 from torch import fx, nn
 from torch.utils.data import DataLoader
 
+from fxdnat.arch import Architecture
 from fxdnat.config import RunConfig
 from fxdnat.contribution import contributions
 from fxdnat.cost import CostModel
 from fxdnat.engine.runtime import Runtime
 from fxdnat.engine.state import RunState
-from fxdnat.ir import IDENTITY, NONE, SAME, Edge, Scale
+from fxdnat.ir import CHOICES, IDENTITY, NONE, SAME, Edge, Scale
 from fxdnat.passes import decide, fit_budget, margins
 from fxdnat.zoo.recipes import Recipe
 
@@ -50,7 +57,7 @@ def dnat_decisions(
     least the last two) go into ``state``."""
     decisions = decide(gated, budget=budget, costs=costs)
     state.margins = margins(gated)
-    searched = recipe.arch_epochs - recipe.warmup_epochs
+    searched = recipe.arch_epochs - recipe.warmup_epochs - recipe.fade_epochs
     late = state.theta_history[-max(2, searched // 4) :]
     state.flipped = sorted(
         {
@@ -93,6 +100,36 @@ def random_within(
         e.name: {c: (1.0 if c == SAME else 0.0) + rng.random() for c in e.choices} for e in edges
     }
     return fit_budget(edges, scores, costs, budget)
+
+
+def fade_target(arch: Architecture, decisions: Mapping[str, str], scale: Scale) -> torch.Tensor:
+    """θ as finalize will read it (θ's shape, groups × choices): each entry no edge of its row
+    keeps at 0, each kept entry where it is (scale "keep") or at 1 (scale "one"). The fade
+    moves θ there; a row of tied edges keeps every entry one of them keeps (a budget may decide
+    tied edges apart: finalize then drops those entries at once).
+
+    Raises:
+        ValueError: ``decisions`` name other edges than ``arch``'s.
+    """
+    unknown = set(decisions) ^ set(arch.group_of)
+    if unknown:
+        raise ValueError(
+            f"the fade's decisions name other edges than the network's: {sorted(unknown)[:3]}"
+        )
+    kept = torch.zeros_like(arch.theta, dtype=torch.bool)
+    for name, choice in decisions.items():
+        kept[arch.group_of[name], CHOICES.index(choice)] = True
+    theta = arch.theta.detach()
+    return torch.where(kept, theta if scale == "keep" else torch.ones_like(theta), 0.0)
+
+
+def fade_factor(done: int, total: int) -> float:
+    """What the fade's step ``done + 1`` of ``total`` multiplies θ's distance to its target by,
+    so that after step k θ is (1 − k / total) of the way from where the fade found it: a linear
+    ramp that needs only θ itself to continue after a resume."""
+    if not 0 <= done < total:
+        raise ValueError(f"fade step {done + 1} of {total}")
+    return (total - done - 1) / (total - done)
 
 
 def carry_momentum(

@@ -44,6 +44,7 @@ class RunState:
     margins: dict[str, float] | None = None  # θ's top-two gap per edge at decide
     flipped: list[str] | None = None  # edges whose decision changed in the stage's last epochs
     finalize: dict[str, Any] | None = None  # scale, test accuracy just before and after
+    fade: dict[str, Any] | None = None  # the fade before finalize: decisions, accuracy at decide
     search_epoch: int = 0  # NAT: search epochs completed
     baseline: float = 0.0  # NAT: REINFORCE's moving-average baseline
     derive: dict[str, Any] | None = None  # NAT: the derived decisions, every sample's score
@@ -91,6 +92,11 @@ def stored_state(stored: dict) -> RunState:
         raise ckpt.CheckpointError(
             "the checkpoint's run state is not one this fxdnat writes; was it written by fxdnat?"
         )
+    if not _fade(state.get("fade")):
+        raise ckpt.CheckpointError(
+            "the checkpoint's fade is not the decisions and accuracy fxdnat writes; was it "
+            "written by fxdnat?"
+        )
     if not (_numbers(state.get("multipliers")) and _cost_model(state.get("costs"))):
         raise ckpt.CheckpointError(
             "the checkpoint's cost model or budget multipliers are not plain numbers by name; "
@@ -104,6 +110,20 @@ def _numbers(value: Any) -> bool:
     return value is None or (
         type(value) is dict
         and all(type(k) is str and type(v) in (int, float) for k, v in value.items())
+    )
+
+
+def _fade(value: Any) -> bool:
+    """None, or the trainer's fade record: edge → choice, and the test accuracy at decide."""
+    if value is None:
+        return True
+    if type(value) is not dict or set(value) != {"decisions", "acc_decided"}:
+        return False
+    decisions, acc = value["decisions"], value["acc_decided"]
+    return (
+        type(decisions) is dict
+        and all(type(k) is str and v in CHOICES for k, v in decisions.items())
+        and (acc is None or type(acc) is float)
     )
 
 

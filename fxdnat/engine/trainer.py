@@ -35,7 +35,7 @@ from fxdnat._files import (
     remove_temporaries,
     write_json,
 )
-from fxdnat.budget import BudgetTerm, temperature_at
+from fxdnat.budget import BudgetTerm
 from fxdnat.config import RunConfig, check_method, parse_budget, resumed_config
 from fxdnat.cost import CostModel
 from fxdnat.dnat import DNAT
@@ -122,6 +122,12 @@ class Trainer:
         self.opt_w: torch.optim.SGD | None = None
         self.opt_theta: torch.optim.Adam | None = None
         self.search: nat_search.Search | None = None  # NAT's policy, while it searches
+        self._fade_to: torch.Tensor | None = None  # θ as finalize will read it
+        if self.state.fade is not None and self.state.stage == "arch":  # resumed in the fade
+            try:
+                self._fade_to = self._fade_target(self.state.fade["decisions"])
+            except ValueError as exc:
+                raise ckpt.CheckpointError(f"{exc}; was it written by fxdnat?") from exc
         self.policy_state = stored.get("nat") if stored else None  # NAT's, once searched
         if stored is None and self.state.stage == "arch" and self.recipe.arch_epochs == 0:
             self._finalize(before=None)
@@ -188,6 +194,9 @@ class Trainer:
                     self._save()
                     raise
                 self.reporter.epoch_end(record)
+                fade_starts = r.fade_epochs and self.state.epoch == r.arch_epochs - r.fade_epochs
+                if self.state.stage == "arch" and fade_starts:
+                    record["fade"] = self._start_fade(record["test_acc"])
                 if self.state.stage == "arch" and self.state.epoch == r.arch_epochs:
                     record["finalize"] = self._finalize(before=record["test_acc"])
                 self.state.metrics.append(record)
@@ -269,10 +278,6 @@ class Trainer:
             self.train_loader.sampler.set_epoch(s.epoch)
         if self.drop_path:
             zoo.set_drop_path_prob(self.dnat.module, r.drop_path_prob * s.epoch / r.epochs)
-        if self.dnat.cost_term is not None:  # the budget's τ falls over θ's epochs
-            searched = max(r.arch_epochs - r.warmup_epochs, 1)
-            done = (s.epoch + 1 - r.warmup_epochs) / searched  # the stage's last epoch: τ's end
-            self.dnat.cost_term.temperature = temperature_at(done)
         self.dnat.module.train()
         steps = len(self.train_loader)
         self.reporter.epoch_start(s.epoch, s.stage, steps)
@@ -301,12 +306,16 @@ class Trainer:
             clip=self.recipe.grad_clip,
         )
         self.first_nan.watch_step(done, self.state.step)
+        if self.state.fade is not None and self.state.stage == "arch":
+            self._fade_step()
         return done.loss, (done.output.argmax(1) == y).sum().double()
 
     def _searching(self) -> bool:
-        """θ trains in this epoch: the architecture stage of DNAT, after ω's warm-up."""
+        """θ trains in this epoch: the architecture stage of DNAT, after ω's warm-up and before
+        the fade."""
         s, r = self.state, self.recipe
-        return s.stage == "arch" and self.opt_theta is not None and s.epoch >= r.warmup_epochs
+        searched = r.warmup_epochs <= s.epoch < r.arch_epochs - r.fade_epochs
+        return s.stage == "arch" and self.opt_theta is not None and searched
 
     def _loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor):
         """(loss, logits): cross-entropy of the main logits, plus the auxiliary head's."""
@@ -358,7 +367,7 @@ class Trainer:
             epoch=s.epoch,
             stage=s.stage,
             theta_trains=self.opt_theta is not None,
-            arch_epochs=r.arch_epochs,
+            arch_epochs=r.arch_epochs - r.fade_epochs,  # θ's last update
             warmup_epochs=r.warmup_epochs,
             rule=self.config.arch_update,
         )
@@ -391,20 +400,18 @@ class Trainer:
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
     def _budget_state(self) -> dict[str, Any] | None:
-        """The cost term's expected cost (fractions), multipliers and τ after the epoch."""
+        """The cost term's expected cost (fractions) and multipliers after the epoch."""
         term = self.dnat.cost_term
         if term is None or not term.expected:
             return None
-        return {
-            "expected": dict(term.expected),
-            "multipliers": dict(term.multipliers),
-            "temperature": term.temperature,
-        }
+        return {"expected": dict(term.expected), "multipliers": dict(term.multipliers)}
 
     def _preferences(self) -> dict[str, int]:
         """How many edges currently prefer each choice (the decisions once finalized)."""
         if self.state.decisions is not None:
             return dict(Counter(self.state.decisions.values()))
+        if self.state.fade is not None:
+            return dict(Counter(self.state.fade["decisions"].values()))
         if self.dnat.theta is None:
             return {}
         return dict(Counter(decide(self.dnat.module).values()))
@@ -487,18 +494,7 @@ class Trainer:
         just before and just after, and after re-estimating BN statistics if the recipe asks."""
         gated, r, s, c = self.dnat, self.recipe, self.state, self.config
         budget = parse_budget(c.budget) if c.budget is not None else None
-        if c.method == "random" and budget is not None:
-            decisions = stage.random_within(gated.edges, budget, self._costs(), c.seed)
-        elif c.method == "random":
-            decisions = setup.random_decisions(c, gated.edges)
-        elif c.method == "prune":
-            decisions = stage.pruned_decisions(
-                gated.module, self.train_loader, self.runtime, budget, self._costs()
-            )
-        else:
-            decisions = stage.dnat_decisions(
-                gated.module, r, s, budget, self._costs() if budget is not None else None
-            )
+        decisions = s.fade["decisions"] if s.fade is not None else self._decide(budget)
         scale = stage.scale(self.config, r)
         final = finalize(gated.module, decisions, scale=scale)
         self.dnat = DNAT.from_module(final, traced=gated.traced, edges=gated.edges)
@@ -510,6 +506,9 @@ class Trainer:
             stage.carry_momentum(old, self.opt_w, gated.module, final)
             self.opt_theta = None
         record: dict[str, Any] = {"scale": scale, "acc_before": before, "acc_after": None}
+        if s.fade is not None:  # "before" is the gated network at decide, before the fade
+            record |= {"fade_epochs": r.fade_epochs, "acc_faded": before}
+            record["acc_before"] = s.fade["acc_decided"]
         if budget is not None:  # the emitted network's cost in the run's cost model
             record["cost"] = self._costs().fraction(decisions)
         if before is not None:  # an empty stage has no "before" to compare with
@@ -533,6 +532,50 @@ class Trainer:
             },
         )
         return record
+
+    def _decide(self, budget: dict[str, float] | None) -> dict[str, str]:
+        """The decisions of the run's method: θ's (DNAT), drawn (the random control) or by
+        contribution (prune); within ``budget`` when one is set."""
+        c, gated = self.config, self.dnat
+        if c.method == "random" and budget is not None:
+            return stage.random_within(gated.edges, budget, self._costs(), c.seed)
+        if c.method == "random":
+            return setup.random_decisions(c, gated.edges)
+        if c.method == "prune":
+            return stage.pruned_decisions(
+                gated.module, self.train_loader, self.runtime, budget, self._costs()
+            )
+        costs = self._costs() if budget is not None else None
+        return stage.dnat_decisions(gated.module, self.recipe, self.state, budget, costs)
+
+    # -------------------------------------------------------------------------- the fade
+    def _start_fade(self, acc: float) -> dict[str, Any]:
+        """Decide now, ``fade_epochs`` before the stage's end; θ stops training and moves to
+        what finalize will read (stage.fade_target) over the remaining epochs. ``acc``: the
+        gated network's test accuracy now. Returns what the metrics log records."""
+        c, s = self.config, self.state
+        decisions = self._decide(parse_budget(c.budget) if c.budget is not None else None)
+        s.fade = {"decisions": decisions, "acc_decided": acc}
+        self._fade_to = self._fade_target(decisions)
+        record = {
+            "epochs": self.recipe.fade_epochs,
+            "changed": {k: v for k, v in decisions.items() if v != SAME},
+            "acc_decided": acc,
+        }
+        self.reporter.event("fade", {"epoch": s.epoch, **record})
+        return record
+
+    @torch.no_grad()
+    def _fade_step(self) -> None:
+        """After each step of the fade: θ one step closer to what finalize will read."""
+        s, r = self.state, self.recipe
+        steps = len(self.train_loader)
+        done = (s.epoch - (r.arch_epochs - r.fade_epochs)) * steps + s.step
+        theta, target = self.dnat.arch.theta, self._fade_to.to(self.dnat.arch.theta.device)
+        theta.copy_(target + (theta - target) * stage.fade_factor(done, r.fade_epochs * steps))
+
+    def _fade_target(self, decisions: dict[str, str]) -> torch.Tensor:
+        return stage.fade_target(self.dnat.arch, decisions, stage.scale(self.config, self.recipe))
 
     def _costs(self) -> CostModel:
         """The run's cost model (a budgeted run measured it before training)."""

@@ -87,6 +87,7 @@ class ReproConfig:
     epochs: int | None = None
     arch_epochs: int | None = None
     warmup_epochs: int | None = None
+    fade_epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     theta_lr: float | None = None

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from fxdnat import checkpoint as ckpt
-from fxdnat.config import RunConfig, check_method, parse_budget
-from fxdnat.engine import Interrupted, Reporter, Trainer
+from fxdnat import passes
+from fxdnat.config import RunConfig, check_method, parse_budget, resolve_recipe
+from fxdnat.engine import Interrupted, Reporter, Trainer, trainer
+from fxdnat.ir import CHOICES
 from fxdnat.passes import BudgetError
 
 # 128 digits, batch 32: 4 steps an epoch; one θ epoch after one ω epoch, then one network epoch
@@ -43,8 +45,8 @@ def test_each_method_emits_a_network_within_the_budget(tmp_path, method):
     assert lines[1]["finalize"]["cost"]["flops"] <= 0.6
     if method == "dnat":  # the cost term trained θ in the θ epoch and the log says how
         term = lines[1]["budget"]
-        assert set(term) == {"expected", "multipliers", "temperature"}
-        assert term["temperature"] < 0.25
+        assert set(term) == {"expected", "multipliers"}
+        assert term["expected"]["flops"] < 1.0
     else:
         assert lines[1]["budget"] is None and lines[1]["finalize"]["scale"] == "one"
 
@@ -80,13 +82,13 @@ def test_a_budget_belongs_to_the_methods_that_decide():
 
 
 class _CtrlC(Reporter):
-    """Presses Ctrl-C after a step of the θ epoch."""
+    """Presses Ctrl-C after a step (by default, the second of the θ epoch)."""
 
-    def __init__(self) -> None:
-        self.trainer = None
+    def __init__(self, at: tuple[int, int] = (1, 2)) -> None:
+        self.trainer, self.at = None, at
 
     def step(self, epoch: int, step: int, loss: float | None) -> None:
-        if (epoch, step) == (1, 2):
+        if (epoch, step) == self.at:
             self.trainer.stop.requested = True
 
 
@@ -104,6 +106,104 @@ def test_a_budgeted_run_resumes_exactly(tmp_path):
     assert whole["state"]["multipliers"] == resumed["state"]["multipliers"]
     for key, value in whole["model_state"].items():
         assert torch.equal(value, resumed["model_state"][key]), key
+
+
+# one ω epoch, one θ epoch, one epoch of fade, finalize, one network epoch
+FADED = dict(
+    epochs=4, arch_epochs=3, warmup_epochs=1, fade_epochs=1, budget="flops=0.6", tie="full"
+)
+
+
+def _lines(folder) -> list[dict]:
+    return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["dnat", "prune", "random"])
+def test_the_fade_takes_what_finalize_drops_to_zero_so_finalize_changes_nothing(
+    tmp_path, monkeypatch, method
+):
+    outputs = []
+
+    def finalize(gated, decisions, **kwargs):  # what the gated and the final network compute
+        final = passes.finalize(gated, decisions, **kwargs)
+        x = torch.randn(4, 3, 8, 8)
+        with torch.no_grad():
+            outputs.append((gated.eval()(x), final.eval()(x)))
+        gated.train(), final.train()
+        return final
+
+    monkeypatch.setattr(trainer, "finalize", finalize)
+    summary = run(config(tmp_path, method=method, **FADED))
+    lines = _lines(tmp_path / "run")
+    fade, done = lines[1]["fade"], lines[2]["finalize"]
+    assert fade["epochs"] == 1 and fade["changed"] == summary["changed"]
+    assert done["acc_before"] == fade["acc_decided"] == lines[1]["test_acc"]
+    assert done["acc_faded"] == lines[2]["test_acc"]
+    data = ckpt.load(tmp_path / "run" / "checkpoint.pt")
+    decided, faded = data["theta_history"][1:3]  # θ at the fade's start and at its end
+    arch = ckpt.restore(data).arch
+    kept = torch.zeros_like(faded, dtype=torch.bool)
+    for name, choice in data["decisions"].items():
+        kept[arch.group_of[name], CHOICES.index(choice)] = True
+    assert torch.all(faded[~kept] == 0)  # what finalize drops weighs nothing
+    if method == "dnat":  # θ did not train in the fade; finalize keeps θ's coefficients
+        assert torch.equal(faded[kept], decided[kept])
+    else:  # θ never trained; finalize's coefficients are 1
+        assert torch.all(faded[kept] == 1)
+    ((gated, final),) = outputs
+    torch.testing.assert_close(final, gated)  # finalize changed nothing
+
+
+def test_a_budget_fades_for_an_eighth_of_the_stage_unless_told():
+    quick = dict(spec="zoo:resnet20", out="x", recipe="quick", data="digits-hard")  # 80 of 120
+    assert resolve_recipe(RunConfig(**quick)).fade_epochs == 0
+    assert resolve_recipe(RunConfig(**quick, budget="flops=0.6")).fade_epochs == 10
+    assert resolve_recipe(RunConfig(**quick, budget="flops=0.6", fade_epochs=0)).fade_epochs == 0
+    assert resolve_recipe(RunConfig(**quick, fade_epochs=3)).fade_epochs == 3
+    short = RunConfig(**quick, budget="flops=0.6", arch_epochs=2, epochs=3)
+    assert resolve_recipe(short).fade_epochs == 0  # θ keeps its one epoch
+    with pytest.raises(ValueError, match="θ needs at least one epoch before the fade"):
+        resolve_recipe(RunConfig(**quick, fade_epochs=70))
+    with pytest.raises(ValueError, match="--method original has no such stage"):
+        check_method(RunConfig(**quick, method="original", fade_epochs=2))
+
+
+def test_a_run_cut_inside_the_fade_resumes_exactly(tmp_path):
+    run(config(tmp_path, "whole", **FADED))
+    reporter = _CtrlC(at=(2, 2))
+    reporter.trainer = Trainer(config(tmp_path, "cut", **FADED), reporter)
+    with pytest.raises(Interrupted):
+        reporter.trainer.run()
+    cut = ckpt.load(tmp_path / "cut" / "checkpoint.pt")
+    assert cut["state"]["fade"] is not None
+    _, fading, _ = ckpt.restore(cut).final()  # render / export in the fade: its decisions
+    run(config(tmp_path, "cut", **FADED), resume=True)
+    whole, resumed = (ckpt.load(tmp_path / n / "checkpoint.pt") for n in ("whole", "cut"))
+    assert whole["decisions"] == resumed["decisions"] == fading
+    for key, value in whole["model_state"].items():
+        assert torch.equal(value, resumed["model_state"][key]), key
+
+
+@pytest.mark.parametrize(
+    "fade",
+    [
+        {"decisions": {"no such edge": "same"}, "acc_decided": 0.5},
+        {"decisions": {"layer1.0:0": "everything"}, "acc_decided": 0.5},
+        {"decisions": {}, "acc_decided": "high"},
+        ["same"],
+    ],
+)
+def test_a_checkpoint_with_a_bad_fade_is_refused(tmp_path, fade):
+    reporter = _CtrlC(at=(2, 2))
+    reporter.trainer = Trainer(config(tmp_path, **FADED), reporter)
+    with pytest.raises(Interrupted):
+        reporter.trainer.run()
+    path = tmp_path / "run" / "checkpoint.pt"
+    data = ckpt.load(path)
+    data["state"]["fade"] = fade
+    ckpt.save(path, data)
+    with pytest.raises(ckpt.CheckpointError, match="fade"):
+        Trainer(config(tmp_path, **FADED), Reporter(), resume=True)
 
 
 @pytest.mark.parametrize(
