@@ -45,11 +45,12 @@ def decide(
     the smallest total of θ's margins given up (an exact knapsack over edges, never a dead join).
 
     Raises:
-        ValueError: a budget without ``costs``.
+        ValueError: a budget without ``costs``; a ``theta`` not of the module's shape, or not
+            finite.
         BudgetError: no decisions fit the budget; the message gives the smallest reachable cost.
     """
     arch = _architecture(gated)
-    theta = (arch.theta if theta is None else theta).detach().float().cpu()
+    theta = _theta(arch, theta)
     if budget is not None:
         if costs is None:
             raise ValueError("a budget needs the network's costs: pass costs=cost_model(...)")
@@ -79,13 +80,30 @@ def margins(gated: fx.GraphModule, theta: torch.Tensor | None = None) -> dict[st
     edge's row minus the second largest (θ units; 0 is a tie, an edge that needed to travel
     about 1 to change and did has a margin near its distance past the tie)."""
     arch = _architecture(gated)
-    theta = (arch.theta if theta is None else theta).detach().float().cpu()
+    theta = _theta(arch, theta)
     found = {}
     for edge in arch.edges:
         row = theta[arch.group_of[edge.name]]
         top = sorted((row[CHOICES.index(c)].item() for c in edge.choices), reverse=True)
         found[edge.name] = top[0] - top[1] if len(top) > 1 else math.inf
     return found
+
+
+def _theta(arch: Architecture, theta: torch.Tensor | None) -> torch.Tensor:
+    """θ to decide on, on the CPU: the module's, or ``theta`` when it fits the module's rows
+    and is finite (a NaN has no argmax; decide would silently keep "same")."""
+    if theta is None:
+        return arch.theta.detach().float().cpu()
+    if not isinstance(theta, torch.Tensor) or theta.shape != arch.theta.shape:
+        shape = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
+        raise ValueError(
+            f"theta has shape {shape}; this module's θ is {tuple(arch.theta.shape)} "
+            f"(groups × choices {CHOICES}, tie {arch.tie!r})"
+        )
+    theta = theta.detach().float().cpu()
+    if not torch.isfinite(theta[arch.mask]).all():
+        raise ValueError("theta holds NaN or infinite entries; no decision can be read from it")
+    return theta
 
 
 def count_changes(edges: Sequence[Edge], decisions: Mapping[str, str]) -> dict[str, int]:

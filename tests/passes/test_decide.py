@@ -66,6 +66,19 @@ def test_decide_needs_a_gated_module():
         passes.decide(gm)
 
 
+def test_a_theta_of_another_shape_or_not_finite_is_refused():
+    gated = gated_of("chain")  # three rows
+    with pytest.raises(ValueError, match=r"theta has shape \(2, 3\); this module's θ is \(3, 3\)"):
+        passes.decide(gated, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="theta has shape list"):
+        passes.margins(gated, [[0.0, 0.0, 1.0]] * 3)
+    bad = gated.arch.theta.detach().clone()
+    bad[1, 2] = float("nan")
+    for read in (passes.decide, passes.margins):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            read(gated, bad)
+
+
 def test_check_decisions_names_the_bad_edge():
     edges = gated_of("chain").arch.edges
     with pytest.raises(ValueError, match=r"unknown edge ':00' in decisions; did you mean ':0'\?"):
