@@ -15,7 +15,7 @@ from fxdnat import checkpoint as ckpt
 from fxdnat import zoo
 from fxdnat.config import RunConfig, parse_budget, parse_changes, resolve_recipe
 from fxdnat.cost import CostModel, cost_model
-from fxdnat.data import DatasetInfo, make_loaders
+from fxdnat.data import DatasetInfo, dataset_info, make_loaders
 from fxdnat.dnat import DNAT
 from fxdnat.engine.runtime import Runtime
 from fxdnat.engine.state import RunState, stored_state
@@ -158,13 +158,37 @@ def _costs(
         )
     finally:
         traced.to("cpu")
+    _refuse_unreachable(config, dnat.edges, costs, budget)
+    return costs
+
+
+def check_reachable(config: RunConfig) -> None:
+    """Refuse ``config``'s budget when no network reaches it, as a run's start does, without
+    its data or device: a study checks each model's smallest budget before any run. FLOPs and
+    parameters only (latency is timed on the run's device, by the run).
+
+    Raises:
+        BudgetError: names the smallest reachable cost.
+        ValueError: unknown data or model.
+    """
+    budget = {r: f for r, f in parse_budget(config.budget or "").items() if r != "latency"}
+    if not budget:
+        return
+    config = dataclasses.replace(config, method="dnat", pretrained=False)  # costs need no weights
+    info = dataset_info(config.data, config.data_dir)
+    _, dnat = _new_network(config, resolve_recipe(config), info)
+    example = torch.zeros(1, 3, info.input_size, info.input_size)
+    costs = cost_model(dnat.traced, dnat.edges, example, tuple(budget))
+    _refuse_unreachable(config, dnat.edges, costs, budget)
+
+
+def _refuse_unreachable(
+    config: RunConfig, edges: list[Edge], costs: CostModel, budget: dict[str, float]
+) -> None:
     try:  # any decisions at all that fit: scores do not matter
-        fit_budget(
-            dnat.edges, {e.name: dict.fromkeys(e.choices, 0.0) for e in dnat.edges}, costs, budget
-        )
+        fit_budget(edges, {e.name: dict.fromkeys(e.choices, 0.0) for e in edges}, costs, budget)
     except BudgetError as exc:
         raise BudgetError(f"--budget {config.budget}: {exc}; give a larger budget") from None
-    return costs
 
 
 def random_decisions(config: RunConfig, edges: list[Edge]) -> dict[str, str]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fxdnat._files import one_line
+from fxdnat.config import parse_budget
 from fxdnat.repro.layout import (
     CHECKPOINT,
     METRICS,
@@ -107,8 +108,9 @@ def run_study(config: ReproConfig, reporter: ReproReporter | None = None) -> lis
     the others. Runs go one after another, or one per GPU when several are visible. Ctrl-C or
     SIGTERM stop the study (``fxdnat.engine.Interrupted``); the same call resumes it."""
     reporter = reporter or ReproReporter()
-    claim(config)
     todo = jobs(config)
+    check_budgets(config, todo)
+    claim(config)
     if config.shard is not None:
         todo = shard(todo, *config.shard)
     pending = [job for job in todo if not (job.folder(config.out) / SUMMARY).exists()]
@@ -122,6 +124,27 @@ def run_study(config: ReproConfig, reporter: ReproReporter | None = None) -> lis
         ]
     done = {r.job: r for r in trained}
     return [done.get(job) or RunResult(job, "skipped") for job in todo]
+
+
+def check_budgets(config: ReproConfig, todo: Sequence[Job]) -> None:
+    """Refuse a sweep whose smallest budget a model cannot reach, before anything is written:
+    each model's cheapest job is checked as its run's start would check it.
+
+    Raises:
+        fxdnat.passes.BudgetError: names the budget and the smallest reachable cost.
+    """
+    from fxdnat.engine.setup import check_reachable  # lazy: the engine imports torch
+
+    cheapest: dict[str, Job] = {}
+    for job in todo:
+        if job.budget is None:
+            continue
+        fraction = min(parse_budget(job.budget).values())
+        known = cheapest.get(job.spec)
+        if known is None or fraction < min(parse_budget(known.budget).values()):
+            cheapest[job.spec] = job
+    for job in cheapest.values():
+        check_reachable(run_config(config, job))
 
 
 def run_one(config: ReproConfig, job: Job, reporter: ReproReporter | None = None) -> RunResult:

@@ -319,6 +319,11 @@ def test_report_reaggregates_a_study(copy):
             "--budget-resource says what --budgets bound; give --budgets too",
         ),
         (["zoo:resnet20", "--out", "o", "--budgets", "1,x"], "bad budget list '1,x': 'x' is no"),
+        (
+            ["zoo:resnet20", "--out", "o", "--budgets", "1,0.6,0.001"],
+            "--budget flops=0.001: no network fits the budget flops=0.001 without removing every "
+            "operand of a join; the smallest reachable cost is flops=",
+        ),
         (["zoo:resnet2", "--out", "o"], "unknown zoo model 'resnet2'"),
         (["zoo:resnet20", "--out", "o", "--recipe", "quik"], "unknown recipe 'quik'"),
     ],
@@ -328,6 +333,16 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["repro", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_an_unreachable_budget_is_refused_before_the_study_writes_anything(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(engine, "transform", _fake_budgeted_transform(calls))
+    out = tmp_path / "study"
+    args = ["repro", "zoo:resnet20", "--out", str(out), "--budgets", "0.6,0.001"]
+    result = CliRunner().invoke(main, [*args, "--methods", "original,full,prune"])
+    assert result.exit_code == 2 and "smallest reachable cost is flops=" in result.output
+    assert calls == [] and not out.exists()
 
 
 def test_a_rerun_with_other_settings_is_refused(tiny):
