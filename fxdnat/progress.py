@@ -118,7 +118,7 @@ class RichReporter(Reporter):
         if name == "derive":
             scores = " ".join(f"{100 * v:.1f}" for v in data["scores"])
             changed = {k: v for k, v in data["decisions"].items() if v != "same"}
-            listed = ", ".join(f"{k}→{v}" for k, v in changed.items()) or "none"
+            listed = _listed(changed)
             dead = data["dead_joins"][data["chosen"]]
             self.console.print(
                 f"[bold]derive[/]: {len(data['scores'])} samples scored {scores} % on the policy "
@@ -128,19 +128,18 @@ class RichReporter(Reporter):
             )
         if name == "fade":
             changed = data["changed"]
-            listed = ", ".join(f"{k}→{v}" for k, v in changed.items()) or "none"
             self.console.print(
                 f"[bold]decide[/] after epoch {data['epoch']}: {len(changed)} edges change "
-                f"({listed}); θ stops, and what finalize drops fades out over "
-                f"{data['epochs']} epochs (test accuracy now {100 * data['acc_decided']:.2f}%)",
+                f"({_listed(changed)}); θ stops, and what finalize drops fades out over the "
+                f"last {_epochs(data['epochs'])} (test accuracy now "
+                f"{100 * data['acc_decided']:.2f}%)",
                 highlight=False,
             )
         if name == "finalize":
             changed = data["changed"]
-            listed = ", ".join(f"{k}→{v}" for k, v in changed.items()) or "none"
             self.console.print(
                 f"[bold]finalize[/] after epoch {data['epoch']}: "
-                f"{len(changed)} edges changed ({listed})"
+                f"{len(changed)} edges changed ({_listed(changed)})"
             )
             if data.get("margins"):
                 sure = _how_sure(data["margins"], data.get("flipped") or [])
@@ -217,6 +216,15 @@ def _how_sure(margins: dict[str, float], flipped: list[str]) -> str:
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _listed(changed: dict[str, str]) -> str:
+    """Changed edges in a line: "layer3.1:0→identity, layer3.2:0→identity", or "none"."""
+    return ", ".join(f"{k}→{v}" for k, v in changed.items()) or "none"
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
 def _faded(finalize: dict) -> str:

@@ -437,6 +437,18 @@ def test_a_seed_outside_what_torch_takes_is_refused():
         )
 
 
+def test_a_budgeted_transform_says_what_it_decided_and_how_the_fade_went(tmp_path):
+    fade = ["--epochs", "4", "--arch-epochs", "3", "--warmup-epochs", "1", "--fade-epochs", "1"]
+    args = [*SMALL, *fade, "--budget", "flops=0.6", "--tie", "full", "--out", str(tmp_path / "r")]
+    result = run("transform", "zoo:resnet20", *args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())  # the lines as rich wraps them
+    assert "decide after epoch 2: " in text
+    assert "what finalize drops fades out over the last 1 epoch (test accuracy now" in text
+    assert text.count("after a 1-epoch fade →") == 2  # the finalize line and the summary's
+    assert "of the original (target 60%)" in text
+
+
 def test_budget_mistakes_get_one_line_and_exit_2(tmp_path):
     out = str(tmp_path / "b")
     cases = {
@@ -448,6 +460,10 @@ def test_budget_mistakes_get_one_line_and_exit_2(tmp_path):
             "Error: --budget is for --method dnat, random or prune; this run's method is original"
         ),
         ("--method", "prune"): "Error: --method prune removes the least-contributing branches",
+        ("--fade-epochs", "1", "--method", "original"): (
+            "Error: --fade-epochs fades out what finalize drops at the architecture stage's end; "
+            "--method original has no such stage"
+        ),
         ("--budget", "flops=0.01"): (
             "Error: --budget flops=0.01: no network fits the budget flops=0.01 without removing "
             "every operand of a join; the smallest reachable cost is flops=0.0"
