@@ -82,7 +82,7 @@ class Recipe:
     finalize_scale: Scale = "keep"  # fold θ's learned coefficients into the network ("one": 1)
     bn_recalibration: int = 0  # training batches that re-estimate BN statistics after finalize
     # the architecture stage's last epochs: the decisions are taken at their start, θ stops
-    # training, and the candidates finalize will drop fade linearly to 0 while ω trains, so
+    # training and moves linearly to what finalize reads (dropped entries 0) while ω trains, so
     # finalize changes nothing (fxdnat/engine/stage.py); a budgeted run's default: see config
     fade_epochs: int = 0
     nat: NatSchedule = NatSchedule()  # the NAT baseline's search (``--method nat`` only)

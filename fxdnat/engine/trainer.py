@@ -122,10 +122,10 @@ class Trainer:
         self.opt_w: torch.optim.SGD | None = None
         self.opt_theta: torch.optim.Adam | None = None
         self.search: nat_search.Search | None = None  # NAT's policy, while it searches
-        self._fade_to: torch.Tensor | None = None  # θ as finalize will read it
+        self._fade_to: torch.Tensor | None = None  # θ as finalize will read it, on θ's device
         if self.state.fade is not None and self.state.stage == "arch":  # resumed in the fade
-            try:
-                self._fade_to = self._fade_target(self.state.fade["decisions"])
+            try:  # refused now, not at the first step; the target is made once θ is placed
+                self._fade_target(self.state.fade["decisions"])
             except ValueError as exc:
                 raise ckpt.CheckpointError(f"{exc}; was it written by fxdnat?") from exc
         self.policy_state = stored.get("nat") if stored else None  # NAT's, once searched
@@ -569,9 +569,11 @@ class Trainer:
     def _fade_step(self) -> None:
         """After each step of the fade: θ one step closer to what finalize will read."""
         s, r = self.state, self.recipe
+        if self._fade_to is None:  # resumed inside the fade
+            self._fade_to = self._fade_target(s.fade["decisions"])
         steps = len(self.train_loader)
         done = (s.epoch - (r.arch_epochs - r.fade_epochs)) * steps + s.step
-        theta, target = self.dnat.arch.theta, self._fade_to.to(self.dnat.arch.theta.device)
+        theta, target = self.dnat.arch.theta, self._fade_to
         theta.copy_(target + (theta - target) * stage.fade_factor(done, r.fade_epochs * steps))
 
     def _fade_target(self, decisions: dict[str, str]) -> torch.Tensor:

@@ -135,15 +135,13 @@ def check_budgets(config: ReproConfig, todo: Sequence[Job]) -> None:
     """
     from fxdnat.engine.setup import check_reachable  # lazy: the engine imports torch
 
-    cheapest: dict[str, Job] = {}
+    cheapest: dict[str, tuple[float, Job]] = {}  # spec → (smallest fraction, its job)
     for job in todo:
-        if job.budget is None:
-            continue
-        fraction = min(parse_budget(job.budget).values())
-        known = cheapest.get(job.spec)
-        if known is None or fraction < min(parse_budget(known.budget).values()):
-            cheapest[job.spec] = job
-    for job in cheapest.values():
+        if job.budget is not None:
+            fraction = min(parse_budget(job.budget).values())
+            if job.spec not in cheapest or fraction < cheapest[job.spec][0]:
+                cheapest[job.spec] = (fraction, job)
+    for _, job in cheapest.values():
         check_reachable(run_config(config, job))
 
 
