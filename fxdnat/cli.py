@@ -400,12 +400,14 @@ def _training_options(command: Callable) -> Callable:
     help="original: train the untouched model with the same recipe; random: the control, "
     "--changes placed at random edges instead of where θ puts them (or random changes that fit "
     "--budget); nat: the NAT baseline (policy search on a supernet, derive, retrain from "
-    "scratch; adapted to fxdnat's edges); prune: contribution pruning to --budget.",
+    "scratch; adapted to fxdnat's edges); prune: contribution pruning to --budget; similarity: "
+    "the branches whose output is most like their input removed (ShortGPT's heuristic), to "
+    "--budget or as many as --changes.",
 )
 @click.option(
     "--changes",
     default=None,
-    help="For --method random: how many edges make each kind of change, e.g. "
+    help="For --method random or similarity: how many edges make each kind of change, e.g. "
     "identity=2,skip-none=1 (kinds: identity, none (a branch removed), skip-none, op-identity; "
     "a DNAT run's are `changes` in its summary.json).",
 )

@@ -223,12 +223,13 @@ def format_budget(budget: dict[str, float]) -> str:
 
 
 def check_method(config: RunConfig) -> None:
-    """``changes`` belong to the random control, NAT's options to NAT, a budget to the methods
-    that emit a transformed network by deciding at the stage's end (dnat, random, prune);
-    prune needs one. Refused otherwise."""
-    if config.budget is not None and config.method not in ("dnat", "random", "prune"):
+    """``changes`` belong to the random control and similarity removal, NAT's options to NAT, a
+    budget to the methods that emit a transformed network by deciding at the stage's end (dnat,
+    random, prune, similarity); prune needs one, similarity one or changes. Refused
+    otherwise."""
+    if config.budget is not None and config.method not in ("dnat", "random", "prune", "similarity"):
         raise ValueError(
-            f"--budget is for --method dnat, random or prune; this run's method is "
+            f"--budget is for --method dnat, random, prune or similarity; this run's method is "
             f"{config.method} (NAT's search has no cost term here)"
         )
     if config.method == "prune" and config.budget is None:
@@ -236,14 +237,20 @@ def check_method(config: RunConfig) -> None:
             "--method prune removes the least-contributing branches until the network fits a "
             "budget; give one, e.g. --budget flops=0.6"
         )
+    if config.method == "similarity" and config.budget is None and not config.changes:
+        raise ValueError(
+            "--method similarity removes the branches whose output is most like their input "
+            "until the network fits a budget, or makes as many changes as a DNAT run; give "
+            "--budget flops=0.6 or --changes none=4 (a DNAT run's `changes`)"
+        )
     if config.budget is not None and config.changes:
         raise ValueError(
             "give --changes (how many edges change) or --budget (what the network may cost), "
             "not both"
         )
-    if config.method != "random" and config.changes:
+    if config.method not in ("random", "similarity") and config.changes:
         raise ValueError(
-            f"--changes is for --method random (the control) only; this run's method is "
+            f"--changes is for --method random or similarity only; this run's method is "
             f"{config.method}"
         )
     if config.method in ("original", "nat") and config.fade_epochs:

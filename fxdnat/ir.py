@@ -46,13 +46,15 @@ Update = Literal["alternate", "joint"]
 UPDATES: tuple[Update, ...] = get_args(Update)
 """How ω and θ train in the architecture stage: ω's step then θ's on the same minibatch, θ seeing
 the updated ω ("alternate", the paper's), or one backward for both ("joint")."""
-Method = Literal["dnat", "original", "random", "nat", "prune"]
+Method = Literal["dnat", "original", "random", "nat", "prune", "similarity"]
 METHODS: tuple[Method, ...] = get_args(Method)
 """What a run trains: DNAT's two stages, the untouched model, the random control (θ frozen,
 as many changes as a DNAT run made, or changes that fit a cost budget, placed at random), the
 NAT baseline (a policy searched on a weight-sharing supernet, its best sample retrained from
-scratch; fxdnat/nat.py), or contribution pruning (θ frozen; at the stage's end the branches
-that contribute least, ‖op(x)‖ / ‖x + op(x)‖ on training data, are removed to fit a budget)."""
+scratch; fxdnat/nat.py), contribution pruning (θ frozen; at the stage's end the branches
+that contribute least, ‖op(x)‖ / ‖x + op(x)‖ on training data, are removed to fit a budget), or
+similarity removal (likewise, the branches whose join's output is most like their input,
+cos(x, x + op(x)), go first: ShortGPT's heuristic; at a budget or a DNAT run's changes)."""
 Resource = Literal["flops", "params", "latency"]
 RESOURCES: tuple[Resource, ...] = get_args(Resource)
 """What a cost budget bounds (fxdnat/cost.py): FLOPs as torch's flop counter counts them,

@@ -54,6 +54,8 @@ class RichReporter(Reporter):
                 "dnat": "θ trains with a cost term; the emitted network is the best that fits",
                 "random": "changes drawn at random until the network fits",
                 "prune": "the branches that contribute least are removed until the network fits",
+                "similarity": "the branches whose output is most like their input are removed "
+                "until the network fits",
             }[info["method"]]
             self.console.print(
                 f"budget {info['budget']} of the original's cost: {how}", highlight=False

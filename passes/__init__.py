@@ -18,6 +18,7 @@ from fxdnat.passes.decide import (
     margins,
     random_changes,
     random_decisions,
+    ranked_changes,
 )
 from fxdnat.passes.discover import discover
 from fxdnat.passes.finalize import finalize
@@ -39,4 +40,5 @@ __all__ = [
     "margins",
     "random_changes",
     "random_decisions",
+    "ranked_changes",
 ]

@@ -155,6 +155,44 @@ def random_changes(
     )
 
 
+def ranked_changes(
+    edges: Sequence[Edge], counts: Mapping[str, int], score: Mapping[str, float]
+) -> dict[str, str]:
+    """Exactly ``counts[kind]`` edges make each kind of change, as :func:`random_changes` places
+    them, but the edges with the highest ``score`` first (ties by name): one-shot removal by a
+    measure (``fxdnat.contribution.similarities``) at a DNAT run's number of changes. An edge
+    whose change would leave a join dead is passed over for the next.
+
+    Raises ValueError when a kind cannot be placed that many times."""
+    decisions = {edge.name: SAME for edge in edges}
+    joins = joins_of(edges)
+    order = sorted(edges, key=lambda e: (-score[e.name], e.name))
+    for kind in sorted(counts):
+        choice = kind.rsplit("-", 1)[-1]
+        placed = 0
+        for edge in order:
+            if placed == counts[kind]:
+                break
+            if decisions[edge.name] != SAME or choice not in edge.choices:
+                continue
+            if change_kind(edge, choice) != kind:
+                continue
+            decisions[edge.name] = choice
+            dead = edge.join is not None and all(
+                decisions[e.name] == NONE for e in joins[edge.join]
+            )
+            if dead:
+                decisions[edge.name] = SAME
+                continue
+            placed += 1
+        if placed < counts[kind]:
+            raise ValueError(
+                f"{counts[kind]} edges should make the change {kind!r} but only {placed} of the "
+                f"{len(edges)} edges can without removing every operand of a join"
+            )
+    return check_decisions(edges, decisions)
+
+
 def random_decisions(edges: Sequence[Edge], rng: random.Random) -> dict[str, str]:
     """A random valid decision for every edge, drawn from ``rng``: each edge takes one of its
     allowed choices, and a join whose edges all drew "none" gets one of them redrawn among the

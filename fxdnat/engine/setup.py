@@ -128,7 +128,7 @@ def _new_network(config: RunConfig, recipe: Recipe, info: DatasetInfo) -> tuple[
     if config.method == "original":
         return model_cfg, DNAT.from_module(traced, traced=traced)
     edges = discover(traced, config.granularity)
-    if config.method == "random" and config.budget is None:  # can the changes be placed?
+    if config.method in ("random", "similarity") and config.budget is None:  # placeable?
         random_decisions(config, edges)
     gated = gate(traced, edges, tie=config.tie)
     return model_cfg, DNAT.from_module(gated, traced=traced, edges=edges)

@@ -3,7 +3,8 @@
 DNAT's decisions are θ's argmax (with θ's margins and the edges that flipped late kept for the
 report), under a cost budget the best that fit; the random control's are drawn
 (fxdnat.engine.setup.random_decisions; at a budget :func:`random_within`); contribution pruning
-keeps the branches that contribute most within the budget (:func:`pruned_decisions`). The ω
+and similarity removal remove the branches a measure on training data ranks last, within the
+budget or at a DNAT run's number of changes (:func:`measured_decisions`). The ω
 optimiser is rebuilt for the final module with the momentum of the weights that remain; BN
 statistics can be re-estimated (``Recipe.bn_recalibration``).
 
@@ -26,19 +27,23 @@ from torch.utils.data import DataLoader
 
 from fxdnat.arch import Architecture
 from fxdnat.config import RunConfig
-from fxdnat.contribution import contributions
+from fxdnat.contribution import contributions, similarities
 from fxdnat.cost import CostModel
 from fxdnat.engine.runtime import Runtime
 from fxdnat.engine.state import RunState
 from fxdnat.ir import CHOICES, IDENTITY, NONE, SAME, Edge, Scale
-from fxdnat.passes import decide, fit_budget, margins
+from fxdnat.passes import decide, fit_budget, margins, ranked_changes
 from fxdnat.zoo.recipes import Recipe
 
 
 def scale(config: RunConfig, recipe: Recipe) -> Scale:
     """finalize's scale: the recipe's, but 1 for the random control, contribution pruning and
     NAT, whose θ never trained (θ is one-hot on an architecture)."""
-    return "one" if config.method in ("random", "nat", "prune") else recipe.finalize_scale
+    return (
+        "one"
+        if config.method in ("random", "nat", "prune", "similarity")
+        else recipe.finalize_scale
+    )
 
 
 CONTRIBUTION_BATCHES = 10
@@ -70,21 +75,32 @@ def dnat_decisions(
     return decisions
 
 
-def pruned_decisions(
+def measured_decisions(
+    method: str,
     gated: fx.GraphModule,
     loader: DataLoader,
     runtime: Runtime,
-    budget: Mapping[str, float],
-    costs: CostModel,
+    *,
+    budget: Mapping[str, float] | None = None,
+    costs: CostModel | None = None,
+    changes: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
-    """Contribution pruning: the edges that keep the most summed contribution and fit the budget
-    (each edge's ‖op(x)‖ / ‖join‖ on :data:`CONTRIBUTION_BATCHES` training batches); a removed
-    branch becomes "none" (its join keeps the rest), an op edge the identity."""
+    """One-shot removal by a measure of each edge on :data:`CONTRIBUTION_BATCHES` training
+    batches (fxdnat/contribution.py). ``prune``: an edge's worth is its contribution
+    ‖op(x)‖ / ‖join‖; ``similarity``: its Block Influence, 1 − cos(x, join) (ShortGPT). Within
+    ``budget`` the edges that keep the most summed worth and fit it stay (a removed branch
+    becomes "none", its join keeps the rest; an op edge the identity); at ``changes`` (a DNAT
+    run's, "none=3") the edges of least worth make them (`fxdnat.passes.ranked_changes`)."""
     batches = (batch for _, batch in zip(range(CONTRIBUTION_BATCHES), loader, strict=False))
-    ratio = contributions(gated, batches, runtime.device)
+    if method == "prune":
+        worth = contributions(gated, batches, runtime.device)
+    else:
+        worth = {k: 1.0 - v for k, v in similarities(gated, batches, runtime.device).items()}
     edges = gated.arch.edges
+    if budget is None:
+        return ranked_changes(edges, changes or {}, {k: -v for k, v in worth.items()})
     cheap = {e.name: {NONE: 0.0, IDENTITY: -0.5 if e.kind != "op" else 0.0} for e in edges}
-    scores = {e.name: {c: cheap[e.name].get(c, ratio[e.name]) for c in e.choices} for e in edges}
+    scores = {e.name: {c: cheap[e.name].get(c, worth[e.name]) for c in e.choices} for e in edges}
     return fit_budget(edges, scores, costs, budget)
 
 

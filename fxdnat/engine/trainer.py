@@ -36,7 +36,7 @@ from fxdnat._files import (
     write_json,
 )
 from fxdnat.budget import BudgetTerm
-from fxdnat.config import RunConfig, check_method, parse_budget, resumed_config
+from fxdnat.config import RunConfig, check_method, parse_budget, parse_changes, resumed_config
 from fxdnat.cost import CostModel
 from fxdnat.dnat import DNAT
 from fxdnat.drawing import draw_run
@@ -535,15 +535,23 @@ class Trainer:
 
     def _decide(self, budget: dict[str, float] | None) -> dict[str, str]:
         """The decisions of the run's method: θ's (DNAT), drawn (the random control) or by
-        contribution (prune); within ``budget`` when one is set."""
+        a measure on training data (prune, similarity); within ``budget`` when one is set."""
         c, gated = self.config, self.dnat
         if c.method == "random" and budget is not None:
             return stage.random_within(gated.edges, budget, self._costs(), c.seed)
         if c.method == "random":
             return setup.random_decisions(c, gated.edges)
-        if c.method == "prune":
-            return stage.pruned_decisions(
-                gated.module, self.train_loader, self.runtime, budget, self._costs()
+        if c.method in ("prune", "similarity"):
+            costs = self._costs() if budget is not None else None
+            changes = parse_changes(c.changes or "")
+            return stage.measured_decisions(
+                c.method,
+                gated.module,
+                self.train_loader,
+                self.runtime,
+                budget=budget,
+                costs=costs,
+                changes=changes,
             )
         costs = self._costs() if budget is not None else None
         return stage.dnat_decisions(gated.module, self.recipe, self.state, budget, costs)

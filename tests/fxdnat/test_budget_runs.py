@@ -12,7 +12,7 @@ import torch
 from fxdnat import checkpoint as ckpt
 from fxdnat import passes
 from fxdnat.config import RunConfig, check_method, parse_budget, resolve_recipe
-from fxdnat.engine import Interrupted, Reporter, Trainer, trainer
+from fxdnat.engine import Interrupted, Reporter, Trainer, stage, trainer
 from fxdnat.ir import CHOICES
 from fxdnat.passes import BudgetError
 
@@ -31,7 +31,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, resume: bool = False) 
     return Trainer(cfg, reporter or Reporter(), resume=resume).run()
 
 
-@pytest.mark.parametrize("method", ["dnat", "prune", "random"])
+@pytest.mark.parametrize("method", ["dnat", "prune", "similarity", "random"])
 def test_each_method_emits_a_network_within_the_budget(tmp_path, method):
     summary = run(config(tmp_path, method=method, budget="flops=0.6,params=0.7"))
     budget = summary["budget"]
@@ -51,6 +51,24 @@ def test_each_method_emits_a_network_within_the_budget(tmp_path, method):
         assert lines[1]["budget"] is None and lines[1]["finalize"]["scale"] == "one"
 
 
+def test_similarity_at_a_dnat_runs_changes_removes_the_most_similar_branches(tmp_path, monkeypatch):
+    measured, branches = {}, []
+
+    def similarities(gated, batches, device=None):  # the real measure, kept to compare with
+        measured.update(real(gated, batches, device))
+        branches.extend(e.name for e in gated.arch.edges if e.kind == "branch")
+        return measured
+
+    real = stage.similarities
+    monkeypatch.setattr(stage, "similarities", similarities)
+    summary = run(config(tmp_path, method="similarity", changes="none=2"))
+    assert summary["changes"] == "none=2" and summary["dead_joins"] == []
+    removed = set(summary["changed"])
+    assert set(summary["changed"].values()) == {"none"}
+    kept = [measured[n] for n in branches if n not in removed]
+    assert min(measured[n] for n in removed) >= max(kept)
+
+
 def test_an_unreachable_budget_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(BudgetError, match=r"--budget flops=0.01: .* smallest reachable cost is"):
         Trainer(config(tmp_path, budget="flops=0.01"), Reporter())
@@ -58,10 +76,16 @@ def test_an_unreachable_budget_is_refused_before_anything_is_written(tmp_path):
 
 
 def test_a_budget_belongs_to_the_methods_that_decide():
-    with pytest.raises(ValueError, match="--budget is for --method dnat, random or prune"):
+    with pytest.raises(
+        ValueError, match="--budget is for --method dnat, random, prune or similarity"
+    ):
         check_method(RunConfig(spec="zoo:resnet20", out="x", method="original", budget="flops=1"))
     with pytest.raises(ValueError, match="give one, e.g. --budget flops=0.6"):
         check_method(RunConfig(spec="zoo:resnet20", out="x", method="prune"))
+    with pytest.raises(ValueError, match="give --budget flops=0.6 or --changes none=4"):
+        check_method(RunConfig(spec="zoo:resnet20", out="x", method="similarity"))
+    with pytest.raises(ValueError, match="--changes is for --method random or similarity"):
+        check_method(RunConfig(spec="zoo:resnet20", out="x", method="dnat", changes="none=1"))
     with pytest.raises(ValueError, match="not both"):
         check_method(
             RunConfig(

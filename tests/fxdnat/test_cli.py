@@ -457,7 +457,8 @@ def test_budget_mistakes_get_one_line_and_exit_2(tmp_path):
             "flops=2",
         ): "Error: --budget: cannot read 'flops=2'; expected RESOURCE=FRACTION",
         ("--budget", "flops=0.5", "--method", "original"): (
-            "Error: --budget is for --method dnat, random or prune; this run's method is original"
+            "Error: --budget is for --method dnat, random, prune or similarity; this run's "
+            "method is original"
         ),
         ("--method", "prune"): "Error: --method prune removes the least-contributing branches",
         ("--fade-epochs", "1", "--method", "original"): (

@@ -17,7 +17,7 @@ from torch import nn
 import fxdnat
 from fxdnat import passes, zoo
 from fxdnat.budget import BudgetTerm
-from fxdnat.contribution import contributions
+from fxdnat.contribution import contributions, similarities
 from fxdnat.cost import CostModel, cost_model, count_flops, count_params, node_latency
 from fxdnat.ir import CHOICES, NONE, SAME, joins_of
 from fxdnat.passes import BudgetError, cheapest, fit_budget
@@ -266,6 +266,34 @@ def test_contributions_rank_a_silent_branch_last():
         gated.arch.theta[0, CHOICES.index(SAME)] = 0.5
     with pytest.raises(ValueError, match="must be"):
         contributions(gated, [x])
+
+
+def test_similarity_ranks_a_silent_branch_first_over_tokens_and_pixels():
+    class Block(nn.Module):  # x + scale · f(x) on (batch, tokens, features) or NCHW
+        def __init__(self, scale: float, image: bool) -> None:
+            super().__init__()
+            self.f = nn.Conv2d(4, 4, 1) if image else nn.Linear(4, 4)
+            self.scale = scale
+
+        def forward(self, x):
+            return x + self.scale * self.f(x)
+
+    for shape in ((3, 5, 4), (3, 4, 2, 2)):
+        image = len(shape) == 4
+        net = nn.Sequential(Block(1.0, image), Block(0.0, image), Block(0.1, image))
+        x = torch.randn(shape)
+        gm = fxdnat.trace(net, x)
+        edges = passes.discover(gm)
+        gated = passes.gate(gm, edges, tie="full")
+        cos = similarities(gated, [x])
+        branch = {e.cell: cos[e.name] for e in edges if e.kind == "branch"}
+        assert branch["1"] == pytest.approx(1.0)  # a silent branch passes x on unchanged
+        assert -1 <= branch["0"] < branch["2"] < 1
+        # by hand: the mean over positions of the cosine along the feature axis
+        y = net[0](x)
+        axis = 1 if image else -1
+        want = nn.functional.cosine_similarity(x, y, dim=axis).mean()
+        assert branch["0"] == pytest.approx(float(want), rel=1e-5)
 
 
 def test_a_cost_model_of_another_graph_or_resource_is_refused():

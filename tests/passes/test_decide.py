@@ -147,6 +147,21 @@ def test_random_changes_refuse_more_changes_than_edges_allow():
         passes.random_changes(chain, {"none": 2, "skip-none": 1}, random.Random(0))
 
 
+def test_ranked_changes_take_the_highest_scores_and_never_kill_a_join():
+    edges = gated_of("chain").arch.edges  # ":0", ":1" branches and the skip ":2" into one join
+    score = {":0": 0.9, ":1": 0.5, ":2": 0.1}
+    assert passes.ranked_changes(edges, {"none": 1}, score) == {
+        ":0": "none",
+        ":1": "same",
+        ":2": "same",
+    }
+    both = passes.ranked_changes(edges, {"none": 1, "skip-none": 1}, score)
+    assert both == {":0": "none", ":1": "same", ":2": "none"}
+    with pytest.raises(ValueError, match="1 edges should make the change 'skip-none' but only 0"):
+        passes.ranked_changes(edges, {"none": 2, "skip-none": 1}, score)  # all three: dead
+    assert set(passes.ranked_changes(edges, {}, score).values()) == {"same"}
+
+
 def test_random_changes_keep_the_kind_of_edge_a_change_was_made_on():
     import random
 
