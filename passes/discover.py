@@ -168,13 +168,16 @@ def _source(inputs: set[fx.Node], operand: fx.Node, others: list[fx.Node], flow:
     """Which activation read by a branch is its source, the rest being side inputs.
 
     Not one that another input is computed from (a mask every block reads is an ancestor of
-    the block input); then one the join's other operands come from (the residual trunk); then
-    one of the operand's shape; then the latest.
+    the block input), unless it is itself another operand of the join (x + f(x, mask(x)): the
+    first block of a transformer reads a mask made from its input); then one the join's other
+    operands come from (the residual trunk); then one of the operand's shape; then the latest.
     """
     if len(inputs) == 1:
         return next(iter(inputs))
     upstream = {i: _graph.ancestors(i, flow.deps, flow.active) for i in inputs}
-    latest = [i for i in inputs if not any(i in upstream[j] for j in inputs if j is not i)]
+    latest = [
+        i for i in inputs if i in others or not any(i in upstream[j] for j in inputs if j is not i)
+    ]
     trunk = set(others).union(*(_graph.ancestors(o, flow.deps, flow.active) for o in others))
     shape = _graph.shape(operand)
     return max(

@@ -12,16 +12,20 @@ changed (:mod:`fxdnat.frontend.state`).
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import operator
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from fxdnat.frontend import modes
+from fxdnat.frontend import dtypes, modes
 from fxdnat.frontend.errors import TraceError, describe
 from fxdnat.frontend.facts import FactsError, record_facts
 from fxdnat.frontend.functionalize import functionalize_
@@ -33,6 +37,7 @@ from fxdnat.ir import META_KEY
 log = logging.getLogger(__name__)
 
 _CONSTANT_PREFIX = "_tensor_constant"  # what torch.fx names the tensors a forward creates
+_OBJECT_PREFIX = "_object_constant"  # the dataclass objects a forward passes on (see create_arg)
 
 
 class _NeedsLeaf(Exception):
@@ -82,13 +87,41 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul"
 class _LeafingTracer(fx.Tracer):
     """An FX tracer with extra leaves, that reports which submodule's forward failed."""
 
-    def __init__(self, leaf_types: tuple, leaf_paths: set[str], autowrap: tuple) -> None:
+    def __init__(
+        self, leaf_types: tuple, leaf_paths: set[str], autowrap: tuple, inputs: tuple
+    ) -> None:
         super().__init__(autowrap_functions=autowrap)
         self.leaf_types = leaf_types
         self.leaf_paths = leaf_paths
+        self.inputs = inputs
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)
+
+    def create_arg(self, a: Any) -> Any:
+        # torch.fx rebuilds a dataclass argument from its fields on every call; a config object
+        # that holds no traced value is passed as the object itself, as eager passes it (a
+        # constructor that mutates its keyword arguments cannot even be rebuilt)
+        if dataclasses.is_dataclass(a) and not isinstance(a, type) and not _holds_proxy(a):
+            name = self._objects.get(id(a))
+            if name is None:
+                name = self.get_fresh_qualname(_OBJECT_PREFIX)
+                setattr(self.root, name, a)
+                self._objects[id(a)] = name
+            return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        # a branch on dtypes or devices only: taken as eager takes it (fxdnat.frontend.dtypes)
+        value = self._oracle.condition(obj.node)
+        return super().to_bool(obj) if value is dtypes.UNKNOWN else bool(value)
+
+    def trace(self, root: nn.Module | Callable, concrete_args: dict | None = None) -> fx.Graph:
+        self._objects: dict[int, str] = {}
+        self._oracle = dtypes.MetadataOracle(root, self.inputs)
+        if isinstance(root, nn.Module):
+            self._autowrap_search = [*self._autowrap_search, *_forward_modules(root)]
+        return super().trace(root, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (
@@ -104,6 +137,36 @@ class _LeafingTracer(fx.Tracer):
             raise
         except Exception as exc:  # the innermost failing module is the one to make a leaf
             raise _NeedsLeaf(self.path_of_module(m), exc) from exc
+
+
+def _declared_autowrap(model: nn.Module) -> tuple[Callable, ...]:
+    """The functions that the model's modules ask to keep as single calls, in their attribute
+    ``fxdnat_autowrap`` (a wrapper around a library's model names the library's functions)."""
+    found: dict[int, Callable] = {}
+    for module in model.modules():
+        for function in getattr(module, "fxdnat_autowrap", ()):
+            found.setdefault(id(function), function)
+    return tuple(found.values())
+
+
+def _holds_proxy(obj: Any) -> bool:
+    return any(isinstance(getattr(obj, f.name, None), fx.Proxy) for f in dataclasses.fields(obj))
+
+
+def _forward_modules(root: nn.Module) -> list[ModuleType]:
+    """The Python modules that define the forwards of ``root``'s submodules, undecorated.
+
+    torch.fx wraps an autowrap function where it finds it in the globals of a forward; a
+    decorated forward's globals are the decorator's module, not the one whose code calls the
+    function, so the function would be traced through (and fail) instead of kept as one call.
+    """
+    found: dict[str, ModuleType] = {}
+    for module in root.modules():
+        forward = inspect.unwrap(type(module).forward)
+        name = getattr(forward, "__module__", None)
+        if name is not None and name not in found and name in sys.modules:
+            found[name] = sys.modules[name]
+    return list(found.values())
 
 
 def trace(
@@ -124,7 +187,9 @@ def trace(
             arguments left out (which must have defaults) are fixed at their values. Used to
             record shapes only.
         leaves: extra module paths (``"blocks.3.attn"``) or classes to keep opaque.
-        autowrap_functions: extra functions to keep as single calls (like ``torch.fx.wrap``).
+        autowrap_functions: extra functions to keep as single calls (like ``torch.fx.wrap``),
+            wherever a forward calls them by a global name (a decorated forward too). A
+            module may name its own in an attribute ``fxdnat_autowrap`` (a tuple of functions).
         max_leaves: give up after making this many submodules leaves.
 
     Returns:
@@ -148,7 +213,7 @@ def trace(
         model=model,
         inputs=inputs,
         concrete=bind(model, inputs),
-        autowrap=tuple(autowrap_functions) + registry_functions,
+        autowrap=tuple(autowrap_functions) + registry_functions + _declared_autowrap(model),
         leaf_types=tuple(x for x in leaves if isinstance(x, type))
         + tuple(t for t in listed if t not in blocks),
         leaf_paths={x for x in leaves if isinstance(x, str)},
@@ -292,7 +357,7 @@ class _Search:
         return bool(differing)
 
     def _trace_in_mode(self, training: bool):
-        tracer = _LeafingTracer(self.leaf_types, self.leaf_paths, self.autowrap)
+        tracer = _LeafingTracer(self.leaf_types, self.leaf_paths, self.autowrap, self.inputs)
         with preserved(self.model, tracer=tracer) as writes:
             self.model.train(training)
             # different draws in the two traces, so that a tensor drawn while tracing shows
