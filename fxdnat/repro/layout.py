@@ -24,14 +24,19 @@ from fxdnat.ir import TIES
 __all__ = ["CHECKPOINT", "METRICS", "SUMMARY"]  # a run's files, as the study reads them
 
 DNAT_METHODS: tuple[str, ...] = TIES  # DNAT, by θ's tie; a random run copies the first listed
-STUDY_METHODS = ("original", *DNAT_METHODS, "random", "nat", "prune")
+STUDY_METHODS = ("original", *DNAT_METHODS, "random", "nat", "prune", "similarity")
 """What a study compares, each a run folder's name: the original model, DNAT with each θ tie,
-the random control, the NAT baseline, contribution pruning (a budget sweep's only). Not
+the random control, the NAT baseline, contribution pruning (a budget sweep's only), similarity
+removal (the LLM layer-dropping heuristic). Not
 :data:`fxdnat.ir.METHODS`, what one run trains: a study's ``cell`` and ``full`` runs are both
 ``--method dnat``."""
-BUDGET_METHODS = (*DNAT_METHODS, "prune", "random")
+BUDGET_METHODS = (*DNAT_METHODS, "prune", "similarity", "random")
 """The study methods a budget sweep runs at each budget below 1 (the others have no cost term:
 original and nat run once, unconstrained)."""
+PAIRED_METHODS = ("random", "similarity")
+"""Outside a budget sweep, these make as many changes as the same seed's DNAT run: the random
+control places them at random, similarity removal where the input and output of a join are most
+alike."""
 DEFAULT_METHODS = ("original", "cell", "full")  # `fxdnat repro`'s --methods default
 METHOD_LABELS = {
     "original": "original",
@@ -40,6 +45,7 @@ METHOD_LABELS = {
     "random": "random (control)",
     "nat": "NAT (adapted)",  # NAT's policy on fxdnat's edges, not NAT's DARTS-cell code
     "prune": "prune (contribution)",  # the smallest ‖op(x)‖ / ‖x + op(x)‖ go, to fit the budget
+    "similarity": "similarity (ShortGPT)",  # the largest cos(x, x + op(x)) go first
 }
 
 MANIFEST, REPORT = "repro.json", "report.md"
@@ -75,8 +81,9 @@ def parse_run_folder(name: str) -> tuple[str, str | None] | None:
 
 
 def random_source(methods: Sequence[str]) -> str | None:
-    """The DNAT method whose runs a study's random runs copy: the first of cell and full in
-    ``methods``, as the user ordered them (``--methods original,full,cell,random`` copies full)."""
+    """The DNAT method whose runs a study's random and similarity runs copy the number of
+    changes of: the first of cell and full in ``methods``, as the user ordered them
+    (``--methods original,full,cell,random`` copies full)."""
     return next((m for m in methods if m in DNAT_METHODS), None)
 
 

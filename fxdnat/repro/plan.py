@@ -13,10 +13,12 @@ budgets. A budgeted random run pairs with no DNAT run.
 
 The ``random`` method is the control: a random run of (model, seed) makes as many identity and
 none changes as the DNAT run of the same model and seed (the study's ``cell`` run, else its
-``full`` run), placed at random. It reads those counts from that run's summary, so it runs after
-it: last among its seed's runs, after it on a GPU of its own, and in the same shard (no shard
-waits on another). A DNAT run's summary never changes once written, so a resumed random run
-asks for the changes it started with.
+``full`` run), placed at random. ``similarity`` removes as many branches as that run changed
+(identity or none: both take the branch's op out), those whose join's output is most like its
+input. Both read those counts from that run's summary, so they run after it: last among its
+seed's runs, after it on a GPU of its own, and in the same shard (no shard waits on another). A
+DNAT run's summary never changes once written, so a resumed run asks for the changes it started
+with.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 from fxdnat import __version__
 from fxdnat._files import write_json
-from fxdnat.config import RunConfig, format_budget, resolve_recipe
+from fxdnat.config import RunConfig, format_budget, format_changes, parse_changes, resolve_recipe
 from fxdnat.ir import IDENTITY, NONE, RESOURCES, Device, Granularity, NatWeights, Resource, Update
 from fxdnat.repro.layout import (
     BUDGET_METHODS,
@@ -40,6 +42,7 @@ from fxdnat.repro.layout import (
     DEFAULT_METHODS,
     DNAT_METHODS,
     MANIFEST,
+    PAIRED_METHODS,
     RUN_RECORD,
     STUDY_METHODS,
     SUMMARY,
@@ -116,15 +119,12 @@ class ReproConfig:
                 f"{', '.join(STUDY_METHODS)}, e.g. --methods original,cell,full"
             )
         self._check_budgets()
-        if (
-            "random" in self.methods
-            and self.budgets is None
-            and random_source(self.methods) is None
-        ):
+        paired = [m for m in self.methods if m in PAIRED_METHODS]
+        if paired and self.budgets is None and random_source(self.methods) is None:
             raise ValueError(
-                f"--methods {','.join(self.methods)}: random places as many changes as the DNAT "
-                "run of the same seed; add cell or full, e.g. --methods original,cell,random "
-                "(or sweep budgets, where random draws decisions that fit each: --budgets)"
+                f"--methods {','.join(self.methods)}: {' and '.join(paired)} runs make as many "
+                "changes as the DNAT run of the same seed; add cell or full, e.g. --methods "
+                f"original,cell,{paired[0]} (or sweep budgets, where they fit each: --budgets)"
             )
         unused = [f for f in ("search_epochs", "nat_weights") if getattr(self, f) is not None]
         if unused and "nat" not in self.methods:  # recorded, they would bind the study
@@ -180,7 +180,7 @@ class ReproConfig:
                 f"--budgets: --methods {methods} has no method that meets a budget; add "
                 f"some of {', '.join(BUDGET_METHODS)}, e.g. --methods original,cell,prune,random"
             )
-        below = [m for m in budgeted if m in ("prune", "random")]
+        below = [m for m in budgeted if m in ("prune", *PAIRED_METHODS)]
         if below and min(self.budgets) == 1:
             raise ValueError(
                 f"--budgets {_fractions(self.budgets)}: {' and '.join(below)} run at budgets "
@@ -200,7 +200,7 @@ class Job:
     spec: str
     method: str  # one of STUDY_METHODS
     seed: int
-    pairs_with: str | None = None  # a random job: the DNAT method whose changes it copies
+    pairs_with: str | None = None  # a paired job: the DNAT method whose changes it copies
     budget: str | None = None  # a sweep's job below 1: its RunConfig.budget, "flops=0.6"
 
     @property
@@ -209,13 +209,14 @@ class Job:
 
     @property
     def source(self) -> Job | None:
-        """The DNAT run a random job copies its number of changes from; a random job at a budget
-        copies none (it draws decisions that fit the budget)."""
-        if self.method != "random" or self.budget is not None:
+        """The DNAT run a random or similarity job copies its number of changes from; at a
+        budget it copies none (its decisions fit the budget)."""
+        if self.method not in PAIRED_METHODS or self.budget is not None:
             return None
         if self.pairs_with not in DNAT_METHODS:
             raise ValueError(
-                f"random job {self} pairs with {self.pairs_with!r}; expected one of {DNAT_METHODS}"
+                f"{self.method} job {self} pairs with {self.pairs_with!r}; expected one of "
+                f"{DNAT_METHODS}"
             )
         return Job(self.spec, self.pairs_with, self.seed)
 
@@ -282,8 +283,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def jobs(config: ReproConfig) -> list[Job]:
     """The study's runs: models in the order given, then seeds, then methods, so that a
-    cut-short study already holds every method for its first seeds. Random comes last for its
-    seed, whatever the order given: it copies the changes of that seed's DNAT run. A budget
+    cut-short study already holds every method for its first seeds. Random and similarity come
+    last for their seed, whatever the order given: they copy the changes of that seed's DNAT
+    run. A budget
     sweep goes budget by budget within a seed, the unconstrained point first (`_sweep`)."""
     if config.budgets is not None:
         return [
@@ -293,9 +295,10 @@ def jobs(config: ReproConfig) -> list[Job]:
             for job in _sweep(config, spec, seed)
         ]
     source = random_source(config.methods)
-    methods = sorted(config.methods, key=lambda m: m == "random")  # stable: the rest as given
+    paired = PAIRED_METHODS
+    methods = sorted(config.methods, key=lambda m: m in paired)  # stable: the rest as given
     return [
-        Job(spec, method, seed, source if method == "random" else None)
+        Job(spec, method, seed, source if method in paired else None)
         for spec in config.specs
         for seed in config.seeds
         for method in methods
@@ -323,7 +326,7 @@ def _budget_texts(config: ReproConfig) -> list[str]:
 
 
 def shard(all_jobs: Sequence[Job], i: int, n: int) -> list[Job]:
-    """The i-th of n slices (1-based): round robin over the jobs, except that a random job goes
+    """The i-th of n slices (1-based): round robin over the jobs, except that a paired job goes
     with the DNAT run it copies, so no shard waits on another. Every launcher that gets the same
     specs, seeds and methods computes the same disjoint slices, and together they cover all
     jobs."""
@@ -341,20 +344,23 @@ def shard(all_jobs: Sequence[Job], i: int, n: int) -> list[Job]:
 def run_config(config: ReproConfig, job: Job) -> RunConfig:
     """The engine's RunConfig for one job: the study's settings that the engine shares by name
     (data, recipe and its overrides, device, ...), and the job's spec, folder, method and seed.
-    A random job also gets its DNAT run's tie and number of changes (`random_changes`); a job
-    of a budget sweep, its budget."""
+    A random or similarity job also gets its DNAT run's tie and number of changes
+    (`random_changes`, `similarity_changes`); a job of a budget sweep, its budget."""
     shared = {f.name for f in dataclasses.fields(RunConfig)} & {
         f.name for f in dataclasses.fields(ReproConfig)
     }
     shared.discard("out")  # the study's folder; the run's is below it
     if job.method == "original":
         method = {"method": "original", "tie": "cell"}
-    elif job.method in ("random", "prune") and job.budget is not None:
+    elif job.method in ("random", "prune", "similarity") and job.budget is not None:
         # no θ decides: each edge on its own, as a DNAT run of tie full
         method = {"method": job.method, "tie": "full", "budget": job.budget}
     elif job.method == "random":
         source = job.source
         method = {"method": "random", "tie": source.method, "changes": random_changes(config, job)}
+    elif job.method == "similarity":
+        changes = similarity_changes(random_changes(config, job))
+        method = {"method": "similarity", "tie": job.source.method, "changes": changes}
     elif job.method == "nat":  # NAT's genotype is one per cell type: tie cell
         method = {"method": "nat", "tie": "cell"}
     else:
@@ -371,7 +377,7 @@ def run_config(config: ReproConfig, job: Job) -> RunConfig:
 
 
 def random_changes(config: ReproConfig, job: Job) -> str:
-    """A random job's changes, "identity=2,none=1": what its DNAT run (same model and seed)
+    """A paired job's changes, "identity=2,none=1": what its DNAT run (same model and seed)
     changed, counted by kind, read from that run's summary. Raises RuntimeError, saying why,
     when that run has no summary (it failed, or has not run yet)."""
     source = job.source
@@ -382,13 +388,25 @@ def random_changes(config: ReproConfig, job: Job) -> str:
         status = record.get("status", "not run")
         why = "failed" if status == "failed" else f"has no result yet ({status})"
         raise RuntimeError(
-            f"its DNAT run ({source}) {why}; a random run copies that run's number of changes: "
+            f"its DNAT run ({source}) {why}; a {job.method} run copies that run's number of "
+            "changes: "
             "rerun the study to retry both"
         )
     changes = summary.get("changes")
     if isinstance(changes, str):  # counted by kind of edge by the engine
         return changes
     return changes_text(summary.get("changed", {}))  # a summary written before it did
+
+
+def similarity_changes(changes: str) -> str:
+    """A DNAT run's changes as similarity removal makes them: a branch that became the identity
+    or was removed both lose their op, so "identity=2,none=1" → "none=3"; skip and op changes
+    as they are."""
+    counts = parse_changes(changes)
+    branches = counts.pop(IDENTITY, 0) + counts.pop(NONE, 0)
+    if branches:
+        counts[NONE] = branches
+    return format_changes(counts)
 
 
 def changes_text(changed: Mapping[str, str]) -> str:
@@ -446,21 +464,26 @@ def _recipes(config: ReproConfig) -> dict[str, dict[str, Any]]:
 
 
 def _pair_random(config: ReproConfig, manifest: dict[str, Any]) -> None:
-    """Record which DNAT runs the study's random runs copy; a command that would pair them with
-    the other tie is refused while random runs exist, as the table would mix two controls."""
+    """Record which DNAT runs the study's random and similarity runs copy; a command that would
+    pair them with the other tie is refused while such runs exist, as the table would mix two
+    controls."""
     source = random_source(config.methods)
-    if "random" not in config.methods or source is None or config.budgets is not None:
-        return  # a sweep's random runs draw to fit their budget: they copy no run
+    paired = [m for m in PAIRED_METHODS if m in config.methods]
+    if not paired or source is None or config.budgets is not None:
+        return  # a sweep's paired runs fit their budget: they copy no run
     stored = manifest.get("random_pairs_with", source)
     made = any(
-        any(Path(config.out).glob(f"*/random/seed*/{name}")) for name in (CHECKPOINT, SUMMARY)
+        any(Path(config.out).glob(f"*/{method}/seed*/{name}"))
+        for method in PAIRED_METHODS
+        for name in (CHECKPOINT, SUMMARY)
     )
     if stored != source and made:
         raise ValueError(
-            f"{config.out}'s random runs copy the changes of its {stored} runs, but with "
-            f"--methods {','.join(config.methods)} they would copy its {source} runs (random "
-            f"pairs with cell when --methods has it, else full); give --methods that pair random "
-            f"with {stored}, or delete {config.out}/*/random to redo those runs"
+            f"{config.out}'s {' and '.join(paired)} runs copy the changes of its {stored} runs, "
+            f"but with --methods {','.join(config.methods)} they would copy its {source} runs "
+            f"(they pair with cell when --methods has it, else full); give --methods that pair "
+            f"them with {stored}, or delete {config.out}/*/{{{','.join(PAIRED_METHODS)}}} to "
+            "redo those runs"
         )
     manifest["random_pairs_with"] = source
 

@@ -44,6 +44,33 @@ MISSING = "—"  # a report's cell for what no run says (yet)
 
 
 @dataclass(frozen=True)
+class Metric:
+    """What a data set's tables compare: a run's headline number (``RunRow.score``)."""
+
+    label: str  # a table's header, with its unit
+    higher_is_better: bool
+    digits: int  # decimals shown
+    points: str  # what a difference is counted in
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether ``a`` beats ``b``."""
+        return a > b if self.higher_is_better else a < b
+
+
+ACCURACY = Metric("test accuracy (%)", True, 2, "points")
+VALIDATION_LOSS = Metric("validation loss (nats per token)", False, 3, "nats per token")
+METRICS = {"classification": ACCURACY, "causal-lm": VALIDATION_LOSS}
+"""A task's metric (fxdnat.tasks): accuracy for classifiers, the mean cross-entropy of the next
+token on the validation split for language models (perplexity is its exp)."""
+
+
+def metric_of(rows: Iterable[RunRow]) -> Metric:
+    """The metric of a data set's runs (one task per data set)."""
+    tasks = {r.task for r in rows}
+    return METRICS[tasks.pop()] if len(tasks) == 1 else ACCURACY
+
+
+@dataclass(frozen=True)
 class Agreement:
     """How alike the seeds decided: the mean over edges of the fraction of seed pairs that
     chose alike, and the share of edges on which every seed chose alike."""
@@ -92,6 +119,8 @@ class RunRow:
     status: str  # "done", "failed", "interrupted", "killed", "running"
     budget: str | None = None  # a budget sweep's run below 1: its target, "flops=0.6"
     test_acc: float | None = None  # percent
+    task: str = "classification"  # fxdnat.tasks: "classification" or "causal-lm"
+    test_loss: float | None = None  # mean cross-entropy per example (per token for an LM)
     wall_seconds: float = 0.0  # the harness's, over every attempt (failed ones cost too)
     train_seconds: float | None = None  # the engine's: training epochs only
     device: str = "?"
@@ -111,6 +140,14 @@ class RunRow:
     reach: dict[str, Any] | None = None  # θ's steps and lr, lr·T, lr·√T
     changes: str | None = None  # the changes by kind, "identity=2,skip-none=1"
     dead_joins: int | None = None  # joins left without an operand (NAT's; DNAT never has one)
+
+    @property
+    def score(self) -> float | None:
+        """The run's headline number, as its task's metric has it (:data:`METRICS`): test
+        accuracy in percent, or a language model's validation loss; None without a result."""
+        if self.status != "done":
+            return None
+        return self.test_loss if METRICS.get(self.task) is VALIDATION_LOSS else self.test_acc
 
 
 @dataclass
@@ -161,6 +198,7 @@ def _row(folder: Path, seed: int, default_data: str) -> RunRow | None:
         return row
     device = summary.get("device", "?").split(":")[0]
     row.test_acc = 100 * summary["test_acc"] if summary.get("test_acc") is not None else None
+    row.task, row.test_loss = summary.get("task", "classification"), summary.get("test_loss")
     row.train_seconds = summary.get("seconds")
     # a run trained outside the harness has no record: its training time is all we know
     row.wall_seconds = record.get("wall_seconds") or summary.get("seconds") or 0.0
@@ -261,7 +299,8 @@ def _plain_tables(
     parts = []
     for name, (lines, table) in (
         ("table1", _table1(groups, models, methods)),
-        ("random", _versus_random(groups, models, methods)),
+        ("random", _versus(groups, models, methods, "random")),
+        ("similarity", _versus(groups, models, methods, "similarity")),
         ("table2", _table2(groups, models, methods)),
         ("table3", _table3(groups, models, methods)),
         ("choices", _choices(groups, models, methods)),
@@ -348,7 +387,7 @@ def _cost_table(found: Sequence[pareto.CostPoint]) -> tuple[str, list[dict]]:
 
 def _stats(runs: Sequence[RunRow]) -> dict[str, Any]:
     """Mean, sample std (over seeds) and summed cost of one (model, method) cell."""
-    accs = [r.test_acc for r in runs if r.status == "done" and r.test_acc is not None]
+    accs = [r.score for r in runs if r.score is not None]
     return {
         "seeds": len(accs),
         "mean_acc": statistics.fmean(accs) if accs else None,
@@ -360,21 +399,23 @@ def _stats(runs: Sequence[RunRow]) -> dict[str, Any]:
     }
 
 
-def _cell(s: dict[str, Any], seeds: int) -> str:
+def _cell(s: dict[str, Any], seeds: int, metric: Metric) -> str:
     """ "mean / std / hours device", with notes on missing seeds."""
     notes = [f"n={s['seeds']}"] if 0 < s["seeds"] < seeds else []
     notes += [f"{s[k]} {k}" for k in ("failed", "incomplete") if s[k]]
     text = MISSING
     if s["mean_acc"] is not None:
-        std = f"{s['std_acc']:.2f}" if s["std_acc"] is not None else MISSING
-        text = f"{s['mean_acc']:.2f} / {std} / {_hours(s['device_hours'])} {s['devices']}"
+        std = _num(s["std_acc"], metric.digits)
+        mean = _num(s["mean_acc"], metric.digits)
+        text = f"{mean} / {std} / {_hours(s['device_hours'])} {s['devices']}"
     return f"{text.rstrip()} ({', '.join(notes)})" if notes else text.rstrip()
 
 
 def _table1(groups: dict, models: Sequence[str], methods: Sequence[str]) -> tuple[str, list[dict]]:
     seeds = max(len({r.seed for r in runs}) for runs in groups.values())
+    metric = metric_of(r for runs in groups.values() for r in runs)
     lines = [
-        "### Table 1: test accuracy (%), mean / sample std over seeds / cost in device-hours",
+        f"### Table 1: {metric.label}, mean / sample std over seeds / cost in device-hours",
         "",
         _md_row(["model", *(METHOD_LABELS[m] for m in methods)]),
         _md_row(["---"] * (len(methods) + 1)),
@@ -385,7 +426,8 @@ def _table1(groups: dict, models: Sequence[str], methods: Sequence[str]) -> tupl
         for method in methods
     ]
     for model in models:
-        lines.append(_md_row([model, *(_cell(s, seeds) for s in table if s["model"] == model)]))
+        cells = (_cell(s, seeds, metric) for s in table if s["model"] == model)
+        lines.append(_md_row([model, *cells]))
     runs = [r for rs in groups.values() for r in rs]
     names = sorted({(r.device, r.device_name) for r in runs if r.device != "?"})
     devices = "; ".join(f"{kind} = {name}" for kind, name in names)
@@ -398,8 +440,9 @@ def _table1(groups: dict, models: Sequence[str], methods: Sequence[str]) -> tupl
 
 def _table2(groups: dict, models: Sequence[str], methods: Sequence[str]) -> tuple[str, list[dict]]:
     seeds = sorted({r.seed for runs in groups.values() for r in runs})
+    metric = metric_of(r for runs in groups.values() for r in runs)
     lines = [
-        "### Table 2: test accuracy (%) per seed",
+        f"### Table 2: {metric.label} per seed",
         "",
         _md_row(["model", "method", *(f"seed {s}" for s in seeds)]),
         _md_row(["---"] * (len(seeds) + 2)),
@@ -408,18 +451,16 @@ def _table2(groups: dict, models: Sequence[str], methods: Sequence[str]) -> tupl
     for model in models:
         for method in methods:
             by_seed = {r.seed: r for r in groups[model, method]}
-            cells = [_seed_cell(by_seed.get(s)) for s in seeds]
+            cells = [_seed_cell(by_seed.get(s), metric) for s in seeds]
             lines.append(_md_row([model, METHOD_LABELS[method], *cells]))
             table += [_csv_run(r) for r in sorted(groups[model, method], key=lambda r: r.seed)]
     return "\n".join(lines), table
 
 
-def _seed_cell(row: RunRow | None) -> str:
+def _seed_cell(row: RunRow | None, metric: Metric) -> str:
     if row is None:
         return MISSING
-    return (
-        f"{row.test_acc:.2f}" if row.status == "done" and row.test_acc is not None else row.status
-    )
+    return row.status if row.score is None else _num(row.score, metric.digits)
 
 
 def _csv_run(r: RunRow) -> dict[str, Any]:
@@ -429,6 +470,7 @@ def _csv_run(r: RunRow) -> dict[str, Any]:
         "seed": r.seed,
         "status": r.status,
         "test_acc": r.test_acc,
+        "test_loss": r.test_loss,
         "wall_seconds": r.wall_seconds,
         "train_seconds": r.train_seconds,
         "device": r.device,
@@ -443,69 +485,82 @@ def _csv_run(r: RunRow) -> dict[str, Any]:
     }
 
 
-def _versus_random(
-    groups: dict, models: Sequence[str], methods: Sequence[str]
+PAIRED_TEXT = {
+    "random": "a random run makes as many changes of each kind as the DNAT run of its seed, "
+    "placed at random",
+    "similarity": "a similarity run removes as many branches as the DNAT run of its seed "
+    "changed, those whose join's output is most like their input",
+}
+
+
+def _versus(
+    groups: dict, models: Sequence[str], methods: Sequence[str], control: str
 ) -> tuple[str, list[dict]]:
-    """Each random run against the DNAT run whose number of changes it copied (same model and
-    seed): the accuracy DNAT's choice of edges is worth over a random choice of as many."""
-    if "random" not in methods:
+    """Each ``control`` run (random, similarity) against the DNAT run whose number of changes
+    it copied (same model and seed): what DNAT's choice of edges is worth over the control's."""
+    if control not in methods:
         return "", []
-    table = [pair for model in models for pair in _pairs(groups, model, methods)]
+    metric = metric_of(r for runs in groups.values() for r in runs)
+    table = [pair for model in models for pair in _pairs(groups, model, methods, control)]
     lines = [
-        "**DNAT vs random at equal changes** (a random run makes as many changes of each kind "
-        "as the DNAT run of its seed, placed at random; accuracy difference in points, paired "
-        "by seed; seeds where DNAT changed nothing compare the original with itself and are "
-        "left out):",
+        f"**DNAT vs {control} at equal changes** ({PAIRED_TEXT[control]}; {metric.label} "
+        f"difference in {metric.points}, paired by seed; seeds where DNAT changed nothing "
+        "compare the original with itself and are left out):",
         "",
     ]
-    for model in (m for m in models if groups[m, "random"]):
+    for model in (m for m in models if groups[m, control]):
         pairs = [p for p in table if p["model"] == model]
-        unchanged = [p for p in pairs if p["equal_changes"] and not (p[IDENTITY] or p[NONE])]
+        unchanged = [p for p in pairs if p["changes"] == 0]
         fair = [p for p in pairs if p["equal_changes"] and p not in unchanged]
         if not fair:
             why = "DNAT changed no edge" if unchanged else "no seed has both results yet"
             lines.append(f"- {model}: nothing to compare ({why})")
             continue
         differences = [p["difference"] for p in fair]
-        wins = sum(d > 0 for d in differences)
+        wins = sum(metric.better(p["dnat"], p[control]) for p in fair)
         lines.append(
-            f"- {model}, {METHOD_LABELS[fair[0]['dnat_method']]} − random: "
-            f"{statistics.fmean(differences):+.2f} points on average over {len(fair)} "
-            f"seed{'s' if len(fair) != 1 else ''}; DNAT better on {wins} of {len(fair)}"
+            f"- {model}, {METHOD_LABELS[fair[0]['dnat_method']]} − {control}: "
+            f"{statistics.fmean(differences):+.{metric.digits}f} {metric.points} on average "
+            f"over {len(fair)} seed{'s' if len(fair) != 1 else ''}; DNAT better on {wins} of "
+            f"{len(fair)}"
         )
         if unchanged:
             lines[-1] += f" ({len(unchanged)} seeds without a change left out)"
         if len(fair) + len(unchanged) < len(pairs):
             lines[-1] += (
-                f" ({len(pairs) - len(fair) - len(unchanged)} left out: the random run's changes "
-                "differ from its "
-                "DNAT run's, which was redone after it; delete the random run to redo it)"
+                f" ({len(pairs) - len(fair) - len(unchanged)} left out: the {control} run's "
+                "changes differ from its DNAT run's, which was redone after it; delete the "
+                f"{control} run to redo it)"
             )
     return "\n".join(lines), table
 
 
-def _pairs(groups: dict, model: str, methods: Sequence[str]) -> list[dict[str, Any]]:
+def _pairs(groups: dict, model: str, methods: Sequence[str], control: str) -> list[dict[str, Any]]:
     def finished(runs: Sequence[RunRow]) -> dict[int, RunRow]:
-        return {r.seed: r for r in runs if r.status == "done" and r.test_acc is not None}
+        return {r.seed: r for r in runs if r.score is not None}
 
     pairs = []
-    for seed, control in sorted(finished(groups[model, "random"]).items()):
-        source = control.tie if control.tie in DNAT_METHODS else random_source(methods)
+    for seed, run in sorted(finished(groups[model, control]).items()):
+        source = run.tie if run.tie in DNAT_METHODS else random_source(methods)
         dnat = finished(groups.get((model, source), [])).get(seed)
         if dnat is None:
             continue
-        counts = [{k: r.decisions.get(k, 0) for k in (IDENTITY, NONE)} for r in (dnat, control)]
+        counts = [{k: r.decisions.get(k, 0) for k in (IDENTITY, NONE)} for r in (dnat, run)]
+        changed = [sum(c.values()) for c in counts]
+        # similarity removes (none) as many branches as DNAT changed (identity or none)
+        equal = counts[0] == counts[1] if control == "random" else changed[0] == changed[1]
         pairs.append(
             {
                 "model": model,
                 "dnat_method": source,
                 "seed": seed,
-                "dnat_acc": dnat.test_acc,
-                "random_acc": control.test_acc,
-                "difference": dnat.test_acc - control.test_acc,
+                "dnat": dnat.score,
+                control: run.score,
+                "difference": dnat.score - run.score,
                 IDENTITY: counts[0][IDENTITY],
                 NONE: counts[0][NONE],
-                "equal_changes": counts[0] == counts[1],
+                "changes": changed[0],
+                "equal_changes": equal,
             }
         )
     return pairs
@@ -761,11 +816,7 @@ def _plot(
     width = 0.8 / len(methods)
     for k, method in enumerate(methods):
         for i, model in enumerate(models):
-            accs = [
-                r.test_acc
-                for r in groups[model, method]
-                if r.status == "done" and r.test_acc is not None
-            ]
+            accs = [r.score for r in groups[model, method] if r.score is not None]
             x = i - 0.4 + width * (k + 0.5)
             spread = [x + width * 0.3 * (j / max(len(accs) - 1, 1) - 0.5) for j in range(len(accs))]
             ax.scatter(
@@ -774,8 +825,9 @@ def _plot(
             if accs:
                 ax.hlines(statistics.fmean(accs), x - width * 0.4, x + width * 0.4, color=f"C{k}")
     ax.set_xticks(range(len(models)), models)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{data}: test accuracy per seed (bar: mean)", fontsize="medium")
+    metric = metric_of(r for runs in groups.values() for r in runs)
+    ax.set_ylabel(metric.label)
+    ax.set_title(f"{data}: {metric.label.split(' (')[0]} per seed (bar: mean)", fontsize="medium")
     ax.legend(fontsize="small")
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, dpi=120)

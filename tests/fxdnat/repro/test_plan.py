@@ -62,8 +62,10 @@ def test_random_comes_last_for_its_seed_and_copies_the_first_dnat_method_listed(
 
 
 def test_a_study_with_random_and_no_dnat_method_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"^--methods random,original: random places as many"):
+    with pytest.raises(ValueError, match=r"^--methods random,original: random runs make as many"):
         ReproConfig(["zoo:resnet20"], str(tmp_path), methods=["random", "original"])
+    with pytest.raises(ValueError, match="random and similarity runs make as many changes as"):
+        ReproConfig(["zoo:resnet20"], str(tmp_path), methods=["random", "similarity"])
 
 
 def test_shards_keep_each_random_run_with_its_dnat_run(tmp_path):
@@ -102,6 +104,25 @@ def test_a_random_runs_config_copies_its_dnat_runs_changes(tmp_path):
     assert changes_text(changed) == "identity=2,none=1" and changes_text({}) == ""
     with pytest.raises(ValueError, match=r"choice\(s\) \['same'\]; a random run places only"):
         changes_text({"a": "same"})
+
+
+def test_a_similarity_run_removes_as_many_branches_as_its_dnat_run_changed(tmp_path):
+    from fxdnat.config import check_method
+    from fxdnat.repro import run_config
+
+    methods = ["similarity", "original", "full", "random"]
+    config = ReproConfig(["zoo:resnet20"], str(tmp_path), seeds=[1], methods=methods)
+    assert [j.method for j in jobs(config)] == ["original", "full", "similarity", "random"]
+    changed = {"layer1.0:0": "none", "layer2.1:1": "identity", "layer3.0:0": "identity"}
+    _write_summary(tmp_path / "resnet20" / "full" / "seed1", changed=changed)
+    similar = next(j for j in jobs(config) if j.method == "similarity")
+    assert similar.source == Job("zoo:resnet20", "full", 1)
+    run = run_config(config, similar)
+    assert (run.method, run.tie, run.changes) == ("similarity", "full", "none=3")
+    check_method(run)
+    _write_summary(tmp_path / "resnet20" / "full" / "seed1", changed={})
+    unchanged = run_config(config, similar)
+    assert unchanged.changes == "" and check_method(unchanged) is None  # nothing to remove
 
 
 def test_a_random_run_without_its_dnat_result_says_why(tmp_path):
@@ -215,7 +236,7 @@ def test_each_sweep_job_gets_its_budget_and_no_pairing(tmp_path):
         (
             {"methods": ["original", "nat"]},
             "--budgets: --methods original,nat has no method that meets a budget; add some of "
-            "cell, full, prune, random, e.g. --methods original,cell,prune,random",
+            "cell, full, prune, similarity, random, e.g. --methods original,cell,prune,random",
         ),
         (
             {"budgets": [1]},

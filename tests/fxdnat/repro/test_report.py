@@ -370,3 +370,36 @@ def test_a_sweep_of_budgeted_runs_only_reports_them(tmp_path):
         lines[2]
         == "| resnet20 | prune (contribution) | params=0.5 | 80.00 ± — | 0.700 | 0.500 | 1 |"
     )
+
+
+def test_a_language_model_study_tables_validation_loss_and_pairs_similarity(tmp_path):
+    out = tmp_path / "lm"
+    lm = {"data": "text:pydoc", "task": "causal-lm", "test_acc": 0.5}
+    losses = {  # per seed: original, full, similarity, random
+        1: (1.50, 1.40, 1.60, 1.70),
+        2: (1.52, 1.55, 1.50, 1.80),
+    }
+    for seed, (orig, full, similar, rand) in losses.items():
+        run(out, "gpt-mini/original", seed, method="original", test_loss=orig, **lm)
+        changed = {"h.0:0": "none", "h.1:1": "identity"}
+        run(out, "gpt-mini/full", seed, method="dnat", tie="full", test_loss=full, **lm,
+            **choice(changed))  # fmt: skip
+        removed = {"h.2:0": "none", "h.3:1": "none"}  # as many branches, both removed
+        run(out, "gpt-mini/similarity", seed, method="similarity", tie="full",
+            test_loss=similar, **lm, **choice(removed))  # fmt: skip
+        placed = {"h.2:1": "none", "h.3:0": "identity"}
+        run(out, "gpt-mini/random", seed, method="random", tie="full", test_loss=rand, **lm,
+            **choice(placed))  # fmt: skip
+    report = " ".join(aggregate(out).markdown.split())
+    assert "### Table 1: validation loss (nats per token), mean / sample std over seeds" in report
+    assert "| gpt-mini | 1.510 / 0.014 / " in report  # the original's mean and std
+    assert "### Table 2: validation loss (nats per token) per seed" in report
+    # lower is better: seed 1 DNAT 1.40 beats similarity's 1.60, seed 2 1.55 loses to 1.50
+    assert (
+        "- gpt-mini, DNAT full − similarity: -0.075 nats per token on average over 2 seeds; "
+        "DNAT better on 1 of 2" in report
+    )
+    assert "- gpt-mini, DNAT full − random: -0.275 nats per token on average over 2 seeds; " \
+        "DNAT better on 2 of 2" in report  # fmt: skip
+    pairs = read_csv(out / "similarity-text_pydoc.csv")
+    assert [p["equal_changes"] for p in pairs] == ["True", "True"]

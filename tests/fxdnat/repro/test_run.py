@@ -306,8 +306,8 @@ def test_report_reaggregates_a_study(copy):
         (["zoo:resnet20", "--out", "o", "--shard", "3/2"], "shard '3/2' does not exist"),
         (
             ["zoo:resnet20", "--out", "o", "--methods", "original,random"],
-            "--methods original,random: random places as many changes as the DNAT run of the "
-            "same seed; add cell or full, e.g. --methods original,cell,random",
+            "--methods original,random: random runs make as many changes as the DNAT run of "
+            "the same seed; add cell or full, e.g. --methods original,cell,random",
         ),
         (
             ["zoo:resnet20", "--out", "o", "--methods", "original,prune"],
