@@ -656,13 +656,15 @@ def export(checkpoint: str, out: str, trust_code: bool) -> None:
     help="Comma list: original (the untouched model, same recipe), cell, full (DNAT's θ ties), "
     "random (the control: as many changes as the same seed's run of the first DNAT method listed, "
     "placed at random), nat (the NAT baseline, adapted to fxdnat's edges: search, derive, "
-    "retrain from scratch), prune (contribution pruning; --budgets only).",
+    "retrain from scratch), prune (contribution pruning; --budgets only), similarity (the "
+    "branches whose output is most like their input removed, ShortGPT's heuristic: as many as "
+    "that DNAT run changed, or to fit each budget).",
 )
 @click.option(
     "--budgets",
     default=None,
     help="A budget sweep: comma list of fractions of the original's cost, e.g. 1.0,0.8,0.6,0.4. "
-    "At each below 1, cell, full (DNAT with a cost term), prune and random (decisions drawn to "
+    "At each below 1, cell, full (DNAT with a cost term), prune, similarity and random (drawn to "
     "fit it) run into OUT/<model>/<method>@flops=0.6/seed<k>/; 1 is the unconstrained point "
     "(cell and full without a budget); original and nat run once.",
 )

@@ -119,7 +119,13 @@ def _figure(data: dict, history: torch.Tensor | None, groups: list[Group]):
         "arch": f"architecture stage, epoch {state['epoch']}",
         "net": "network stage",
     }
-    labels = {"random": "random control", "nat": "NAT (adapted)"}
+    labels = {
+        "random": "random control",
+        "nat": "NAT (adapted)",
+        "prune": "contribution pruning",
+        "similarity": "similarity removal",
+        "original": "original",
+    }
     method = labels.get(data.get("method"), "DNAT")
     title = f"{data['model']['spec']}: {method} run ({stage.get(state['stage'], 'finished')})"
     figure.suptitle(title, fontweight="bold")
