@@ -1,4 +1,5 @@
-"""Model specs: ``zoo:NAME``, ``timm:NAME``, ``torchvision:NAME``, ``module:pkg.mod:factory``.
+"""Model specs: ``zoo:NAME``, ``timm:NAME``, ``torchvision:NAME``, ``hf:NAME`` (fxdnat.hf),
+``module:pkg.mod:factory``.
 
 A spec is the string a user types and a checkpoint stores; ``build_model`` turns it into a fresh
 ``nn.Module`` and the input size it expects, so a run can always be rebuilt from its checkpoint.
@@ -15,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-SOURCES = ("zoo", "timm", "torchvision", "module")
+SOURCES = ("zoo", "timm", "torchvision", "hf", "module")
 
 PLAIN_ARGUMENTS = (bool, int, float, str, type(None))
 """Types of keyword argument that a spec from a file (not typed by the user) may carry."""
@@ -34,12 +35,21 @@ WEIGHT_ARGUMENTS = frozenset(
 )
 
 
+DEFAULT_LENGTH = 256  # tokens an hf: model runs at unless told: a CPU step stays short
+
+
 @dataclass(frozen=True)
 class BuiltModel:
+    """A built model. For a language model (``hf:``), ``input_size`` is the sequence length
+    it runs at and ``num_classes`` its vocabulary; ``vocab_size`` and ``context`` (the longest
+    sequence its positions allow) are set for language models only."""
+
     model: nn.Module
     spec: str
     input_size: int
     num_classes: int
+    vocab_size: int | None = None
+    context: int | None = None
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -50,7 +60,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if source not in SOURCES:
         raise ValueError(
             f"unknown model source {source!r} in {spec!r}; expected one of "
-            + ", ".join(f"{s}:NAME" for s in SOURCES[:3])
+            + ", ".join(f"{s}:NAME" for s in SOURCES[:4])
             + " or module:package.module:factory"
         )
     if not name:
@@ -78,7 +88,9 @@ def check_untrusted(spec: str, kwargs: Mapping[Any, Any], *, origin: str) -> Non
             f"{name.rpartition(':')[0]!r}; a file cannot vouch for code, so fxdnat runs it only "
             f"if you ask: {trust}"
         )
-    {"zoo": _zoo_name, "timm": _timm_name, "torchvision": _torchvision_name}[source](name)
+    {"zoo": _zoo_name, "timm": _timm_name, "torchvision": _torchvision_name, "hf": _hf_name}[
+        source
+    ](name)
     for key, value in kwargs.items():
         plain = isinstance(key, str) and type(value) in PLAIN_ARGUMENTS
         if not plain or key in WEIGHT_ARGUMENTS:
@@ -102,16 +114,38 @@ def build_model(
 
     Args:
         spec: see the module docstring.
-        num_classes: size of the classifier head.
+        num_classes: size of the classifier head (not for ``hf:``: the vocabulary is the
+            config's).
         input_size: input side in pixels; default: the model's own (zoo 32, timm's pretrained
-            config, torchvision 224).
-        pretrained: load published weights (timm/torchvision; needs the internet once).
-        kwargs: passed to the model's constructor.
+            config, torchvision 224). For ``hf:``, the sequence length, at most the context
+            (default: the context, at most 256).
+        pretrained: load published weights (timm/torchvision/hf; needs the internet once).
+        kwargs: passed to the model's constructor (for ``hf:``, config overrides).
     """
     source, name = parse_spec(spec)
+    if source == "hf":
+        return _hf(name, input_size, pretrained, kwargs)
     builder = {"zoo": _zoo, "timm": _timm, "torchvision": _torchvision, "module": _module}[source]
     model, size = builder(name, num_classes, input_size, pretrained, kwargs)
     return BuiltModel(model, f"{source}:{name}", size, num_classes)
+
+
+def _hf_name(name: str) -> None:
+    from fxdnat import hf  # lazy: transformers is optional and slow to import
+
+    hf.check_name(name)
+
+
+def _hf(name: str, size: int | None, pretrained: bool, kwargs: dict) -> BuiltModel:
+    from fxdnat import hf  # lazy: transformers is optional and slow to import
+
+    model, vocab, context = hf.build(name, pretrained=pretrained, kwargs=kwargs)
+    if size is not None and size > context:
+        raise ValueError(
+            f"hf:{name} takes sequences of at most {context} tokens; pass a length up to that"
+        )
+    length = size or min(context, DEFAULT_LENGTH)
+    return BuiltModel(model, f"hf:{name}", length, vocab, vocab_size=vocab, context=context)
 
 
 def _zoo_name(name: str) -> None:
