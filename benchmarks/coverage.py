@@ -1,4 +1,5 @@
-"""Coverage sweep: run the whole compiler over a seeded sample of timm and all torchvision models.
+"""Coverage sweep: run the whole compiler over a seeded sample of timm, all torchvision models
+and small configs of transformers language models (hf:tiny-TYPE, fxdnat.hf).
 
 For every model: build it with random weights, run it eagerly, ``fxdnat.trace`` it, check traced ≡
 eager in eval and in train mode, ``discover`` its edges, ``gate`` them (tie="full") and check
@@ -13,6 +14,10 @@ drop-path / stochastic depth on. The script writes the whole of docs/coverage.md
     python -m benchmarks.coverage --sample 300 --seed 0 --out docs/coverage.md \
         --timeout-per-model 300 --jobs 2 --train-config
     python -m benchmarks.coverage --models 'timm:resnet*,torchvision:vgg11' --out /tmp/re.md
+
+The hf models run in the plain configuration only (their configs set their own dropout). With
+``--json FILE --resume`` every result already in FILE is reused, so adding models (``hf:*``)
+to a finished sweep runs only those, and the page is rewritten from all the results.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from torch import fx, nn
 import fxdnat
 import fxdnat.arch
 import fxdnat.frontend
+import fxdnat.hf
 from benchmarks.coverage_report import write_report
 from fxdnat import passes
 from fxdnat.frontend.state import preserved
@@ -71,6 +77,17 @@ TORCHVISION_KWARGS = {  # models whose default form cannot be traced at all, see
     "inception_v3": {"aux_logits": False, "init_weights": True},
 }
 TORCHVISION_SIDES = {"inception_v3": 299}
+# transformers model types swept as hf:tiny-TYPE: the families people fine-tune and prune today,
+# decoder-only, encoder-only and encoder-decoder (a curated list, not every type transformers has)
+HF_TYPES = (
+    "gpt2", "gpt_neo", "gptj", "gpt_neox", "codegen", "opt", "bloom", "falcon", "llama",
+    "mistral", "mixtral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "olmo", "olmo2",
+    "stablelm", "starcoder2", "granite", "cohere",
+    "bert", "roberta", "distilbert", "electra", "albert", "deberta", "deberta-v2",
+    "xlm-roberta", "mpnet", "roformer", "megatron-bert", "modernbert",
+    "t5", "mt5", "umt5", "bart", "mbart", "pegasus", "marian", "blenderbot-small", "plbart",
+)  # fmt: skip
+HF_LENGTH = 32  # tokens per example sequence
 # --train-config: the regularisers people train with, for every constructor that takes them
 TRAIN_KWARGS = {"timm": {"drop_path_rate": 0.1}, "torchvision": {"stochastic_depth_prob": 0.1}}
 # The pipeline holds two copies of the weights at once (model + gated, then gated + final) on top
@@ -119,6 +136,11 @@ def build(result: Result, seed: int, progress) -> tuple[nn.Module, torch.Tensor]
     """The model in eval mode and an input it runs on; raises Skip where neither can be had."""
     source, name = result.model.split(":", 1)
     extra = _train_kwargs(source, name, result) if result.config == "train" else {}
+    if source == "hf":
+        model, x = _build_hf(name, seed, result, progress)
+        result.params = sum(p.numel() for p in model.parameters())
+        result.family = f"hf {model.objective}"
+        return model, x
     builder = _build_timm if source == "timm" else _build_torchvision
     try:
         model, x = builder(name, seed, result, progress, extra)
@@ -182,6 +204,21 @@ def _build_torchvision(name: str, seed: int, result: Result, progress, extra: di
         _eager(model, x)
     except Exception as exc:
         raise Skip(f"does not run eagerly at {side}x{side}: {_one_line(exc)}") from exc
+    return model, x
+
+
+def _build_hf(name: str, seed: int, result: Result, progress):
+    torch.manual_seed(seed)
+    model, vocab, _ = fxdnat.hf.build(name)
+    model.eval()
+    result.size_note = f"{BATCH} sequences of {HF_LENGTH} tokens, vocabulary {vocab}"
+    progress("eager")
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab, (BATCH, HF_LENGTH), generator=generator)
+    try:
+        _eager(model, x)
+    except Exception as exc:
+        raise Skip(f"does not run eagerly: {_one_line(exc)}") from exc
     return model, x
 
 
@@ -570,7 +607,11 @@ def _rss_gib(pid: int) -> float:
 def model_keys(sample: int, seed: int) -> list[str]:
     timm_names = random.Random(seed).sample(sorted(timm.list_models()), sample)
     tv_names = torchvision.models.list_models(module=torchvision.models)
-    return [f"timm:{n}" for n in timm_names] + [f"torchvision:{n}" for n in sorted(tv_names)]
+    return (
+        [f"timm:{n}" for n in timm_names]
+        + [f"torchvision:{n}" for n in sorted(tv_names)]
+        + [f"hf:tiny-{t}" for t in HF_TYPES]
+    )
 
 
 def select(keys: list[str], patterns: str | None) -> list[str]:
@@ -588,6 +629,8 @@ def _exists(key: str) -> bool:
     source, name = key.split(":", 1)
     if source == "timm":
         return name in timm.list_models()
+    if source == "hf":
+        return name.startswith("tiny-")
     return source == "torchvision" and name in torchvision.models.list_models()
 
 
@@ -623,7 +666,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--models {args.models!r} matches no model", file=sys.stderr)
         return 2
     configs = ["plain", "train"] if args.train_config else ["plain"]
-    keys = [(config, model) for config in configs for model in args.keys]
+    keys = [
+        (config, model)
+        for config in configs
+        for model in args.keys
+        if config == "plain" or not model.startswith("hf:")  # hf configs set their own dropout
+    ]
     done: dict[tuple[str, str], Result] = {}
     if args.resume and args.json and args.json.exists():
         for line in args.json.read_text().splitlines():
@@ -657,13 +705,15 @@ def main(argv: list[str] | None = None) -> int:
         "sides": SMALL_SIDES,
         "copies": WEIGHT_COPIES,
         "forwards": FORWARDS,
+        "hf_length": HF_LENGTH,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(write_report(list(done.values()), context))
-    for config in configs:
-        ran = [r for r in done.values() if r.config == config and r.status != "skip"]
+    groups = [(c, lambda r, c=c: r.config == c and not r.model.startswith("hf:")) for c in configs]
+    for label, member in [*groups, ("hf", lambda r: r.model.startswith("hf:"))]:
+        ran = [r for r in done.values() if member(r) and r.status != "skip"]
         passed = sum(r.status == "pass" for r in ran)
-        print(f"{config}: pass rate {passed}/{len(ran)}", flush=True)
+        print(f"{label}: pass rate {passed}/{len(ran)}", flush=True)
     print(f"wrote {args.out}", flush=True)
     return 0
 

@@ -35,6 +35,10 @@ SMOKE_RUNS = {
         "--models resnet20 --batch 4 --reps 1 --warmup 0 --budget 0 --min-rounds 1 --no-write",
         ["| resnet20 | 18 |", "gated / original", "frozen / original"],
     ),
+    "compiler-lm": (  # the language model's rows: token inputs, (batch, tokens, vocab) logits
+        "--models gpt-mini --batch 2 --reps 1 --warmup 0 --budget 0 --min-rounds 1 --no-write",
+        ["| gpt-mini | 8 |", "| gpt-mini | 2×128 tokens |"],
+    ),
 }
 
 
@@ -44,7 +48,7 @@ def test_benchmark_script_runs(script, capsys):
     import importlib
 
     args, expected = SMOKE_RUNS[script]
-    importlib.import_module(f"benchmarks.{script}").main(shlex.split(args))
+    importlib.import_module(f"benchmarks.{script.split('-')[0]}").main(shlex.split(args))
     out = capsys.readouterr().out
     for text in expected:
         assert text in out
@@ -110,3 +114,16 @@ def test_coverage_sweep_checks_a_model_and_writes_its_report(tmp_path):
     )
     assert '"status": "pass"' in results.read_text()
     assert "**Pass rate: 1 / 1 = 100.0 %**" in report.read_text()
+
+
+@pytest.mark.slow
+def test_coverage_sweep_checks_a_language_model_in_its_own_section(tmp_path):
+    pytest.importorskip("transformers")
+    from benchmarks import coverage
+
+    report = tmp_path / "coverage.md"
+    argv = ["--models", "hf:tiny-llama", "--out", str(report), "--jobs", "1", "--train-config"]
+    assert coverage.main(argv) == 0
+    text = report.read_text()
+    assert "## hf: transformers language models" in text and "## train" not in text
+    assert "**Pass rate: 1 / 1 = 100.0 %** (target ≥ 90 %)" in text
