@@ -13,6 +13,7 @@ Run from the repository root; writes its section of docs/performance.md:
 
     python -m benchmarks.compiler                  # every model, about 10 minutes on 2 cores
     python -m benchmarks.compiler --models resnet20 --budget 10 --no-write
+    python -m benchmarks.compiler --models gpt-mini --section compiler-lm   # the language model
 """
 
 from __future__ import annotations
@@ -51,18 +52,32 @@ class Spec:
 
     name: str
     source: str  # "zoo" or "timm"
-    size: int  # input side in pixels
+    size: int  # input side in pixels; a language model's context in tokens
     kwargs: dict = field(default_factory=dict)
     label: str = ""
+    vocab: int = 0  # a language model's vocabulary (its input is token ids); 0: an image model
 
     def build(self) -> nn.Module:
         if self.source == "zoo":
             from fxdnat.zoo import create_model
 
+            if self.vocab:
+                return create_model(self.name, vocab_size=self.vocab, context=self.size)
             return create_model(self.name, num_classes=10, input_size=self.size, **self.kwargs)
         import timm
 
         return timm.create_model(self.name, num_classes=10, pretrained=False, **self.kwargs)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input, target): n random images and labels, or n windows of random tokens and
+        their next tokens."""
+        if self.vocab:
+            tokens = torch.randint(0, self.vocab, (n, self.size + 1))
+            return tokens[:, :-1], tokens[:, 1:]
+        return torch.randn(n, 3, self.size, self.size), torch.randint(0, 10, (n,))
+
+    def shape(self, n: int) -> str:
+        return f"{n}×{self.size} tokens" if self.vocab else f"{n}×3×{self.size}²"
 
 
 def specs(args: argparse.Namespace) -> dict[str, Spec]:
@@ -76,6 +91,7 @@ def specs(args: argparse.Namespace) -> dict[str, Spec]:
             Spec("proxylessnas", "zoo", 32),
             Spec("resnet50", "timm", args.timm_size, label="timm resnet50"),
             Spec("mobilenetv2_100", "timm", args.timm_size, label="timm mobilenetv2_100"),
+            Spec("gpt-mini", "zoo", 128, vocab=256),  # byte-level tokens, as text:pydoc has them
         )
     }
 
@@ -149,7 +165,8 @@ def train_step(
         for p in theta:
             p.grad = None
         with module.arch.frozen() if frozen else contextlib.nullcontext():
-            loss = F.cross_entropy(module(x), y)
+            # (batch, classes) or (batch, tokens, vocabulary) logits against their targets
+            loss = F.cross_entropy(module(x).flatten(0, -2), y.flatten())
         loss.backward()
         opt.step()
 
@@ -175,11 +192,10 @@ def check_equal(modules: dict[str, nn.Module], x: torch.Tensor) -> None:
                 raise RuntimeError(f"variant {name} differs from the original by {diff:.3g}")
 
 
-def time_steps(modules: dict[str, nn.Module], args: argparse.Namespace, size: int) -> dict:
+def time_steps(modules: dict[str, nn.Module], args: argparse.Namespace, spec: Spec) -> dict:
     """Interleaved train-step and inference timing of every variant: {kind: {variant: Stats}}."""
     torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, size, size)
-    y = torch.randint(0, 10, (args.batch,))
+    x, y = spec.batch(args.batch)
     check_equal(modules, x[:4])
     out = {}
     for kind in ("train", "inference"):
@@ -247,7 +263,7 @@ def step_table(results: list[dict], kind: str) -> str:
         stats = r[kind]
         first = stats["original"]
         rows.append(
-            [r["label"], f"{r['batch']}×3×{r['size']}²", str(first.n), _ms(first)]
+            [r["label"], r["input"], str(first.n), _ms(first)]
             + [_ratio(stats[v]) for v in variants]
         )
     return _report.markdown_table(header, rows, "ll" + "r" * (len(header) - 2))
@@ -312,6 +328,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-rounds", type=int, default=15)
     p.add_argument("--max-rounds", type=int, default=200)
     p.add_argument("--no-write", action="store_true", help="print only; leave the doc alone")
+    p.add_argument(
+        "--section",
+        default=SECTION,
+        help="the docs/performance.md section written (default compiler; the language model's "
+        "rows: --models gpt-mini --section compiler-lm)",
+    )
     p.add_argument("--samples", type=Path, default=None, help="also save every sample (JSON)")
     return p.parse_args(argv)
 
@@ -319,7 +341,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_model(spec: Spec, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = spec.build()
-    example = torch.randn(args.example_batch, 3, spec.size, spec.size)
+    example, _ = spec.batch(args.example_batch)
     built, times = time_compile(model, example, args.reps)
     modules = {
         "original": model,
@@ -327,11 +349,12 @@ def run_model(spec: Spec, args: argparse.Namespace) -> dict:
         "gated": built["gated"],
         "final": built["final"],
     }
-    steps = time_steps(modules, args, spec.size)
+    steps = time_steps(modules, args, spec)
     return {
         "label": spec.label or spec.name,
         "edges": len(built["edges"]),
         "size": spec.size,
+        "input": spec.shape(args.batch),
         "batch": args.batch,
         "compile": times,
         **steps,
@@ -358,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.samples:
         keep = ("label", "edges", "compile", "train samples", "inference samples")
         args.samples.write_text(json.dumps([{k: r[k] for k in keep} for r in results], indent=1))
-    _report.publish(SECTION, text, write=not args.no_write)
+    _report.publish(args.section, text, write=not args.no_write)
 
 
 if __name__ == "__main__":

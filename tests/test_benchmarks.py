@@ -37,7 +37,7 @@ SMOKE_RUNS = {
     ),
     "compiler-lm": (  # the language model's rows: token inputs, (batch, tokens, vocab) logits
         "--models gpt-mini --batch 2 --reps 1 --warmup 0 --budget 0 --min-rounds 1 --no-write",
-        ["| gpt-mini | 8 |", "| gpt-mini | 2×128 tokens |"],
+        ["| gpt-mini | 16 |", "| gpt-mini | 2×128 tokens |"],
     ),
 }
 
