@@ -146,7 +146,7 @@ def test_arguments_that_are_not_plain_or_load_weights_are_refused(
         (
             "pip:install",
             "unknown model source 'pip' in 'pip:install'; expected one of zoo:NAME, "
-            "timm:NAME, torchvision:NAME or module:package.module:factory",
+            "timm:NAME, torchvision:NAME, hf:NAME or module:package.module:factory",
         ),
     ],
 )
