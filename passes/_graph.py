@@ -19,6 +19,8 @@ ADD_METHODS = ("add", "add_")
 INPLACE_ADDS = (operator.iadd, "add_")
 QUIET_OPS = frozenset(
     {"identity", "droppath", "dropout", "getitem", "getattr", "size", "contiguous"}
+    # and the ops that only rearrange elements: an attention's split into heads and back
+    | {"view", "reshape", "transpose", "permute", "flatten", "unflatten", "chunk", "split"}
 )
 """Op labels that do not change what a branch computes: left out of its summary."""
 _EXIT = "<exit>"  # virtual end of the data-flow graph, reached from the output and side effects
@@ -258,6 +260,8 @@ def op_label(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_function":
         if node.target is operator.getitem and _has_slice(node.args[1]):
             return "slice"  # x[:, :, ::2, ::2]: a strided subsample, not tuple unpacking
+        if node.target is torch.nn.functional.scaled_dot_product_attention:
+            return "attention"  # softmax(q kᵀ / √d) v, one fused call
         name = getattr(node.target, "__name__", str(node.target))
         return name.strip("_").removeprefix("i") if name.startswith("__i") else name.rstrip("_")
     return node.op

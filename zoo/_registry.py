@@ -26,6 +26,9 @@ class ModelInfo:
     default_recipe: str = "paper"
     input_multiple: int = 1  # input side must be a multiple of this
     min_input_size: int = 1  # smallest input side the model (auxiliary head included) accepts
+    # what the model computes (fxdnat.tasks): an image classifier takes num_classes and an
+    # input size; a causal LM ("causal-lm") takes vocab_size and context (tokens) instead
+    task: str = "classification"
 
 
 _MODELS: dict[str, tuple[EntryPoint, ModelInfo]] = {}
@@ -41,11 +44,14 @@ def register_model(
     default_recipe: str = "paper",
     input_multiple: int = 1,
     min_input_size: int = 1,
+    task: str = "classification",
+    name: str | None = None,
 ) -> Callable[[EntryPoint], EntryPoint]:
-    """Register the decorated entry point under its function name."""
+    """Register the decorated entry point under ``name`` (default: its function name)."""
 
     def decorator(fn: EntryPoint) -> EntryPoint:
-        name = fn.__name__
+        nonlocal name
+        name = name or fn.__name__
         if name in _MODELS:
             raise ValueError(f"zoo model {name!r} is registered twice")
         info = ModelInfo(
@@ -58,6 +64,7 @@ def register_model(
             default_recipe,
             input_multiple,
             min_input_size,
+            task,
         )
         _MODELS[name] = (fn, info)
         return fn
@@ -82,8 +89,13 @@ def create_model(
 
     `input_size` is only checked against the model's constraints; no layer depends on it (the
     heads pool adaptively). Extra keyword arguments go to the entry point (e.g. `auxiliary`).
+    A language model (task "causal-lm") has no classes and no image: it takes its sizes as
+    `vocab_size` and `context` keywords, and `num_classes` and `input_size` are not read.
     """
     fn, info = _lookup(name)
+    if info.task != "classification":
+        _check_kwargs(fn, info, kwargs)
+        return fn(**kwargs)
     _check_positive_int("num_classes", num_classes)
     _check_input_size(info, input_size)
     _check_kwargs(fn, info, kwargs)

@@ -1,4 +1,5 @@
-"""Every zoo model: parameter count, output shapes, gradients, and traced ≡ eager."""
+"""Every zoo image classifier: parameter count, output shapes, gradients, and traced ≡ eager
+(the language models: tests/zoo/test_gpt.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ PARAMS = {
 }
 # the models that take `auxiliary` and `drop_path_prob`
 AUX_MODELS = {"darts", "darts_v1", "darts_v2", "proxylessnas", "proxylessnas_gpu"}
+IMAGE_MODELS = [n for n in list_models() if model_info(n).task == "classification"]
 
 
 def _count(model: nn.Module) -> int:
@@ -39,16 +41,16 @@ def _full_kwargs(name: str) -> dict:
 
 
 def test_every_model_has_a_pinned_count():
-    assert set(PARAMS) == set(list_models())
+    assert set(PARAMS) == set(IMAGE_MODELS)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_parameter_count_matches_the_reference(name):
     assert _count(create_model(name)) == PARAMS[name] == model_info(name).params
 
 
 @pytest.mark.parametrize("size,classes", [(32, 10), (64, 200)])
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_forward_shape_and_finite(name, size, classes):
     model = create_model(name, num_classes=classes, input_size=size).eval()
     with torch.no_grad():
@@ -70,7 +72,7 @@ def test_auxiliary_returns_a_pair_in_train_and_eval(name, size):
         assert all(torch.isfinite(t).all() for t in out)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_every_parameter_receives_a_gradient(name):
     model = create_model(name, **_full_kwargs(name)).train()
     out = model(torch.randn(2, 3, 32, 32))
@@ -81,7 +83,7 @@ def test_every_parameter_receives_a_gradient(name):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_traced_equals_eager_in_train_and_eval(name, trace):
     eager = create_model(name, **_full_kwargs(name))
     traced = trace(eager)  # a deep copy: BatchNorm statistics evolve apart but identically

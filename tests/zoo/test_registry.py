@@ -23,12 +23,14 @@ EXPECTED = {
     "proxylessnas",
     "proxylessnas_gpu",
 }
+LANGUAGE_MODELS = {"gpt-micro", "gpt-mini", "gpt-small"}  # tests/zoo/test_gpt.py
 
 
 def test_list_models_is_sorted_and_complete():
     names = list_models()
     assert names == sorted(names)
-    assert set(names) == EXPECTED
+    assert set(names) == EXPECTED | LANGUAGE_MODELS
+    assert {n for n in names if model_info(n).task == "causal-lm"} == LANGUAGE_MODELS
 
 
 def test_unknown_model_error_suggests_the_closest_name():
