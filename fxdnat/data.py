@@ -1,4 +1,5 @@
-"""Data sets (digits, CIFAR-10, Tiny ImageNet, image folders) read from their on-disk formats."""
+"""Data sets (digits, CIFAR-10, Tiny ImageNet, image folders) read from their on-disk formats;
+text for language models (``text:pydoc``, ``text:PATH``) is fxdnat/text.py's."""
 
 from __future__ import annotations
 
@@ -19,9 +20,21 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from fxdnat import text
+from fxdnat.text import TextInfo
+
 logger = logging.getLogger(__name__)
 
-NAMES = ("digits", "digits-hard", "cifar10", "tinyimagenet", "imagefolder:PATH")
+NAMES = (
+    "digits",
+    "digits-hard",
+    "cifar10",
+    "tinyimagenet",
+    "imagefolder:PATH",
+    "text:pydoc",
+    "text:PATH",
+)
+_WITH_PATH = ("imagefolder", "text")  # kinds that name a path (text: also the built-in pydoc)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -77,11 +90,15 @@ CIFAR10 = DatasetInfo(
 
 
 def _parse(name: str) -> tuple[str, Path | None]:
-    """Split a data set name into its kind and, for `imagefolder:PATH`, the path."""
+    """Split a data set name into its kind and, for `imagefolder:PATH` and `text:PATH`, the path
+    (None for the built-in `text:pydoc`)."""
     kind, sep, path = name.partition(":")
-    if kind == "imagefolder":
+    if kind in _WITH_PATH:
         if not sep or not path:
-            raise ValueError("data set 'imagefolder' needs a path: use 'imagefolder:PATH'")
+            example = "text:pydoc' or 'text:PATH" if kind == "text" else "imagefolder:PATH"
+            raise ValueError(f"data set {kind!r} needs a path: use '{example}'")
+        if kind == "text" and path == "pydoc":  # a folder named pydoc: text:./pydoc
+            return kind, None
         return kind, Path(path).expanduser()
     if sep or kind not in NAMES:
         close = difflib.get_close_matches(name.lower(), [n.split(":")[0] for n in NAMES], n=1)
@@ -91,8 +108,9 @@ def _parse(name: str) -> tuple[str, Path | None]:
 
 
 def resolve_name(name: str) -> str:
-    """``name`` as a run stores it: ``imagefolder:PATH`` with PATH absolute, so that the stored
-    name finds the images from any working folder; other names as they are (checked)."""
+    """``name`` as a run stores it: ``imagefolder:PATH`` and ``text:PATH`` with PATH absolute,
+    so that the stored name finds the data from any working folder; other names as they are
+    (checked)."""
     kind, path = _parse(name)
     return name if path is None else f"{kind}:{path.resolve()}"
 
@@ -102,9 +120,12 @@ def _root(data_dir: str | Path | None) -> Path:
     return Path(data_dir if data_dir is not None else default).expanduser()
 
 
-def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
-    """Describe a data set; Tiny ImageNet and image folders read their class lists from disk."""
+def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo | TextInfo:
+    """Describe a data set; Tiny ImageNet and image folders read their class lists from disk.
+    A text data set is described by its vocabulary and context (fxdnat.text.TextInfo)."""
     kind, path = _parse(name)
+    if kind == "text":
+        return TextInfo(resolve_name(name))
     if kind == "digits":
         return DIGITS
     if kind == "digits-hard":
@@ -487,11 +508,21 @@ def make_datasets(
     augment: bool = True,
     cutout: int = 0,
     download: bool = False,
-) -> tuple[Dataset, Dataset, DatasetInfo]:
-    """Train and test datasets yielding (normalised float 3×S×S image, int label)."""
+) -> tuple[Dataset, Dataset, DatasetInfo | TextInfo]:
+    """Train and test datasets yielding (normalised float 3×S×S image, int label); for a text
+    data set (windows of int64 tokens (T,), next tokens (T,)) and its TextInfo
+    (fxdnat/text.py; ``augment``, ``cutout`` and ``download`` do not apply to text)."""
     if cutout < 0:
         raise ValueError(f"cutout must be a hole side >= 0 pixels (0 = off), got {cutout}")
     kind, path = _parse(name)
+    if kind == "text":
+        try:
+            info, train, test = text.load(
+                text.PYDOC if path is None else str(path), resolve_name(name)
+            )
+        except text.TextError as exc:
+            raise DataError(str(exc)) from exc
+        return train, test, info
     root = _root(data_dir)
     if kind == "digits":
         info, train, test = _load_digits()
@@ -567,7 +598,7 @@ def make_loaders(
     pin_memory: bool = False,
     drop_last: bool = True,
     limit: int | None = None,
-) -> tuple[DataLoader, DataLoader, DatasetInfo]:
+) -> tuple[DataLoader, DataLoader, DatasetInfo | TextInfo]:
     """Augmented, shuffled train loader and ordered test loader for one data set.
 
     The train order is a function of `seed` (and, with workers=0, augmentation draws from the

@@ -170,7 +170,7 @@ def test_a_diverging_theta_names_thetas_learning_rate(tmp_path):
         (
             ["--data", "digit"],
             "unknown data set 'digit'; did you mean 'digits'? accepted: digits, digits-hard, cifar10, "
-            "tinyimagenet, imagefolder:PATH",
+            "tinyimagenet, imagefolder:PATH, text:pydoc, text:PATH",
         ),
         (
             ["--device", "cuda"],

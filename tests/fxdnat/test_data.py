@@ -94,7 +94,10 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_unknown_name_suggests_close_match() -> None:
-    accepted = "accepted: digits, digits-hard, cifar10, tinyimagenet, imagefolder:PATH"
+    accepted = (
+        "accepted: digits, digits-hard, cifar10, tinyimagenet, imagefolder:PATH, text:pydoc, "
+        "text:PATH"
+    )
     with pytest.raises(ValueError) as err:
         dataset_info("CIFAR-10")
     assert str(err.value) == f"unknown data set 'CIFAR-10'; did you mean 'cifar10'? {accepted}"
