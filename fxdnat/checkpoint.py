@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from fxdnat import tasks
 from fxdnat._files import atomic_file
 from fxdnat.frontend import trace
 from fxdnat.ir import CHOICES, GRANULARITIES, SCALES, TIES, Edge, check_decisions
@@ -156,18 +157,18 @@ def build_traced(
     model: dict[str, Any], *, pretrained: bool = False
 ) -> tuple[BuiltModel, fx.GraphModule]:
     """Build the network a model section names and trace it: what a new run does, and what
-    loading a checkpoint replays. ``model`` holds ``spec``, ``num_classes``, ``input_size``,
-    ``kwargs`` and, for a stored trace, ``leaves`` (the module paths the tracer kept opaque).
-    Returns the built model (its spec and sizes as resolved) and the traced GraphModule, traced
-    on one example of shape (1, 3, input_size, input_size)."""
+    loading a checkpoint replays. ``model`` holds ``spec``, the task's sizes (``num_classes``
+    and ``input_size``; for ``task`` "causal-lm", ``vocab_size`` and ``context``: see
+    fxdnat.tasks), ``kwargs`` and, for a stored trace, ``leaves`` (the module paths the tracer
+    kept opaque). Returns the built model (its spec and sizes as resolved) and the traced
+    GraphModule, traced on one example of the task (an image (1, 3, S, S), or (1, context)
+    token ids)."""
+    task = tasks.from_model(model)
+    tasks.check_model(task, model["spec"])
     built = build_model(
-        model["spec"],
-        num_classes=model["num_classes"],
-        input_size=model["input_size"],
-        pretrained=pretrained,
-        **model["kwargs"],
+        model["spec"], pretrained=pretrained, **task.build_arguments(), **model["kwargs"]
     )
-    example = torch.zeros(1, 3, built.input_size, built.input_size)
+    example = task.resolved(built).example()
     return built, trace(built.model, example, leaves=model.get("leaves", ()))
 
 
@@ -242,7 +243,9 @@ def _checked(data: dict[str, Any]) -> tuple[dict[str, Any], list[Edge]]:
     _expect(type(model) is dict, "model", "a section with the model's spec")
     model = {"kwargs": {}, "leaves": [], **model}
     _expect(type(model.get("spec")) is str, "model.spec", "a model spec string")
-    for key in ("num_classes", "input_size"):
+    task = model.get("task", "classification")
+    _expect(task in tasks.TASKS, "model.task", " or ".join(tasks.TASKS))
+    for key in tasks.task_class(task).fields:
         value = model.get(key)
         _expect(type(value) is int and value >= 1, f"model.{key}", "a positive integer")
     _expect(type(model["kwargs"]) is dict, "model.kwargs", "a mapping of argument names")

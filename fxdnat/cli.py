@@ -127,16 +127,33 @@ def _model_options(command: Callable) -> Callable:
     show_default=True,
     help="Group count shown for this tie mode (both are reported).",
 )
+@click.option(
+    "--data",
+    default=None,
+    help="Build SPEC for this data set's task and sizes (text:pydoc: a language model's bytes) "
+    "[default: --num-classes and --input-size; a zoo language model's bytes, context 128].",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_user_errors
 def edges(
-    spec: str, num_classes: int, input_size: int | None, granularity: str, tie: str, as_json: bool
+    spec: str,
+    num_classes: int,
+    input_size: int | None,
+    data: str | None,
+    data_dir: str | None,
+    granularity: str,
+    tie: str,
+    as_json: bool,
 ) -> None:
     """List the edges DNAT would transform in SPEC, with their cost."""
-    from fxdnat.report import inspect_edges  # lazy: torch, as in every command below
+    from fxdnat import tasks  # lazy: torch, as in every command below
+    from fxdnat.data import dataset_info
+    from fxdnat.report import inspect_edges
 
+    task = tasks.for_data(dataset_info(data, data_dir)) if data is not None else None
     found = inspect_edges(
-        spec, num_classes=num_classes, input_size=input_size, granularity=granularity
+        spec, num_classes=num_classes, input_size=input_size, granularity=granularity, task=task
     )
     if as_json:
         click.echo(json.dumps(found.to_dict(), indent=2))
@@ -157,7 +174,7 @@ def _print_edges(found: Any, tie: str) -> None:
         _print_opaque(console, found)
         return
     table = Table(
-        title=f"{found.spec} at {found.input_size}px: {len(found.reports)} edges, "
+        title=f"{found.spec} ({found.task.describe()}): {len(found.reports)} edges, "
         f"{found.joins} joins"
     )
     table.add_column("edge", no_wrap=True)
@@ -169,7 +186,7 @@ def _print_edges(found: Any, tie: str) -> None:
     for r in found.reports:
         table.add_row(
             r.edge.name,
-            r.edge.kind,
+            r.computes,  # the edge's kind, or what its branch computes (attention, mlp)
             "/".join(r.edge.choices),
             r.summary,
             f"{r.params:,}",
@@ -203,7 +220,8 @@ def _print_opaque(console: Any, found: Any) -> None:
 @click.option("--markdown", is_flag=True, help="A Markdown table (as in docs/zoo.md).")
 @_user_errors
 def zoo(markdown: bool) -> None:
-    """List the zoo's models with parameters and FLOPs at their default input size."""
+    """List the zoo's models with parameters and FLOPs at their default input size (a
+    language model's: one window of 128 byte tokens)."""
     from fxdnat.report import zoo_rows  # lazy: torch
 
     rows = zoo_rows()
@@ -213,7 +231,7 @@ def zoo(markdown: bool) -> None:
     from rich.console import Console  # lazy: rich, for tables only
     from rich.table import Table
 
-    table = Table(title="fxdnat zoo (10 classes, 32 px)")
+    table = Table(title="fxdnat zoo (10 classes, 32 px; language models: 128 byte tokens)")
     # a name is what the user types: never cut it (the other columns wrap instead)
     table.add_column("model", no_wrap=True, min_width=max(len(row["name"]) for row in rows))
     for column in ("family", "params", "MFLOPs", "edges", "θ groups cell/full", "recipe"):
@@ -277,7 +295,8 @@ _TRAINING_OPTIONS = (
         "--data",
         default="digits",
         show_default=True,
-        help="digits or digits-hard (offline), cifar10, tinyimagenet or imagefolder:PATH.",
+        help="digits or digits-hard (offline), cifar10, tinyimagenet or imagefolder:PATH; for "
+        "language models text:pydoc (Python's own documentation, offline) or text:PATH (UTF-8).",
     ),
     click.option(
         "--data-dir",
@@ -507,7 +526,8 @@ def eval_(
     as_json: bool,
     trust_code: bool,
 ) -> None:
-    """Accuracy, parameters, FLOPs and latency of the network in CHECKPOINT."""
+    """Accuracy (a language model's validation loss and perplexity), parameters, FLOPs and
+    latency of the network in CHECKPOINT."""
     from fxdnat.evaluation import evaluate_checkpoint  # lazy: torch
 
     result = evaluate_checkpoint(
@@ -521,9 +541,15 @@ def eval_(
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    score = f"test accuracy {100 * result['test_acc']:.2f}% over {result['examples']} examples"
+    if result.get("perplexity") is not None:
+        score = (
+            f"validation loss {result['test_loss']:.4f} nats/token (perplexity "
+            f"{result['perplexity']:.3f}), next-token accuracy {100 * result['test_acc']:.2f}% "
+            f"over {result['predictions']:,} tokens"
+        )
     click.echo(
-        f"{result['spec']} ({result['stage']}) on {result['data']}: "
-        f"test accuracy {100 * result['test_acc']:.2f}% over {result['examples']} examples\n"
+        f"{result['spec']} ({result['stage']}) on {result['data']}: {score}\n"
         f"parameters {result['params_original']:,} → {result['params']:,}, "
         f"MFLOPs {result['flops_original'] / 1e6:,.1f} → {result['flops'] / 1e6:,.1f}, "
         f"latency {result['latency_ms']:.2f} ms (batch 1, {device})"

@@ -12,17 +12,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import graphviz
-import torch
 from torch import fx
 
 from fxdnat import checkpoint as ckpt
+from fxdnat import tasks
 from fxdnat.cost import count_params
-from fxdnat.frontend import trace
 from fxdnat.ir import SAME, Edge
 from fxdnat.passes import discover
 from fxdnat.passes.decide import margins as theta_margins
 from fxdnat.passes.render import Subject, render
-from fxdnat.specs import build_model
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +34,10 @@ class LayoutError(ValueError):
 
 # ------------------------------------------------------------------------------------ inputs
 def from_spec(spec: str, *, granularity: str = "branch", num_classes: int = 10) -> Subject:
-    """The untransformed model of ``spec``: every edge "same"."""
-    built = build_model(spec, num_classes=num_classes)
-    gm = trace(built.model, torch.zeros(1, 3, built.input_size, built.input_size))
+    """The untransformed model of ``spec``: every edge "same" (built for the task
+    fxdnat.tasks.for_spec gives it: ``num_classes`` classes, or a zoo language model's bytes)."""
+    task = tasks.for_spec(spec, num_classes=num_classes)
+    built, gm = ckpt.build_traced({"spec": spec, **task.model_fields(), "kwargs": {}})
     edges = discover(gm, granularity)
     params = count_params(gm)
     return Subject(gm, edges, {e.name: SAME for e in edges}, built.spec, params=(params, params))
@@ -71,6 +70,7 @@ def from_checkpoint(path: str | Path, *, trust_code: bool = False) -> Subject:
         method=data.get("method") or "dnat",
         data=(data.get("config") or {}).get("data"),
         accuracy=metrics[-1]["test_acc"] if metrics else None,
+        loss=metrics[-1]["test_loss"] if metrics and "perplexity" in metrics[-1] else None,
         params=(count_params(restored.traced), count_params(final)),
         progress=progress,
         margins=margins or None,
@@ -104,6 +104,7 @@ def draw_run(
         tie=tie,
         data=summary.get("data"),
         accuracy=summary.get("test_acc"),
+        loss=summary.get("test_loss") if summary.get("perplexity") is not None else None,
         params=(summary["params_before"], summary["params_after"]),
         margins=summary.get("margins") or None,
         method=summary.get("method") or "dnat",

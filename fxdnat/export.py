@@ -2,7 +2,8 @@
 
 The exported file holds the clean, finalized network in eval mode with its main logits only (an
 auxiliary head is cut off), and is checked against the checkpoint's own outputs before this
-returns.
+returns. Its input is the task's (fxdnat/tasks.py): images (N, 3, S, S), or a language model's
+token ids (N, context).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import fx
 
 from fxdnat import checkpoint as ckpt
+from fxdnat import tasks
 from fxdnat._files import check_writable
 from fxdnat.frontend import memory
 from fxdnat.passes import _graph
@@ -57,8 +59,7 @@ def export(checkpoint: str | Path, out: str | Path, *, trust_code: bool = False)
         raise ValueError(f"--out {out} is the checkpoint itself; choose another file name")
     check_writable(out)  # before the export, which takes a while
     gm, data, decisions, finalized_now = _final_network(checkpoint, trust_code)
-    size = data["model"]["input_size"]
-    example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    example = tasks.from_model(data["model"]).sample(1, torch.Generator().manual_seed(0))
     gm = main_logits(gm, example)
     with torch.no_grad():
         expected = gm(example)
@@ -159,7 +160,7 @@ def _program(
     batch = torch.export.Dim("batch", min=1)
     try:
         program = torch.export.export(
-            gm, (example.expand(2, -1, -1, -1).contiguous(),), dynamic_shapes=({0: batch},)
+            gm, (example.expand(2, *example.shape[1:]).contiguous(),), dynamic_shapes=({0: batch},)
         )
         return program, True
     except Exception as exc:  # a reshape that bakes the batch in, ...: fall back to batch 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from rich.console import Console
@@ -17,9 +18,11 @@ class RichReporter(Reporter):
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
         self.epochs = 0
+        self.language = False  # a causal LM: losses and perplexities instead of accuracies
 
     def start(self, info: dict) -> None:
         self.epochs = info["recipe"]["epochs"]
+        self.language = info.get("task") == "causal-lm"
         r = info["recipe"]
         resumed = f", resumed after epoch {info['resumed_at']}" if info["resumed_at"] else ""
         rows = f" ({info['groups']} θ rows, tie {info['tie']})" if info["groups"] else ""
@@ -91,10 +94,18 @@ class RichReporter(Reporter):
             self.progress.stop()
             self.progress = None
         prefs = ", ".join(f"{k} {v}" for k, v in sorted(record["preferences"].items()))
+        if "perplexity" in record:  # a language model: validation loss per token first
+            scores = (
+                f"val loss {record['test_loss']:.3f} (ppl {record['perplexity']:.2f})  "
+                f"next-token {100 * record['test_acc']:4.1f}%"
+            )
+        else:
+            scores = (
+                f"train {100 * record['train_acc']:5.1f}%  test {100 * record['test_acc']:5.1f}%"
+            )
         self.console.print(
             f"epoch {record['epoch']:>3}/{self.epochs} {record['stage']:<4} "
-            f"loss {record['train_loss']:.3f}  train {100 * record['train_acc']:5.1f}%  "
-            f"test {100 * record['test_acc']:5.1f}%  lr {record['lr']:.4f}  "
+            f"loss {record['train_loss']:.3f}  {scores}  lr {record['lr']:.4f}  "
             f"[dim]edges: {prefs}  {record['seconds']:.1f}s[/]"
         )
 
@@ -146,7 +157,12 @@ class RichReporter(Reporter):
             if data.get("margins"):
                 sure = _how_sure(data["margins"], data.get("flipped") or [])
                 self.console.print(f"  how sure: {sure}", highlight=False)
-            if data.get("acc_after") is not None:
+            if data.get("loss_after") is not None and self.language:
+                self.console.print(
+                    f"  validation loss {_losses(data)} finalized (scale {data['scale']})",
+                    highlight=False,
+                )
+            elif data.get("acc_after") is not None:
                 bn = data.get("acc_after_bn")
                 after_bn = f", {100 * bn:.2f}% after BN re-estimation" if bn is not None else ""
                 self.console.print(
@@ -159,7 +175,13 @@ class RichReporter(Reporter):
     def finish(self, summary: dict) -> None:
         table = Table(title="fxdnat transform", show_header=False)
         table.add_row("model", f"{summary['spec']} ({summary['method']}) on {summary['data']}")
-        if summary["test_acc"] is not None:
+        if summary.get("perplexity") is not None:
+            table.add_row(
+                "validation loss",
+                f"{summary['test_loss']:.4f} nats/token (perplexity {summary['perplexity']:.3f}), "
+                f"next-token accuracy {100 * summary['test_acc']:.2f}%",
+            )
+        elif summary["test_acc"] is not None:
             table.add_row("test accuracy", f"{100 * summary['test_acc']:.2f}%")
         table.add_row("parameters", f"{summary['params_before']:,} → {summary['params_after']:,}")
         table.add_row(
@@ -180,10 +202,17 @@ class RichReporter(Reporter):
             "edges",
             f"{summary['edges']} ({decisions or 'untouched'}), {len(summary['changed'])} changed",
         )
+        removed, identity = summary.get("removed_by_kind"), summary.get("identity_by_kind") or {}
+        if removed:
+            shown = ", ".join(f"{k} {n}" for k, n in removed.items())
+            turned = ", ".join(f"{k} {n}" for k, n in identity.items() if n)
+            table.add_row("removed", shown + (f"; became the identity: {turned}" if turned else ""))
         if summary.get("margins"):
             table.add_row("θ margins", _how_sure(summary["margins"], summary.get("flipped") or []))
         done = summary.get("finalize") or {}
-        if done.get("acc_after") is not None:
+        if done.get("loss_after") is not None and summary.get("perplexity") is not None:
+            table.add_row("finalize", f"val loss {_losses(done)} (scale {done['scale']})")
+        elif done.get("acc_after") is not None:
             table.add_row(
                 "finalize",
                 f"test {100 * done['acc_before']:.2f}% → {_faded(done)}"
@@ -227,6 +256,20 @@ def _listed(changed: dict[str, str]) -> str:
 
 def _epochs(n: int) -> str:
     return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+def _losses(finalize: dict) -> str:
+    """A language model's validation loss and perplexity at finalize: "1.912 (ppl 6.77) gated
+    → 1.950 (ppl 7.03)", with the fade's step between where there was one."""
+
+    def loss(value: float) -> str:
+        return f"{value:.3f} (ppl {math.exp(min(value, 700)):.2f})"
+
+    faded = finalize.get("loss_faded")
+    faded = f"{loss(faded)} after the fade → " if faded is not None else ""
+    before = finalize.get("loss_before")
+    shown = f"{loss(before)} gated → " if before is not None else ""
+    return f"{shown}{faded}{loss(finalize['loss_after'])}"
 
 
 def _faded(finalize: dict) -> str:

@@ -8,16 +8,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import fx
 
+from fxdnat import tasks
+from fxdnat.branches import branch_kind
+from fxdnat.checkpoint import build_traced
 from fxdnat.cost import count_flops, count_params, edge_costs
-from fxdnat.frontend import trace
 from fxdnat.ir import META_KEY, Edge
 from fxdnat.passes import discover
 from fxdnat.passes._graph import op_summary
 from fxdnat.passes.gate import group_count
-from fxdnat.specs import build_model
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class EdgeReport:
     summary: str
     params: int
     flops: int
+    computes: str  # fxdnat.branches.branch_kind: "attention", "mlp", or the edge's kind
 
 
 def edge_reports(gm: fx.GraphModule, edges: Sequence[Edge], inputs: Any) -> list[EdgeReport]:
@@ -39,6 +40,7 @@ def edge_reports(gm: fx.GraphModule, edges: Sequence[Edge], inputs: Any) -> list
             summary=op_summary(gm, edge),
             params=costs[edge.name].params,
             flops=costs[edge.name].flops,
+            computes=branch_kind(gm, edge),
         )
         for edge in edges
     ]
@@ -49,7 +51,7 @@ class EdgeListing:
     """What ``fxdnat edges SPEC`` shows."""
 
     spec: str
-    input_size: int
+    task: tasks.Task  # what the model was built and traced for, with its sizes
     granularity: str
     reports: list[EdgeReport]
     groups: dict[str, int]  # tie mode -> θ rows
@@ -65,7 +67,7 @@ class EdgeListing:
     def to_dict(self) -> dict:
         return {
             "spec": self.spec,
-            "input_size": self.input_size,
+            **self.task.model_fields(),
             "granularity": self.granularity,
             "params": self.params,
             "flops": self.flops,
@@ -73,23 +75,37 @@ class EdgeListing:
             "leaves": self.leaves,
             "opaque_params": self.opaque_params,
             "edges": [
-                {**r.edge.to_dict(), "summary": r.summary, "params": r.params, "flops": r.flops}
+                {
+                    **r.edge.to_dict(),
+                    "summary": r.summary,
+                    "computes": r.computes,
+                    "params": r.params,
+                    "flops": r.flops,
+                }
                 for r in self.reports
             ],
         }
 
 
 def inspect_edges(
-    spec: str, *, num_classes: int = 10, input_size: int | None = None, granularity: str = "branch"
+    spec: str,
+    *,
+    num_classes: int = 10,
+    input_size: int | None = None,
+    granularity: str = "branch",
+    task: tasks.Task | None = None,
 ) -> EdgeListing:
-    """Build ``spec``, trace it and report its edges with their cost and θ group counts."""
-    built = build_model(spec, num_classes=num_classes, input_size=input_size)
-    inputs = (torch.randn(1, 3, built.input_size, built.input_size),)
-    gm = trace(built.model, inputs)
+    """Build ``spec`` for ``task`` (default: :func:`fxdnat.tasks.for_spec`, from
+    ``num_classes`` and ``input_size``), trace it on one example and report its edges with their
+    cost (FLOPs of that example) and θ group counts."""
+    task = task or tasks.for_spec(spec, num_classes=num_classes, input_size=input_size)
+    built, gm = build_traced({"spec": spec, **task.model_fields(), "kwargs": {}})
+    task = task.resolved(built)
+    inputs = (task.example(),)
     edges = discover(gm, granularity)
     return EdgeListing(
         spec=built.spec,
-        input_size=built.input_size,
+        task=task,
         granularity=granularity,
         reports=edge_reports(gm, edges, inputs),
         groups={tie: group_count(gm, edges, tie) for tie in ("full", "cell")},
@@ -101,7 +117,8 @@ def inspect_edges(
 
 
 def zoo_rows() -> list[dict]:
-    """One row per zoo model: parameters and FLOPs at 32 px, edges and θ groups."""
+    """One row per zoo model: parameters and FLOPs at 32 px (a language model's: of one window
+    of 128 byte tokens), edges and θ groups."""
     from fxdnat import zoo  # here, as in fxdnat.specs: the zoo imports timm (seconds)
 
     rows = []

@@ -58,6 +58,7 @@ class Subject:
     tie: str | None = None
     data: str | None = None
     accuracy: float | None = None
+    loss: float | None = None  # a language model's validation loss, nats per token: shown instead
     params: tuple[int, int] | None = None  # before -> after
     progress: str | None = None  # "epoch 3 of 6" for the architecture stage
     margins: dict[str, float] | None = None  # how sure each decision is: θ's top-two gap
@@ -572,7 +573,11 @@ def _caption(subject: Subject, note: str = "") -> str:
         names = {"random": "random control", "nat": "NAT (adapted)"}
         name = names.get(subject.method, "DNAT")
         parts.append(f"{name}, tie {subject.tie}" if subject.tie else name)
-    if subject.accuracy is not None:
+    if subject.loss is not None:
+        parts.append(
+            f"validation loss {subject.loss:.3f} (perplexity {math.exp(subject.loss):.2f})"
+        )
+    elif subject.accuracy is not None:
         parts.append(f"test accuracy {100 * subject.accuracy:.1f}%")
     if subject.params:
         before, after = subject.params

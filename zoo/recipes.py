@@ -12,6 +12,9 @@ from fxdnat.reach import THETA_BETAS, THETA_LR, THETA_WEIGHT_DECAY
 
 from ._registry import did_you_mean, model_info
 
+OPTIMIZERS = ("sgd", "adamw")
+"""ω's optimizers: SGD with momentum (the paper's, DARTS's) or AdamW (transformers)."""
+
 
 @dataclass(frozen=True)
 class NatSchedule:
@@ -64,10 +67,12 @@ class Recipe:
     epochs: int  # total epochs, both stages together
     arch_epochs: int  # length of the architecture stage (ω and θ) inside `epochs`
     batch_size: int
-    lr: float  # ω: SGD, cosine schedule over all `epochs`
-    momentum: float
+    lr: float  # ω: cosine schedule over all `epochs`
+    momentum: float  # SGD's
     weight_decay: float
     grad_clip: float | None  # max global grad norm for ω (None: no clipping)
+    optimizer: str = "sgd"  # ω's: "sgd" (with momentum) or "adamw" (betas, decoupled decay)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW's (nanoGPT's); SGD reads momentum
     theta_lr: float = THETA_LR  # θ: Adam, DARTS's architecture optimiser (fxdnat/reach.py)
     theta_betas: tuple[float, float] = THETA_BETAS
     theta_weight_decay: float = THETA_WEIGHT_DECAY
@@ -95,6 +100,11 @@ class Recipe:
             )
         if self.batch_size < 1:
             raise ValueError(f"recipe {self.name!r} needs batch_size >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"recipe {self.name!r}: optimizer {self.optimizer!r} is not one of "
+                f"{', '.join(OPTIMIZERS)}"
+            )
         if not (0 < self.lr < math.inf and 0 < self.theta_lr < math.inf):  # False for nan too
             raise ValueError(
                 f"recipe {self.name!r} got lr={self.lr}, theta_lr={self.theta_lr}; learning "
@@ -193,6 +203,28 @@ _QUICK_DIGITS: dict[str, Any] = {
     "nat": NatSchedule(search_epochs=6),
 }
 
+# The GPTs on a CPU, on text:pydoc (3,277 windows of 128 bytes: 205 steps an epoch at batch 16).
+# AdamW, not the paper's SGD: a transformer's embeddings, LayerNorms and attention logits want
+# per-parameter step sizes (nanoGPT, and every GPT recipe since); lr 3e-3 for a model under 1 M
+# parameters, cosine to 0 with the engine's schedule, gradients clipped at 1 (nanoGPT's),
+# decoupled weight decay 0.01 on every weight. One epoch of ω alone (θ decides nothing about a
+# network that predicts nothing yet), one of ω and θ (T = 205 θ steps), one of the network:
+# gpt-mini in minutes on a 2-core CPU (docs/language-models.md). Reach 10 moves an edge that
+# θ's gradient keeps pushing far enough to change, with noise lr·√T = 0.7 under the 1 a change
+# needs (fxdnat/reach.py).
+_QUICK_GPT: dict[str, Any] = {
+    "epochs": 3,
+    "arch_epochs": 2,
+    "warmup_epochs": 1,
+    "batch_size": 16,
+    "optimizer": "adamw",
+    "lr": 3e-3,
+    "weight_decay": 0.01,
+    "grad_clip": 1.0,
+    "theta_reach": 10.0,
+    "nat": NatSchedule(search_epochs=2, batch_size=16),
+}
+
 # (recipe, family or None for any, dataset or None for any) → field overrides, applied in order
 OVERRIDES: tuple[tuple[str, str | None, str | None, dict[str, Any]], ...] = (
     ("paper", "darts", None, _NAS_EXTRAS),
@@ -202,6 +234,7 @@ OVERRIDES: tuple[tuple[str, str | None, str | None, dict[str, Any]], ...] = (
     # digits at 32 px is 16× the work per image and has 1,437 images: the earlier quick recipe
     # (about three minutes; lr·T 1.3, so θ changes no edge, and the run says so)
     ("quick", None, "digits", _QUICK_DIGITS),
+    ("quick", "gpt", None, _QUICK_GPT),
 )
 
 

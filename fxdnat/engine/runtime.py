@@ -33,7 +33,9 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        # channels-last is a layout of images (N, C, H, W); token ids (N, T) keep theirs
+        layout = self.memory_format if x.dim() == 4 else torch.preserve_format
+        x = x.to(self.device, non_blocking=True, memory_format=layout)
         return x, y.to(self.device, non_blocking=True)
 
     def reduce(self, sums: torch.Tensor) -> torch.Tensor:

@@ -213,11 +213,12 @@ class Search:
     @torch.no_grad()
     def _accuracy(self, x, y, rows: torch.Tensor | None) -> float:
         """Top-1 on (x, y) of the architecture ``rows`` (None: the source), with the shared
-        weights and BatchNorm's batch statistics (the module stays in train mode, as NAT's)."""
+        weights and BatchNorm's batch statistics (the module stays in train mode, as NAT's);
+        a language model's: of its next tokens (every example has as many)."""
         self._assign(rows)
         with self.runtime.autocast():
             _, logits = self.loss_of(self.dnat.module, x, y)
-        return (logits.argmax(1) == y).float().mean().item()
+        return (logits.argmax(-1) == y).float().mean().item()
 
     def _assign(self, rows: torch.Tensor | None) -> None:
         """θ one-hot on ``rows`` (a choice index per θ row); None: the source, (0, 0, 1)."""

@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from fxdnat import checkpoint as ckpt
-from fxdnat import zoo
+from fxdnat import tasks, zoo
 from fxdnat.config import RunConfig, parse_budget, parse_changes, resolve_recipe
 from fxdnat.cost import CostModel, cost_model
-from fxdnat.data import DatasetInfo, dataset_info, make_loaders
+from fxdnat.data import dataset_info, make_loaders
 from fxdnat.dnat import DNAT
 from fxdnat.engine.runtime import Runtime
 from fxdnat.engine.state import RunState, stored_state
@@ -35,7 +35,7 @@ class Prepared:
     reach: Reach
     train_loader: DataLoader
     test_loader: DataLoader
-    info: DatasetInfo
+    task: tasks.Task  # the network's: its example input, loss and evaluation sums
     model_cfg: dict[str, Any]  # how to rebuild the network: the checkpoint's "model"
     dnat: DNAT  # the network being trained (gated, original or final), its trace and edges
     state: RunState
@@ -86,13 +86,14 @@ def prepare(
                 "it written by fxdnat?"
             )
         model_cfg = stored["model"]
+        task = tasks.from_model(model_cfg)
     else:
-        model_cfg, dnat = _new_network(config, recipe, info)
+        task, model_cfg, dnat = _new_network(config, recipe, tasks.for_data(info))
         first = {"original": "net", "nat": "search"}  # DNAT and the control: "arch"
         state = RunState(stage=first.get(config.method, "arch"))
         if config.budget is not None:
-            state.costs = _costs(config, recipe, info, runtime, dnat).to_dict()
-    return Prepared(recipe, reach, train_loader, test_loader, info, model_cfg, dnat, state)
+            state.costs = _costs(config, recipe, task, runtime, dnat).to_dict()
+    return Prepared(recipe, reach, train_loader, test_loader, task, model_cfg, dnat, state)
 
 
 def _reach(config: RunConfig, recipe: Recipe, steps_per_epoch: int) -> Reach:
@@ -108,53 +109,52 @@ def _reach(config: RunConfig, recipe: Recipe, steps_per_epoch: int) -> Reach:
     )
 
 
-def _new_network(config: RunConfig, recipe: Recipe, info: DatasetInfo) -> tuple[dict, DNAT]:
+def _new_network(
+    config: RunConfig, recipe: Recipe, task: tasks.Task
+) -> tuple[tasks.Task, dict, DNAT]:
+    """The task as the built model resolved it, the checkpoint's model section, the network."""
     kwargs = _model_kwargs(config.spec, recipe)
     torch.manual_seed(config.seed)  # the initial weights
-    wanted = {
-        "spec": config.spec,
-        "num_classes": info.num_classes,
-        "input_size": info.input_size,
-        "kwargs": kwargs,
-    }
+    wanted = {"spec": config.spec, **task.model_fields(), "kwargs": kwargs}
     built, traced = ckpt.build_traced(wanted, pretrained=config.pretrained)
+    task = task.resolved(built)
     model_cfg = {
         "spec": built.spec,
-        "num_classes": built.num_classes,
-        "input_size": built.input_size,
+        **task.model_fields(),
         "kwargs": kwargs,
         "leaves": sorted(traced.meta["fxdnat"]["leaves"]),
     }
     if config.method == "original":
-        return model_cfg, DNAT.from_module(traced, traced=traced)
+        return task, model_cfg, DNAT.from_module(traced, traced=traced)
     edges = discover(traced, config.granularity)
     if config.method in ("random", "similarity") and config.budget is None:  # placeable?
         random_decisions(config, edges)
     gated = gate(traced, edges, tie=config.tie)
-    return model_cfg, DNAT.from_module(gated, traced=traced, edges=edges)
+    return task, model_cfg, DNAT.from_module(gated, traced=traced, edges=edges)
 
 
 def _costs(
-    config: RunConfig, recipe: Recipe, info: DatasetInfo, runtime: Runtime, dnat: DNAT
+    config: RunConfig, recipe: Recipe, task: tasks.Task, runtime: Runtime, dnat: DNAT
 ) -> CostModel:
-    """The network's cost model for its budget: FLOPs of one image (as the summary counts them),
-    parameters, and, when the budget bounds it, latency timed on a batch of the recipe's size on
-    the run's device (fxdnat.cost.node_latency). Refuses a budget no network reaches.
+    """The network's cost model for its budget: FLOPs of one example (as the summary counts
+    them), parameters, and, when the budget bounds it, latency timed on a batch of the recipe's
+    size on the run's device (fxdnat.cost.node_latency). Refuses a budget no network reaches.
 
     Raises:
         ValueError: no decisions fit the budget; names the smallest reachable cost.
     """
     budget = parse_budget(config.budget or "")
     resources = ("flops", "params", *(["latency"] if "latency" in budget else []))
-    size = info.input_size
     traced = dnat.traced.to(runtime.device)
+    batch = task.example(recipe.batch_size, runtime.device)
     try:
         costs = cost_model(
             traced,
             dnat.edges,
-            torch.zeros(1, 3, size, size, device=runtime.device),
+            task.example(1, runtime.device),
             resources,
-            latency_inputs=torch.randn(recipe.batch_size, 3, size, size, device=runtime.device),
+            # images timed on noise, as a network sees them; token ids as they are
+            latency_inputs=torch.randn_like(batch) if batch.is_floating_point() else batch,
         )
     finally:
         traced.to("cpu")
@@ -176,9 +176,8 @@ def check_reachable(config: RunConfig) -> None:
         return
     config = dataclasses.replace(config, method="dnat", pretrained=False)  # costs need no weights
     info = dataset_info(config.data, config.data_dir)
-    _, dnat = _new_network(config, resolve_recipe(config), info)
-    example = torch.zeros(1, 3, info.input_size, info.input_size)
-    costs = cost_model(dnat.traced, dnat.edges, example, tuple(budget))
+    task, _, dnat = _new_network(config, resolve_recipe(config), tasks.for_data(info))
+    costs = cost_model(dnat.traced, dnat.edges, task.example(), tuple(budget))
     _refuse_unreachable(config, dnat.edges, costs, budget)
 
 

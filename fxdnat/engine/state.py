@@ -19,12 +19,14 @@ import torch
 import fxdnat
 from fxdnat import checkpoint as ckpt
 from fxdnat._files import CHECKPOINT, METRICS, SUMMARY
+from fxdnat.branches import removed_by_kind
 from fxdnat.config import RunConfig, format_changes, parse_budget
 from fxdnat.cost import CostModel, count_flops, count_params
 from fxdnat.dnat import DNAT
-from fxdnat.ir import CHOICES, SAME, Scale
+from fxdnat.ir import CHOICES, IDENTITY, SAME, Scale
 from fxdnat.nat import dead_joins
 from fxdnat.passes.decide import count_changes
+from fxdnat.tasks import Task
 from fxdnat.zoo.recipes import Recipe
 
 
@@ -44,7 +46,7 @@ class RunState:
     margins: dict[str, float] | None = None  # θ's top-two gap per edge at decide
     flipped: list[str] | None = None  # edges whose decision changed in the stage's last epochs
     finalize: dict[str, Any] | None = None  # scale, test accuracy just before and after
-    fade: dict[str, Any] | None = None  # the fade before finalize: decisions, accuracy at decide
+    fade: dict[str, Any] | None = None  # the fade before finalize: decisions, test acc / loss
     search_epoch: int = 0  # NAT: search epochs completed
     baseline: float = 0.0  # NAT: REINFORCE's moving-average baseline
     derive: dict[str, Any] | None = None  # NAT: the derived decisions, every sample's score
@@ -114,16 +116,18 @@ def _numbers(value: Any) -> bool:
 
 
 def _fade(value: Any) -> bool:
-    """None, or the trainer's fade record: edge → choice, and the test accuracy at decide."""
+    """None, or the trainer's fade record: edge → choice, and the test accuracy and loss at
+    decide (a checkpoint written before the loss was kept has the accuracy only)."""
     if value is None:
         return True
-    if type(value) is not dict or set(value) != {"decisions", "acc_decided"}:
+    keys = {"decisions", "acc_decided"}
+    if type(value) is not dict or not keys <= set(value) <= keys | {"loss_decided"}:
         return False
-    decisions, acc = value["decisions"], value["acc_decided"]
+    decisions, numbers = value["decisions"], (value["acc_decided"], value.get("loss_decided"))
     return (
         type(decisions) is dict
         and all(type(k) is str and v in CHOICES for k, v in decisions.items())
-        and (acc is None or type(acc) is float)
+        and all(n is None or type(n) is float for n in numbers)
     )
 
 
@@ -212,12 +216,14 @@ def checkpoint_data(
 
 
 def summary(
-    config: RunConfig, model_cfg: dict[str, Any], dnat: DNAT, state: RunState, input_size: int
+    config: RunConfig, model_cfg: dict[str, Any], dnat: DNAT, state: RunState, task: Task
 ) -> dict[str, Any]:
-    """The run's result as ``summary.json`` has it: accuracy, size before and after (parameters;
-    FLOPs of one image of ``input_size`` px, fxdnat.cost), decisions and how sure they were.
-    Moves the network to the CPU to count its FLOPs."""
-    example = torch.zeros(1, 3, input_size, input_size)
+    """The run's result as ``summary.json`` has it: the task's scores (accuracy; a language
+    model's next-token accuracy, validation loss per token and perplexity), size before and
+    after (parameters; FLOPs of one example of the task, fxdnat.cost), decisions, branches
+    removed by what they compute, and how sure the decisions were. Moves the network to the
+    CPU to count its FLOPs."""
+    example = task.example()
     traced, final = dnat.traced, dnat.module.to("cpu")
     last = state.metrics[-1] if state.metrics else {}
     decisions = state.decisions or {}
@@ -227,8 +233,12 @@ def summary(
         "spec": model_cfg["spec"],
         "method": config.method,
         "data": config.data,
+        "task": task.name,
         "epochs": state.epoch,
         "test_acc": last.get("test_acc"),
+        "test_loss": last.get("test_loss"),
+        **task.scores(last.get("test_loss")),
+        **_finalize_losses(state.finalize),
         "train_acc": last.get("train_acc"),
         "params_before": params["before"],
         "params_after": params["after"],
@@ -238,6 +248,8 @@ def summary(
         "edges": len(dnat.edges),
         "decisions": dict(Counter(decisions.values())),
         "changed": {k: v for k, v in decisions.items() if v != SAME},
+        "removed_by_kind": removed_by_kind(traced, dnat.edges, decisions),
+        "identity_by_kind": removed_by_kind(traced, dnat.edges, decisions, IDENTITY),
         "tie": config.tie,
         # as `--changes` reads them: what a random control of this run places
         "changes": format_changes(count_changes(dnat.edges, decisions)),
@@ -248,6 +260,14 @@ def summary(
         "dead_joins": dead_joins(dnat.edges, decisions),
         "nat": None if state.derive is None else _derived(state.derive),
     }
+
+
+def _finalize_losses(record: dict[str, Any] | None) -> dict[str, float | None]:
+    """The test loss just before and just after finalize, where the finalize record has the
+    accuracies there; nothing otherwise (a run without an architecture stage)."""
+    if not record or "acc_before" not in record:
+        return {}
+    return {"loss_before": record.get("loss_before"), "loss_after": record.get("loss_after")}
 
 
 def _budget(

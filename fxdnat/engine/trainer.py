@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fxdnat import checkpoint as ckpt
@@ -82,7 +81,8 @@ class Trainer:
     """One run of ``config``: built once (fxdnat/engine/setup.py), then :meth:`run`.
 
     Attributes: ``dnat`` (the network being trained, ``dnat.module``, with its trace, edges and
-    the DDP / compile wrapper its ω forward runs through), ``opt_w`` (ω's SGD), ``opt_theta``
+    the DDP / compile wrapper its ω forward runs through), ``task`` (the example, loss and
+    evaluation sums of what the network computes), ``opt_w`` (ω's SGD or AdamW), ``opt_theta``
     (θ's Adam; None when θ does not train), ``state`` (what the checkpoint keeps), ``runtime``
     (device, rank, world).
     """
@@ -116,10 +116,10 @@ class Trainer:
                 "without torchrun"
             )
         ready = setup.prepare(config, self.runtime, stored, named_spec)
-        self.recipe, self.reach, self.info = ready.recipe, ready.reach, ready.info
+        self.recipe, self.reach, self.task = ready.recipe, ready.reach, ready.task
         self.train_loader, self.test_loader = ready.train_loader, ready.test_loader
         self.model_cfg, self.dnat, self.state = ready.model_cfg, ready.dnat, ready.state
-        self.opt_w: torch.optim.SGD | None = None
+        self.opt_w: torch.optim.Optimizer | None = None
         self.opt_theta: torch.optim.Adam | None = None
         self.search: nat_search.Search | None = None  # NAT's policy, while it searches
         self._fade_to: torch.Tensor | None = None  # θ as finalize will read it, on θ's device
@@ -151,13 +151,22 @@ class Trainer:
         self.dnat.wrapper = torch.compile(wrapper) if self.config.compile else wrapper
 
     def _optimizers(self, stored: dict | None) -> None:
-        """ω's SGD; θ's Adam for DNAT's architecture stage (the random control's θ stays at
-        (0, 0, 1)); their states from the checkpoint when resuming."""
+        """ω's SGD (or the recipe's AdamW); θ's Adam for DNAT's architecture stage (the random
+        control's θ stays at (0, 0, 1)); their states from the checkpoint when resuming."""
         r = self.recipe
-        sgd = r.nat if self.state.stage == "search" else r  # NAT's supernet has its own SGD
-        self.opt_w = torch.optim.SGD(
-            self.dnat.weights(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay
-        )
+        if self.state.stage == "search":  # NAT's supernet has its own SGD
+            n = r.nat
+            self.opt_w = torch.optim.SGD(
+                self.dnat.weights(), lr=n.lr, momentum=n.momentum, weight_decay=n.weight_decay
+            )
+        elif r.optimizer == "adamw":
+            self.opt_w = torch.optim.AdamW(
+                self.dnat.weights(), lr=r.lr, betas=r.betas, weight_decay=r.weight_decay
+            )
+        else:
+            self.opt_w = torch.optim.SGD(
+                self.dnat.weights(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
+            )
         if self.dnat.theta is not None and self.config.method == "dnat":
             self.opt_theta = self.dnat.theta_optimizer(
                 r.theta_lr, r.theta_betas, r.theta_weight_decay
@@ -196,9 +205,9 @@ class Trainer:
                 self.reporter.epoch_end(record)
                 fade_starts = r.fade_epochs and self.state.epoch == r.arch_epochs - r.fade_epochs
                 if self.state.stage == "arch" and fade_starts:
-                    record["fade"] = self._start_fade(record["test_acc"])
+                    record["fade"] = self._start_fade(record)
                 if self.state.stage == "arch" and self.state.epoch == r.arch_epochs:
-                    record["finalize"] = self._finalize(before=record["test_acc"])
+                    record["finalize"] = self._finalize(before=record)
                 self.state.metrics.append(record)
                 if rank == 0:
                     append_metrics(self.out, record)
@@ -220,6 +229,7 @@ class Trainer:
             "spec": self.model_cfg["spec"],
             "method": c.method,
             "data": c.data,
+            "task": self.task.name,
             "recipe": dataclasses.asdict(self.recipe),
             "edges": len(self.dnat.edges),
             "tie": c.tie,
@@ -261,6 +271,7 @@ class Trainer:
             "train_acc": total["correct"] / max(total["seen"], 1),
             "test_loss": test_loss,
             "test_acc": test_acc,
+            **self.task.scores(test_loss),  # a language model's perplexity
             "seconds": time.perf_counter() - start,
             "preferences": self._preferences(),
             "budget": self._budget_state(),
@@ -285,8 +296,8 @@ class Trainer:
         self.first_nan = divergence.FirstNonFinite(rt.device)
         for step, (x, y) in self._batches():
             self._set_lr(s.epoch + step / steps)
-            loss, correct = self.train_step(x, y)
-            sums += torch.stack([loss.detach().double() * len(y), correct, sums.new_tensor(len(y))])
+            loss, tally = self.train_step(x, y)
+            sums += torch.cat([loss.detach().double().reshape(1) * tally[1], tally])
             s.step = step + 1
             if rt.device.type == "cpu" or (step + 1) % 50 == 0 or step + 1 == steps:
                 self._check_finite()
@@ -297,7 +308,8 @@ class Trainer:
         return rt.reduce(sums).tolist()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DNAT step on a minibatch: (loss, correct predictions), on the device."""
+        """One DNAT step on a minibatch: the mean loss, and (correct predictions, predictions)
+        (per example, or per token of a language model), on the device."""
         done = self.dnat.step(
             lambda net: self._loss(net, x, y),
             self.opt_w,
@@ -308,7 +320,7 @@ class Trainer:
         self.first_nan.watch_step(done, self.state.step)
         if self.state.fade is not None and self.state.stage == "arch":
             self._fade_step()
-        return done.loss, (done.output.argmax(1) == y).sum().double()
+        return done.loss, self.task.tally(done.output, y)
 
     def _searching(self) -> bool:
         """θ trains in this epoch: the architecture stage of DNAT, after ω's warm-up and before
@@ -318,14 +330,9 @@ class Trainer:
         return s.stage == "arch" and self.opt_theta is not None and searched
 
     def _loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        """(loss, logits): cross-entropy of the main logits, plus the auxiliary head's."""
-        r = self.recipe
+        """(loss, logits): the task's training loss of the minibatch (fxdnat/tasks.py)."""
         with self.runtime.autocast():
-            logits, aux = logits_of(net(x))
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
-            if aux is not None and r.auxiliary_weight > 0:
-                loss = loss + r.auxiliary_weight * F.cross_entropy(aux.float(), y)
-        return loss, logits
+            return self.task.loss(net(x), y, self.recipe)
 
     def _interrupt(self, sums: torch.Tensor) -> None:
         """Stop between two steps; a single process keeps the partial epoch, DDP ranks do not
@@ -382,19 +389,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
-        """Test loss and accuracy of the current network (main logits only)."""
+        """Test loss (mean cross-entropy per example, or per token) and accuracy (of examples,
+        or of next tokens) of the current network, main logits only."""
         module, rt = self.dnat.module, self.runtime
         module.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=rt.device)
         for x, y in self.test_loader:
             x, y = rt.to_device(x, y)
             with rt.autocast():
-                logits, _ = logits_of(module(x))
-            logits = logits.float()
-            loss = F.cross_entropy(logits, y, reduction="sum")
-            sums += torch.stack(
-                [loss.double(), (logits.argmax(1) == y).sum().double(), sums.new_tensor(len(y))]
-            )
+                out = module(x)
+            sums += self.task.sums(out, y)
         loss_sum, correct, seen = rt.reduce(sums).tolist()
         module.train()
         return loss_sum / max(seen, 1), correct / max(seen, 1)
@@ -488,10 +492,11 @@ class Trainer:
         self._optimizers(None)
 
     # ------------------------------------------------------------------------- finalize
-    def _finalize(self, before: float | None) -> dict[str, Any]:
-        """Decide and finalize; ``before`` is the gated network's test accuracy (None when the
-        stage had no epoch). Returns what the metrics log records: the scale, the accuracy
-        just before and just after, and after re-estimating BN statistics if the recipe asks."""
+    def _finalize(self, before: dict[str, Any] | None) -> dict[str, Any]:
+        """Decide and finalize; ``before`` is the stage's last epoch record, with the gated
+        network's test loss and accuracy (None when the stage had no epoch). Returns what the
+        metrics log records: the scale, the test loss and accuracy just before and just after,
+        and the accuracy after re-estimating BN statistics if the recipe asks."""
         gated, r, s, c = self.dnat, self.recipe, self.state, self.config
         budget = parse_budget(c.budget) if c.budget is not None else None
         decisions = s.fade["decisions"] if s.fade is not None else self._decide(budget)
@@ -505,14 +510,17 @@ class Trainer:
             self._optimizers(None)
             stage.carry_momentum(old, self.opt_w, gated.module, final)
             self.opt_theta = None
-        record: dict[str, Any] = {"scale": scale, "acc_before": before, "acc_after": None}
+        acc, loss = (before["test_acc"], before["test_loss"]) if before else (None, None)
+        record: dict[str, Any] = {"scale": scale, "acc_before": acc, "acc_after": None}
+        record |= {"loss_before": loss, "loss_after": None}
         if s.fade is not None:  # "before" is the gated network at decide, before the fade
-            record |= {"fade_epochs": r.fade_epochs, "acc_faded": before}
+            record |= {"fade_epochs": r.fade_epochs, "acc_faded": acc, "loss_faded": loss}
             record["acc_before"] = s.fade["acc_decided"]
+            record["loss_before"] = s.fade.get("loss_decided")  # (resumed from older fxdnat)
         if budget is not None:  # the emitted network's cost in the run's cost model
             record["cost"] = self._costs().fraction(decisions)
         if before is not None:  # an empty stage has no "before" to compare with
-            record["acc_after"] = self.evaluate()[1]
+            record["loss_after"], record["acc_after"] = self.evaluate()
         record["acc_after_bn"] = None
         if r.bn_recalibration:
             record["bn_seconds"] = stage.recalibrate_bn(
@@ -557,18 +565,21 @@ class Trainer:
         return stage.dnat_decisions(gated.module, self.recipe, self.state, budget, costs)
 
     # -------------------------------------------------------------------------- the fade
-    def _start_fade(self, acc: float) -> dict[str, Any]:
+    def _start_fade(self, now: dict[str, Any]) -> dict[str, Any]:
         """Decide now, ``fade_epochs`` before the stage's end; θ stops training and moves to
-        what finalize will read (stage.fade_target) over the remaining epochs. ``acc``: the
-        gated network's test accuracy now. Returns what the metrics log records."""
+        what finalize will read (stage.fade_target) over the remaining epochs. ``now``: the
+        epoch's record, with the gated network's test loss and accuracy. Returns what the
+        metrics log records."""
         c, s = self.config, self.state
         decisions = self._decide(parse_budget(c.budget) if c.budget is not None else None)
-        s.fade = {"decisions": decisions, "acc_decided": acc}
+        acc, loss = now["test_acc"], now["test_loss"]
+        s.fade = {"decisions": decisions, "acc_decided": acc, "loss_decided": loss}
         self._fade_to = self._fade_target(decisions)
         record = {
             "epochs": self.recipe.fade_epochs,
             "changed": {k: v for k, v in decisions.items() if v != SAME},
             "acc_decided": acc,
+            "loss_decided": loss,
         }
         self.reporter.event("fade", {"epoch": s.epoch, **record})
         return record
@@ -616,7 +627,7 @@ class Trainer:
 
     def _summary(self) -> dict:
         rt, s = self.runtime, self.state
-        result = summary(self.config, self.model_cfg, self.dnat, s, self.info.input_size)
+        result = summary(self.config, self.model_cfg, self.dnat, s, self.task)
         return result | {
             "reach": self.reach.to_dict(),
             "seconds": s.elapsed,
@@ -642,11 +653,3 @@ class Trainer:
             log.warning("could not draw the cell diagram (%s); the checkpoint is kept", exc)
             return
         summary["artifacts"] = {"cell diagram": str(path)}
-
-
-def logits_of(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(main logits, auxiliary logits or None) from a classifier's output: a tensor, or a
-    (logits, auxiliary logits) pair as DARTS-style networks return in training."""
-    if isinstance(out, (tuple, list)):
-        return out[0], out[1] if len(out) > 1 else None
-    return out, None

@@ -89,6 +89,24 @@ def test_quick_recipe():
     assert (digits.nat.search_epochs, digits.nat.batch_size) == (6, 64)
 
 
+def test_the_quick_recipe_of_the_gpts_is_adamw_for_minutes_on_a_cpu():
+    recipe = get_recipe("quick", model="zoo:gpt-mini", dataset="text:pydoc")
+    assert (recipe.optimizer, recipe.lr, recipe.betas, recipe.weight_decay) == (
+        "adamw",
+        3e-3,
+        (0.9, 0.95),
+        0.01,
+    )
+    assert (recipe.epochs, recipe.arch_epochs, recipe.warmup_epochs) == (3, 2, 1)
+    assert (recipe.batch_size, recipe.grad_clip, recipe.theta_reach) == (16, 1.0, 10.0)
+    assert get_recipe("quick", model="resnet20").optimizer == "sgd"
+
+
+def test_an_unknown_optimizer_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="optimizer 'adam' is not one of sgd, adamw"):
+        dataclasses.replace(get_recipe("quick"), optimizer="adam")
+
+
 def test_the_paper_recipe_states_nats_reference_search():
     nat = get_recipe("paper").nat
     assert (nat.search_epochs, nat.batch_size, nat.weight_split, nat.derive_samples) == (
