@@ -326,18 +326,20 @@ def _budget_texts(config: ReproConfig) -> list[str]:
 
 
 def shard(all_jobs: Sequence[Job], i: int, n: int) -> list[Job]:
-    """The i-th of n slices (1-based): round robin over the jobs, except that a paired job goes
-    with the DNAT run it copies, so no shard waits on another. Every launcher that gets the same
-    specs, seeds and methods computes the same disjoint slices, and together they cover all
-    jobs."""
-    slot: dict[Job, int] = {}
-    turn = 0
+    """The i-th of n slices (1-based). A DNAT run and the random and similarity runs that copy
+    it form a group, which stays in one slice, so no shard waits on another; each group, in the
+    jobs' order, goes to the slice with the fewest jobs so far (the first of those): plain round
+    robin when no job is paired. Every launcher that gets the same specs, seeds and methods
+    computes the same disjoint slices, and together they cover all jobs."""
+    groups: dict[Job, list[Job]] = {}
     for job in all_jobs:
-        source = job.source
-        if source in slot:
-            slot[job] = slot[source]
-        else:
-            slot[job], turn = turn % n, turn + 1
+        groups.setdefault(job.source or job, []).append(job)
+    load = [0] * n
+    slot: dict[Job, int] = {}
+    for members in groups.values():
+        k = min(range(n), key=lambda s: (load[s], s))
+        load[k] += len(members)
+        slot.update(dict.fromkeys(members, k))
     return [job for job in all_jobs if slot[job] == i - 1]
 
 

@@ -68,21 +68,25 @@ def test_a_study_with_random_and_no_dnat_method_is_refused(tmp_path):
         ReproConfig(["zoo:resnet20"], str(tmp_path), methods=["random", "similarity"])
 
 
-def test_shards_keep_each_random_run_with_its_dnat_run(tmp_path):
+def test_shards_keep_each_paired_run_with_its_dnat_run_and_balance_the_load(tmp_path):
     methods = ["original", "cell", "full"]
     specs = ["zoo:resnet20", "zoo:mobilenetv2"]
-    config = ReproConfig(specs, str(tmp_path), seeds=[1, 2, 3], methods=[*methods, "random"])
-    everything = jobs(config)
-    for n in (2, 3, 4, 7):
-        slices = [shard(everything, i, n) for i in range(1, n + 1)]
-        assert sorted(map(str, itertools.chain(*slices))) == sorted(map(str, everything))
-        for part in slices:
-            assert all(job.source in part for job in part if job.method == "random")
-        # the other jobs are sliced as in a study without random runs
-        plain = jobs(ReproConfig(specs, str(tmp_path), seeds=[1, 2, 3], methods=methods))
-        assert [[j for j in p if j.method != "random"] for p in slices] == [
-            shard(plain, i, n) for i in range(1, n + 1)
-        ]
+    for paired in (["random"], ["similarity", "random"]):
+        config = ReproConfig(specs, str(tmp_path), seeds=[1, 2, 3], methods=[*methods, *paired])
+        everything = jobs(config)
+        for n in (2, 3, 4, 7):
+            slices = [shard(everything, i, n) for i in range(1, n + 1)]
+            assert sorted(map(str, itertools.chain(*slices))) == sorted(map(str, everything))
+            for part in slices:
+                assert all(job.source in part for job in part if job.method in paired)
+            sizes = [len(part) for part in slices]
+            assert max(sizes) - min(sizes) <= 1 + len(paired)  # at most one group apart
+    # a language-model study: the originals do not all land in one slice
+    lm = ReproConfig(["zoo:gpt-mini"], str(tmp_path), seeds=[0, 1, 2, 3, 4],
+                     methods=["original", "full", "similarity", "random"])  # fmt: skip
+    slices = [shard(jobs(lm), i, 2) for i in (1, 2)]
+    assert [len(part) for part in slices] == [9, 11]
+    assert {j.method for j in slices[0]} == {"original", "full", "similarity", "random"}
 
 
 def _write_summary(folder: Path, **summary) -> None:
