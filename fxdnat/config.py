@@ -237,7 +237,7 @@ def check_method(config: RunConfig) -> None:
             "--method prune removes the least-contributing branches until the network fits a "
             "budget; give one, e.g. --budget flops=0.6"
         )
-    if config.method == "similarity" and config.budget is None and not config.changes:
+    if config.method == "similarity" and config.budget is None and config.changes is None:
         raise ValueError(
             "--method similarity removes the branches whose output is most like their input "
             "until the network fits a budget, or makes as many changes as a DNAT run; give "
