@@ -82,8 +82,10 @@ def main(verbose: int, debug: bool) -> None:
     gets three candidates, none / identity / the original op, mixed by learnable θ that start
     at the original network (DNAT, Kim & Lee 2020).
 
-    SPEC names a model: zoo:NAME (see `fxdnat zoo`), timm:NAME, torchvision:NAME or
-    module:package.module:factory.
+    SPEC names a model: zoo:NAME (see `fxdnat zoo`), timm:NAME, torchvision:NAME,
+    hf:NAME (a transformers language model, e.g. hf:tiny-llama; pip install 'fxdnat[hf]') or
+    module:package.module:factory. A text data set (--data text:pydoc) trains a causal
+    language model.
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(

@@ -125,7 +125,12 @@ def resolve_recipe(c: RunConfig):
     from fxdnat.specs import parse_spec
 
     source, name = parse_spec(c.spec)
-    default = zoo.model_info(name).default_recipe if source == "zoo" else "paper"
+    # the paper's recipe trains image classifiers; a language model of another source (hf:)
+    # trains with the quick recipe's language-model override unless told otherwise
+    text = c.data.partition(":")[0] == "text"
+    default = (
+        zoo.model_info(name).default_recipe if source == "zoo" else "quick" if text else "paper"
+    )
     recipe = zoo.get_recipe(
         c.recipe or default, model=c.spec if source == "zoo" else None, dataset=c.data
     )

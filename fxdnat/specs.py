@@ -137,9 +137,20 @@ def _hf_name(name: str) -> None:
 
 
 def _hf(name: str, size: int | None, pretrained: bool, kwargs: dict) -> BuiltModel:
+    """An hf: model. A language-model task asks for ``vocab_size`` (its data's vocabulary) and
+    ``context`` (its windows' length, the sequence length here): random weights are sized to
+    the vocabulary; published ones keep theirs, which must hold the data's tokens."""
     from fxdnat import hf  # lazy: transformers is optional and slow to import
 
+    kwargs = dict(kwargs)
+    size = kwargs.pop("context", size)
+    wanted = kwargs.pop("vocab_size", None) if pretrained else None
     model, vocab, context = hf.build(name, pretrained=pretrained, kwargs=kwargs)
+    if wanted is not None and wanted > vocab:
+        raise ValueError(
+            f"hf:{name}'s published vocabulary has {vocab} tokens but the data's has {wanted}; "
+            "train it on data tokenized for it, or without --pretrained"
+        )
     if size is not None and size > context:
         raise ValueError(
             f"hf:{name} takes sequences of at most {context} tokens; pass a length up to that"

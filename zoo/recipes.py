@@ -203,7 +203,8 @@ _QUICK_DIGITS: dict[str, Any] = {
     "nat": NatSchedule(search_epochs=6),
 }
 
-# The GPTs on a CPU, on text:pydoc (3,277 windows of 128 bytes: 205 steps an epoch at batch 16).
+# Language models on a CPU (the GPTs, and hf: specs on text data), on text:pydoc (3,277
+# windows of 128 bytes: 205 steps an epoch at batch 16).
 # AdamW, not the paper's SGD: a transformer's embeddings, LayerNorms and attention logits want
 # per-parameter step sizes (nanoGPT, and every GPT recipe since); lr 3e-3 for a model under 1 M
 # parameters, cosine to 0 with the engine's schedule, gradients clipped at 1 (nanoGPT's),
@@ -234,7 +235,8 @@ OVERRIDES: tuple[tuple[str, str | None, str | None, dict[str, Any]], ...] = (
     # digits at 32 px is 16× the work per image and has 1,437 images: the earlier quick recipe
     # (about three minutes; lr·T 1.3, so θ changes no edge, and the run says so)
     ("quick", None, "digits", _QUICK_DIGITS),
-    ("quick", "gpt", None, _QUICK_GPT),
+    # any causal language model on text (zoo:gpt-*, hf: specs): the GPT recipe
+    ("quick", None, "text", _QUICK_GPT),
 )
 
 
@@ -247,7 +249,8 @@ def get_recipe(name: str, model: str | None = None, dataset: str | None = None) 
     """The recipe `name`, with the overrides for `model`'s family and for `dataset` applied.
 
     `model` is a zoo name (optionally "zoo:"-prefixed); a spec from another source ("timm:…",
-    "module:…") gets no family overrides. `dataset` is matched without case, "-" or "_".
+    "module:…") gets no family overrides. `dataset` is matched by its kind ("text" for
+    "text:pydoc", "imagefolder" for "imagefolder:PATH"), without case, "-" or "_".
     """
     if name not in _RECIPES:
         raise ValueError(
@@ -276,4 +279,4 @@ def _family(model: str | None) -> str | None:
 def _normalise_dataset(dataset: str | None) -> str | None:
     if dataset is None:
         return None
-    return dataset.lower().replace("-", "").replace("_", "")
+    return dataset.partition(":")[0].lower().replace("-", "").replace("_", "")

@@ -133,3 +133,40 @@ def test_without_transformers_the_error_says_what_to_install(monkeypatch):
         ValueError, match=r"need the transformers library: pip install 'fxdnat\[hf\]'"
     ):
         build_model("hf:tiny-llama")
+
+
+def test_an_hf_language_model_transforms_end_to_end_on_text(tmp_path):
+    """hf:tiny-llama on text:pydoc through the CLI: the language-model task, the quick recipe's
+    language-model settings, a finalized checkpoint that eval reads back."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fxdnat.cli import main
+
+    out = tmp_path / "run"
+    small = ["--epochs", "2", "--arch-epochs", "1", "--limit", "32", "--device", "cpu"]
+    args = ["transform", "hf:tiny-llama", "--data", "text:pydoc", "--tie", "full", *small]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "causal-lm" and summary["edges"] == 8
+    assert summary["perplexity"] > 1 and summary["test_loss"] < 6  # ln 256 = 5.5 at chance
+    stored = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert stored["recipe"]["optimizer"] == "adamw"  # not the image recipes' SGD
+    assert (stored["model"]["vocab_size"], stored["model"]["context"]) == (256, 128)
+    again = CliRunner().invoke(
+        main, ["eval", str(out / "checkpoint.pt"), "--json", "--limit", "32"]
+    )
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["test_loss"] == pytest.approx(summary["test_loss"], abs=1e-4)
+
+
+def test_published_weights_must_hold_the_datas_tokens(monkeypatch):
+    def build(name, *, pretrained, kwargs):
+        return torch.nn.Identity(), 100, 512  # a published model of 100 tokens
+
+    monkeypatch.setattr(hf, "build", build)
+    with pytest.raises(ValueError, match="published vocabulary has 100 tokens but the data's"):
+        build_model("hf:some/model", pretrained=True, vocab_size=256, context=128)
+    assert build_model("hf:some/model", vocab_size=256, context=128).input_size == 128
