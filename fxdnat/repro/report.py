@@ -65,9 +65,10 @@ token on the validation split for language models (perplexity is its exp)."""
 
 
 def metric_of(rows: Iterable[RunRow]) -> Metric:
-    """The metric of a data set's runs (one task per data set)."""
-    tasks = {r.task for r in rows}
-    return METRICS[tasks.pop()] if len(tasks) == 1 else ACCURACY
+    """The metric of a data set's runs (one task per data set; a run still without a summary
+    does not say which)."""
+    tasks = {r.task for r in rows if r.status == "done"}
+    return METRICS.get(tasks.pop(), ACCURACY) if len(tasks) == 1 else ACCURACY
 
 
 @dataclass(frozen=True)
@@ -660,8 +661,10 @@ def _sure_lines(table: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
         "### How sure DNAT was: θ's margin at decide (its largest allowed entry minus the second; "
         f"median and min over edges and seeds), unsure edges (margin < {UNSURE}) and edges whose "
-        "decision flipped in the last architecture epochs (mean per seed), and the accuracy "
-        "finalize lost (gated network before − finalized after, points: mean / max over seeds)",
+        "decision flipped in the last architecture epochs (mean per seed), and what finalize "
+        "cost: the accuracy points it lost (gated network before − finalized after), for a "
+        "language model the validation loss it added (after − before, nats per token); mean / "
+        "max over seeds",
         "",
         _md_row(_SURE_COLUMNS),
         _md_row(["---"] * len(_SURE_COLUMNS)),
@@ -720,12 +723,17 @@ def _mean_changes(done: Sequence[RunRow]) -> str | None:
 
 
 def _finalize_gaps(done: Sequence[RunRow], after: str) -> list[float]:
-    """Per run, the accuracy points finalize lost: the gated network's before, ``after``'s."""
+    """Per run, what finalize cost: the accuracy points it lost (the gated network's before −
+    ``after``'s), or a language model's validation loss it added (``after``'s − before)."""
+    loss = metric_of(done) is VALIDATION_LOSS
+    key = {"acc_before": "loss_before", after: after.replace("acc_", "loss_")} if loss else {}
     gaps = []
     for r in done:
-        before, then = (r.finalize or {}).get("acc_before"), (r.finalize or {}).get(after)
+        record = r.finalize or {}
+        before = record.get(key.get("acc_before", "acc_before"))
+        then = record.get(key.get(after, after))
         if before is not None and then is not None:
-            gaps.append(100 * (before - then))
+            gaps.append(then - before if loss else 100 * (before - then))
     return gaps
 
 

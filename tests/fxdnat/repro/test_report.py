@@ -382,8 +382,10 @@ def test_a_language_model_study_tables_validation_loss_and_pairs_similarity(tmp_
     for seed, (orig, full, similar, rand) in losses.items():
         run(out, "gpt-mini/original", seed, method="original", test_loss=orig, **lm)
         changed = {"h.0:0": "none", "h.1:1": "identity"}
+        finalize = {"scale": "keep", "acc_before": 0.3, "acc_after": 0.2, "loss_before": 2.4,
+                    "loss_after": 2.4 + 0.1 * seed}  # fmt: skip
         run(out, "gpt-mini/full", seed, method="dnat", tie="full", test_loss=full, **lm,
-            **choice(changed))  # fmt: skip
+            finalize=finalize, **choice(changed))  # fmt: skip
         removed = {"h.2:0": "none", "h.3:1": "none"}  # as many branches, both removed
         run(out, "gpt-mini/similarity", seed, method="similarity", tie="full",
             test_loss=similar, **lm, **choice(removed))  # fmt: skip
@@ -401,5 +403,8 @@ def test_a_language_model_study_tables_validation_loss_and_pairs_similarity(tmp_
     )
     assert "- gpt-mini, DNAT full − random: -0.275 nats per token on average over 2 seeds; " \
         "DNAT better on 2 of 2" in report  # fmt: skip
+    # finalize's cost in validation loss added (0.1 and 0.2), not in accuracy points lost
+    assert "the validation loss it added (after − before, nats per token)" in report
+    assert "| 0.15 / 0.20 |" in report
     pairs = read_csv(out / "similarity-text_pydoc.csv")
     assert [p["equal_changes"] for p in pairs] == ["True", "True"]
