@@ -141,6 +141,18 @@ class CausalLM(Task):
     def build_arguments(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size, "context": self.context}
 
+    def resolved(self, built: Any) -> Task:
+        # an hf: model says what its logits score (fxdnat.hf): a masked or seq2seq model sees
+        # the token it would be asked to predict, so next-token training would learn to copy
+        objective = getattr(built.model, "objective", "causal")
+        if objective != "causal":
+            raise ValueError(
+                f"{built.spec} is a {objective} language model: its logits at t score token t, "
+                "which it reads, so next-token training on text would teach it to copy; train "
+                "a causal model (a decoder-only hf:, e.g. hf:tiny-llama, or zoo:gpt-mini)"
+            )
+        return self
+
     def loss(self, output: Any, target: torch.Tensor, recipe: Any) -> tuple[torch.Tensor, Any]:
         logits = main_logits(output)
         # (B, T, V) → (B·T, V): every position predicts its next token

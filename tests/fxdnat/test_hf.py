@@ -170,3 +170,12 @@ def test_published_weights_must_hold_the_datas_tokens(monkeypatch):
     with pytest.raises(ValueError, match="published vocabulary has 100 tokens but the data's"):
         build_model("hf:some/model", pretrained=True, vocab_size=256, context=128)
     assert build_model("hf:some/model", vocab_size=256, context=128).input_size == 128
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-t5"])
+def test_a_masked_or_seq2seq_model_is_refused_as_a_next_token_model(name):
+    from fxdnat import checkpoint as ckpt
+
+    model = {"spec": f"hf:{name}", "task": "causal-lm", "vocab_size": 256, "context": 32}
+    with pytest.raises(ValueError, match="language model: its logits at t score token t"):
+        ckpt.build_traced({**model, "kwargs": {}})
