@@ -469,7 +469,7 @@ def _training_options(command: Callable) -> Callable:
 @_user_errors
 def transform(spec: str, out: str | None, resume: bool, compile_: bool, **options: Any) -> None:
     """Transform SPEC with DNAT and train it: architecture stage, finalize, network stage
-    (or train it with another --method: original, random, nat)."""
+    (or train it with another --method: original, random, nat, prune, similarity)."""
     from fxdnat.engine import Interrupted, RunConfig, TrainingError  # lazy: torch
     from fxdnat.engine import transform as run_transform
     from fxdnat.progress import RichReporter
