@@ -290,7 +290,8 @@ def test_similarity_ranks_a_silent_branch_first_over_tokens_and_pixels():
         assert branch["1"] == pytest.approx(1.0)  # a silent branch passes x on unchanged
         assert -1 <= branch["0"] < branch["2"] < 1
         # by hand: the mean over positions of the cosine along the feature axis
-        y = net[0](x)
+        with torch.no_grad():
+            y = net[0](x)
         axis = 1 if image else -1
         want = nn.functional.cosine_similarity(x, y, dim=axis).mean()
         assert branch["0"] == pytest.approx(float(want), rel=1e-5)
