@@ -366,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     args.clock = args.clock or ("cpu" if args.threads == 1 else "wall")
     tune_cpu_allocator()  # as the fxdnat command does; the eager baselines gain from it as much
     torch.set_num_threads(args.threads)
-    torch.set_num_interop_threads(1)
+    if torch.get_num_interop_threads() != 1:  # settable once per process, before any work
+        torch.set_num_interop_threads(1)
     table = specs(args)
     names = args.models or list(table)
     unknown = [n for n in names if n not in table]

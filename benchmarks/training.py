@@ -151,8 +151,8 @@ def measure(model: str, args: argparse.Namespace, tmp: Path) -> dict:
 
 def _eager_model(model: str, reference: Trainer) -> torch.nn.Module:
     torch.manual_seed(0)
-    return zoo.create_model(model, num_classes=reference.info.num_classes,
-                            input_size=reference.info.input_size)  # fmt: skip
+    return zoo.create_model(model, num_classes=reference.task.num_classes,
+                            input_size=reference.task.input_size)  # fmt: skip
 
 
 def _cell(stats: _timing.Stats) -> list[str]:
