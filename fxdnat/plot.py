@@ -197,13 +197,18 @@ def _curves(figure, data: dict) -> None:
 
     metrics = [m for m in data["state"].get("metrics") or [] if m["stage"] != "search"]
     ax_acc, ax_loss = figure.subplots(1, 2)
-    epochs = [m["epoch"] for m in metrics]
     for split, style in (("train", "--"), ("test", "-")):
-        ax_acc.plot(epochs, [100 * m[f"{split}_acc"] for m in metrics], style, label=split)
-        ax_loss.plot(epochs, [m[f"{split}_loss"] for m in metrics], style, label=split)
+        # a callback's checkpoint has the curves the framework logged under names it knows
+        for ax, kind, unit in ((ax_acc, "acc", 100), (ax_loss, "loss", 1)):
+            known = [
+                (m["epoch"], unit * m[key]) for m in metrics if (key := f"{split}_{kind}") in m
+            ]
+            if known:
+                ax.plot(*zip(*known, strict=True), style, label=split)
     ax_acc.set_ylabel("accuracy (%)")
     ax_loss.set_ylabel("loss")
-    if metrics and min(m["test_loss"] for m in metrics) > 0:
+    losses = [m["test_loss"] for m in metrics if m.get("test_loss") is not None]
+    if losses and min(losses) > 0:
         ax_loss.set_yscale("log")  # early test losses of a fresh network can be 100x the last
     finalized = [m["epoch"] for m in metrics if m["stage"] == "arch"]
     for ax in (ax_acc, ax_loss):
@@ -221,7 +226,8 @@ def _curves(figure, data: dict) -> None:
                 color="#d62728",
                 fontsize=8,
             )
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a language model has no accuracy curve
+            ax.legend(fontsize=8)
     if not metrics:
         ax_acc.text(0.5, 0.5, "no epoch finished yet", ha="center", transform=ax_acc.transAxes)
     ax_acc.set_title("accuracy", fontsize=10)

@@ -93,6 +93,24 @@ def _distributed_init(device: str) -> tuple[int, int]:
     return dist.get_rank(), world
 
 
+def seed_epoch(
+    loader: Any, seed: int, epoch: int, rank: int = 0, *, torch_rng: bool = True
+) -> None:
+    """Seed an epoch from (seed, epoch), as every fxdnat run does, so that a resumed run repeats
+    the uninterrupted one and two trainers that seed alike see the same batches: torch's global
+    RNG (augmentation, dropout, drop-path; per rank) unless ``torch_rng`` is False (a resume
+    inside the epoch restores it instead), the train loader's generator (shuffling, worker
+    seeds), and a DistributedSampler's epoch."""
+    epoch_seed = seed * 1_000_003 + epoch
+    if torch_rng:
+        torch.manual_seed(epoch_seed + 7919 * rank)
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(epoch_seed)
+    if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+
+
 def get_rng() -> dict[str, Any]:
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():

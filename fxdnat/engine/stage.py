@@ -63,8 +63,23 @@ def dnat_decisions(
     decisions = decide(gated, budget=budget, costs=costs)
     state.margins = margins(gated)
     searched = recipe.arch_epochs - recipe.warmup_epochs - recipe.fade_epochs
-    late = state.theta_history[-max(2, searched // 4) :]
-    state.flipped = sorted(
+    state.flipped = late_flips(gated, decisions, state.theta_history, searched, budget, costs)
+    return decisions
+
+
+def late_flips(
+    gated: fx.GraphModule,
+    decisions: Mapping[str, str],
+    history: Sequence[torch.Tensor],
+    searched_epochs: int,
+    budget: Mapping[str, float] | None = None,
+    costs: CostModel | None = None,
+) -> list[str]:
+    """The edges whose decision differed from ``decisions`` at the end of any of the last
+    quarter of θ's ``searched_epochs`` (at least the last two), by θ's ``history`` (one θ per
+    epoch): decisions that were still moving when the stage ended."""
+    late = history[-max(2, searched_epochs // 4) :]
+    return sorted(
         {
             name
             for theta in late
@@ -72,7 +87,6 @@ def dnat_decisions(
             if choice != decisions[name]
         }
     )
-    return decisions
 
 
 def measured_decisions(
@@ -161,6 +175,32 @@ def carry_momentum(
         state = old.state.get(by_name[name])
         if state:
             new.state[param] = {k: v.clone() for k, v in state.items()}
+
+
+def retarget(optimizer: torch.optim.Optimizer, gated: nn.Module, final: nn.Module) -> None:
+    """Point an optimizer someone else owns (a framework's, its scheduler attached) from
+    ``gated``'s weights to the same weights in ``final``, in place: each group keeps its
+    hyper-parameters (the learning rate a schedule set) and the weights ``final`` kept, in
+    their order, with their state (momentum, Adam's moments); the weights finalize dropped and
+    θ leave it. Weights are matched by name, as finalize keeps the names of what it keeps; a
+    weight of neither module (the caller's own) stays as it is."""
+    names = {id(p): name for name, p in gated.named_parameters()}
+    kept = dict(final.named_parameters())
+    for group in optimizer.param_groups:
+        params = []
+        for old in group["params"]:
+            name = names.get(id(old))
+            if name is None:  # not the network's: left alone
+                params.append(old)
+                continue
+            state = optimizer.state.pop(old, None)
+            new = kept.get(name)
+            if new is None:  # dropped by finalize (or θ)
+                continue
+            params.append(new)
+            if state:
+                optimizer.state[new] = state
+        group["params"] = params
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ from fxdnat.dnat import DNAT
 from fxdnat.drawing import draw_run
 from fxdnat.engine import divergence, setup, stage
 from fxdnat.engine import search as nat_search
-from fxdnat.engine.runtime import StopRequests, get_rng, set_rng
+from fxdnat.engine.runtime import StopRequests, get_rng, seed_epoch, set_rng
 from fxdnat.engine.runtime import start as start_runtime
 from fxdnat.engine.state import append_metrics, checkpoint_data, raise_if_finished, summary
 from fxdnat.engine.state import stored as stored_checkpoint
@@ -281,12 +281,8 @@ class Trainer:
         """One pass over the training data (the rest of it, after an interrupt): the summed
         loss, correct predictions and examples seen."""
         c, r, s, rt = self.config, self.recipe, self.state, self.runtime
-        epoch_seed = c.seed * 1_000_003 + s.epoch
-        if s.step == 0:
-            torch.manual_seed(epoch_seed + 7919 * rt.rank)  # augmentation, dropout, drop-path
-        self.train_loader.generator.manual_seed(epoch_seed)  # shuffling and worker seeds
-        if hasattr(self.train_loader.sampler, "set_epoch"):
-            self.train_loader.sampler.set_epoch(s.epoch)
+        # mid-epoch (resumed), torch's RNG is restored at the step the run stopped after
+        seed_epoch(self.train_loader, c.seed, s.epoch, rt.rank, torch_rng=s.step == 0)
         if self.drop_path:
             zoo.set_drop_path_prob(self.dnat.module, r.drop_path_prob * s.epoch / r.epochs)
         self.dnat.module.train()

@@ -1,0 +1,199 @@
+"""DNAT in a Hugging Face ``transformers.Trainer`` run.
+
+Needs the ``hf`` extra (``pip install 'fxdnat[hf]'``). A Trainer callback cannot swap the
+Trainer's model, so the callback brings one: ``callback.model``, a small module around the
+network being trained (gated, then finalized) that takes the Trainer's batches —
+``input_ids`` (a causal language model's token ids, (B, T)) or ``pixel_values`` (images,
+(B, 3, S, S)) and ``labels`` — and returns ``{"loss", "logits"}``::
+
+    callback = DNATTrainerCallback(model, example_inputs, arch_epochs=2, spec="hf:tiny-llama")
+    trainer = Trainer(model=callback.model, args=args, train_dataset=..., callbacks=[callback])
+
+Then, in the Trainer's events: ``on_train_begin`` takes θ out of the Trainer's optimizer and
+gives it its own Adam; ``on_epoch_begin`` seeds the epoch as ``fxdnat transform --seed`` does
+(with ``seed``); ω's forwards run with θ frozen and keep their batches; ``on_optimizer_step``
+(after ω's step) steps θ on the same batches; ``on_epoch_end`` at the architecture stage's
+end decides, finalizes and points the Trainer's optimizer at the kept weights with their
+moments and learning rates. θ's preferences and margins go into ``state.log_history`` (and so
+``trainer_state.json``) every epoch, and every Trainer checkpoint folder gets ``fxdnat.pt``, the
+network in fxdnat's format, which ``fxdnat eval/render/export`` read (with ``spec``).
+
+Language-model labels: fxdnat's text data gives ``labels`` aligned with ``input_ids`` (the token
+after each position), the default here; ``shift_labels=True`` reads Hugging Face's convention
+instead (``labels`` = ``input_ids``, -100 ignored, shifted inside the loss).
+
+One process: the Trainer's DDP wrapper holds the gated network's weights, and a callback
+cannot rebuild it at finalize; distributed runs use the Lightning callback or
+``torchrun fxdnat transform``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from fxdnat import tasks
+from fxdnat.dnat import _world
+from fxdnat.integrations.driver import Driver
+
+CHECKPOINT_NAME = "fxdnat.pt"
+
+
+class DNATModel(nn.Module):
+    """What the Trainer trains: the driver's current network (gated, then finalized) with the
+    task's loss. ``forward(input_ids | pixel_values, labels=None)`` → ``{"logits", "loss"}``
+    (loss only with labels): mean cross-entropy per example, or per predicted token."""
+
+    accepts_loss_kwargs = False  # the loss is a mean over the batch; Trainer must not rescale
+
+    def __init__(self, driver: Driver, shift_labels: bool) -> None:
+        super().__init__()
+        self.driver, self.shift_labels = driver, shift_labels
+        self.net = driver.module
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # ω's, since θ's last step
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        x = input_ids if input_ids is not None else pixel_values
+        if x is None:
+            raise ValueError("DNATModel takes input_ids (token ids) or pixel_values (images)")
+        if not self.training or labels is None:
+            logits = tasks.main_logits(self.net(x))
+            return {
+                "logits": logits,
+                **({"loss": self.loss(logits, labels)} if labels is not None else {}),
+            }
+        if torch.is_grad_enabled():  # ω's forward of a step: θ steps on the same batch after
+            self.batches.append((x, labels))
+        with self.driver.weights_context():
+            logits = tasks.main_logits(self.net(x))
+        return {"loss": self.loss(logits, labels), "logits": logits}
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``logits`` (B, classes) or (B, T, vocabulary) on ``labels``."""
+        if logits.dim() == 3 and self.shift_labels:  # Hugging Face's: labels are the inputs
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100)
+
+    def theta_loss(self) -> torch.Tensor:
+        """The mean loss of ω's batches since θ's last step, through the network as ω's step
+        left it (θ's gradient flows)."""
+        losses = [self.loss(tasks.main_logits(self.net(x)), y) for x, y in self.batches]
+        return torch.stack(losses).mean()
+
+
+class DNATTrainerCallback(TrainerCallback):
+    """DNAT's architecture stage and finalize around ``transformers.Trainer``'s training of ω.
+
+    Args:
+        model: the network to transform: a module taking token ids (B, T) to logits
+            (B, T, vocabulary) or images to class logits (an ``hf:`` spec's, a zoo model,
+            your own); a Hugging Face ``PreTrainedModel`` is traced by fxdnat.hf's rules.
+        example_inputs: one input to trace it with, e.g. ``torch.zeros(1, T, dtype=torch.long)``.
+        arch_epochs: epochs of the architecture stage; finalize at its end.
+        shift_labels: Hugging Face's label convention (see the module docstring).
+        **options: :class:`fxdnat.integrations.driver.Driver`'s (``warmup_epochs``,
+            ``theta_lr``, ``theta_reach``, ``update``, ``spec``, ``data``, ``seed``, ...).
+
+    Attributes:
+        model: the module to give ``Trainer(model=...)``.
+        driver: the stage's state (``driver.module``: the network; ``driver.state``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        arch_epochs: int,
+        shift_labels: bool = False,
+        **options: Any,
+    ) -> None:
+        self.driver = Driver(model, example_inputs, arch_epochs=arch_epochs, **options)
+        if self.driver.task is None:
+            raise ValueError(
+                "DNATTrainerCallback trains image classifiers ((B, 3, S, S) → (B, classes)) and "
+                "causal language models ((B, T) token ids → (B, T, vocabulary)); this model's "
+                "example and output are neither"
+            )
+        self.model = DNATModel(self.driver, shift_labels)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if _world() > 1:
+            raise RuntimeError(
+                "DNATTrainerCallback runs in one process: the Trainer's DDP wrapper would keep "
+                "the gated network's weights after finalize; use fxdnat.integrations.lightning "
+                "or torchrun fxdnat transform for distributed runs"
+            )
+        self.driver.release([kw["optimizer"]])
+        steps = len(kw["train_dataloader"]) // args.gradient_accumulation_steps
+        self.driver.plan(max(steps, 1))
+
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.driver.start_epoch(kw.get("train_dataloader"))
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        # after ω's optimizer step, before the Trainer clears the gradients (joint reads θ's)
+        if self.model.batches:
+            self.driver.theta_step(self.model.theta_loss)
+        self.model.batches.clear()
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        driver = self.driver
+        if driver.end_epoch():
+            self.model.net = driver.finalize([kw["optimizer"]])
+        state.log_history.append(
+            {"epoch": state.epoch, "step": state.global_step, **driver.metrics()}
+        )
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self._save(folder if folder.is_dir() else Path(args.output_dir), state)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if self.driver.state.stage == "net":
+            self.driver.state.stage = "done"
+        self._save(Path(args.output_dir), state)
+
+    def _save(self, folder: Path, state: TrainerState) -> None:
+        if state.is_world_process_zero and self.driver.model_section is not None:
+            records = _records(state.log_history, self.driver.arch_epochs)
+            self.driver.save(folder / CHECKPOINT_NAME, records)
+
+
+# Trainer's log keys → the names an fxdnat checkpoint's epoch records use
+_CURVES = {"loss": "train_loss", "eval_loss": "test_loss", "eval_accuracy": "test_acc"}
+
+
+def _records(history: list[dict[str, Any]], arch_epochs: int) -> list[dict[str, Any]]:
+    """One record per epoch for ``fxdnat plot``/``render``: the Trainer's last logged values
+    of its losses in that epoch (``state.log_history``; an entry at epoch 1.4 is epoch 2's)."""
+    records: dict[int, dict[str, Any]] = {}
+    for entry in history:
+        epoch = max(math.ceil(float(entry.get("epoch", 0))), 1)
+        stage = "arch" if epoch <= arch_epochs else "net"
+        record = records.setdefault(epoch, {"epoch": epoch, "stage": stage})
+        record |= {name: float(entry[key]) for key, name in _CURVES.items() if key in entry}
+    return [records[e] for e in sorted(records)]

@@ -1,0 +1,213 @@
+"""DNAT in a Lightning run: ``Trainer(callbacks=[DNATCallback(...)])``.
+
+Needs the ``lightning`` extra (``pip install 'fxdnat[lightning]'``). The callback transforms
+the LightningModule's network in place of it (``pl_module.model`` unless told another
+attribute) and leaves ω's training to Lightning: your ``training_step``, ``configure_optimizers``,
+gradient clipping, precision and strategy, DDP included. The steps, in Lightning's hooks:
+
+- ``setup``: trace → discover → gate the network from ``example_inputs`` (default: the module's
+  ``example_input_array``); ``on_fit_start``: θ leaves your optimizers; ``on_train_start``:
+  θ gets its own Adam;
+- ``on_train_epoch_start``: the epoch seeded as ``fxdnat transform --seed`` seeds it (with
+  ``seed``); ``on_train_batch_start``: θ frozen for ω's forward;
+- ``on_train_batch_end`` (after ω's step): θ's step on the same batch, its loss computed again
+  by ``training_step`` with logging muted (or by ``theta_loss(pl_module, batch)``);
+- ``on_train_epoch_end`` at the architecture stage's end: decide, finalize, point your
+  optimizers at the kept weights with their momentum and learning rates, rewrap DDP;
+- θ's preferences and margins logged every epoch (``dnat/...``), and an fxdnat checkpoint
+  (``fxdnat.pt``, weights only) beside Lightning's logs, which ``fxdnat eval/render/export``
+  read; with ``spec`` only, since rebuilding the network needs it.
+
+Under DDP each process steps θ on its own batch and the θ gradients are averaged
+(fxdnat.DNAT.theta_step), so θ stays the same on every rank, as ω does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from fxdnat.integrations.driver import Driver
+
+CHECKPOINT_NAME = "fxdnat.pt"
+
+
+class DNATCallback(pl.Callback):
+    """DNAT's architecture stage and finalize around Lightning's training of ω.
+
+    Args:
+        arch_epochs: epochs of the architecture stage (ω and θ); finalize at its end.
+        attribute: the LightningModule's attribute holding the network to transform.
+        example_inputs: inputs to trace it with (default: ``example_input_array``).
+        theta_loss: ``(pl_module, batch) -> loss`` for θ's step (default: ``training_step``'s
+            loss, its logging muted).
+        dirpath: where ``fxdnat.pt`` is written every epoch (default: the trainer's log
+            folder); None with no ``spec``: no checkpoint.
+        **options: :class:`fxdnat.integrations.driver.Driver`'s (``warmup_epochs``,
+            ``theta_lr``, ``theta_reach``, ``update``, ``scale``, ``tie``, ``spec``, ``data``,
+            ``seed``, ...).
+    """
+
+    def __init__(
+        self,
+        arch_epochs: int,
+        *,
+        attribute: str = "model",
+        example_inputs: Any = None,
+        theta_loss: Callable[[pl.LightningModule, Any], torch.Tensor] | None = None,
+        dirpath: str | Path | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        self.arch_epochs, self.attribute, self.example_inputs = (
+            arch_epochs,
+            attribute,
+            example_inputs,
+        )
+        self.theta_loss, self.dirpath, self.options = theta_loss, dirpath, options
+        self.driver: Driver | None = None
+        self.records: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------ setup
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.driver is not None:
+            return
+        network = getattr(pl_module, self.attribute, None)
+        if not isinstance(network, torch.nn.Module):
+            raise ValueError(
+                f"DNATCallback transforms {type(pl_module).__name__}.{self.attribute}, which is "
+                "not a torch module; pass attribute= naming the network"
+            )
+        example = self.example_inputs
+        if example is None:
+            example = pl_module.example_input_array
+        if example is None:
+            raise ValueError(
+                "DNATCallback needs inputs to trace the network: set example_input_array on "
+                "the LightningModule or pass example_inputs="
+            )
+        self.driver = Driver(network, example, arch_epochs=self.arch_epochs, **self.options)
+        setattr(pl_module, self.attribute, self.driver.module)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.driver.release(trainer.optimizers)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the training batches are counted once the loop has set its data up
+        self.driver.plan(max(int(trainer.num_training_batches), 1))
+
+    # ----------------------------------------------------------------------------- epochs
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.driver.start_epoch(trainer.train_dataloader, trainer.global_rank)
+        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+        if self.driver.seed is not None and trainer.current_epoch == 0 and fetcher is not None:
+            # Lightning drew epoch 0's iterator (and prefetched a batch) before this hook, from
+            # the loader unseeded; it draws every later epoch's after it. Draw it again.
+            iter(fetcher)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._frozen = self.driver.weights_context()
+        self._frozen.__enter__()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._frozen.__exit__(None, None, None)
+
+        def loss_of() -> torch.Tensor:
+            with trainer.precision_plugin.forward_context():
+                if self.theta_loss is not None:
+                    return self.theta_loss(pl_module, batch)
+                with _muted(pl_module):
+                    out = pl_module.training_step(batch, batch_idx)
+            return out["loss"] if isinstance(out, dict) else out
+
+        self.driver.theta_step(loss_of)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        driver = self.driver
+        record = {"epoch": driver.state.epoch + 1, "stage": driver.state.stage}
+        record |= _curves(trainer.callback_metrics)
+        if driver.end_epoch():
+            final = driver.finalize(trainer.optimizers, accuracy=record.get("test_acc"))
+            setattr(pl_module, self.attribute, final)
+            _rewrap_ddp(trainer)
+        self.records.append(record | {"preferences": _counts(driver.metrics())})
+        pl_module.log_dict(driver.metrics(), on_epoch=True, rank_zero_only=True)
+        self._save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.driver.state.stage == "net":
+            self.driver.state.stage = "done"
+        self._save(trainer)
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.is_global_zero and self.driver.model_section is not None:
+            self.driver.save(self.checkpoint_path(trainer), self.records)
+
+    def checkpoint_path(self, trainer: pl.Trainer) -> Path:
+        """Where ``fxdnat.pt`` goes: ``dirpath``, else the trainer's log folder."""
+        folder = self.dirpath or trainer.log_dir or trainer.default_root_dir
+        return Path(folder) / CHECKPOINT_NAME
+
+
+@contextlib.contextmanager
+def _muted(pl_module: pl.LightningModule) -> Iterator[None]:
+    """``self.log`` / ``self.log_dict`` do nothing inside: θ's second forward of the batch must
+    not log its loss as another training step."""
+
+    def quiet(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    pl_module.log, pl_module.log_dict = quiet, quiet  # instance attributes shadow the methods
+    try:
+        yield
+    finally:
+        del pl_module.log, pl_module.log_dict
+
+
+def _rewrap_ddp(trainer: pl.Trainer) -> None:
+    """A new DDP wrapper around the finalized network: the old one's reducer hooks the gated
+    network's weights, so the kept weights' gradients would no longer be averaged."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy):
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
+
+
+# what the epoch's record calls a curve ← the names a LightningModule commonly logs it under
+_CURVES = {
+    "train_loss": ("train_loss_epoch", "train_loss", "train/loss"),
+    "train_acc": ("train_acc_epoch", "train_acc", "train/acc"),
+    "test_loss": ("val_loss", "val/loss", "test_loss"),
+    "test_acc": ("val_acc", "val/acc", "val_accuracy", "test_acc"),
+}
+
+
+def _curves(metrics: dict[str, Any]) -> dict[str, float]:
+    """The epoch's losses and accuracies from what the module logged (``fxdnat plot`` draws
+    them; a validation accuracy is the gated network's before finalize)."""
+    found = {}
+    for name, keys in _CURVES.items():
+        key = next((k for k in keys if k in metrics), None)
+        if key is not None:
+            found[name] = float(metrics[key])
+    return found
+
+
+def _counts(metrics: dict[str, float]) -> dict[str, int]:
+    return {k.removeprefix("dnat/prefer_"): int(v) for k, v in metrics.items() if "prefer_" in k}
