@@ -37,7 +37,7 @@ from fxdnat import tasks
 from fxdnat.dnat import DNAT, _world
 from fxdnat.engine import stage
 from fxdnat.engine.runtime import seed_epoch
-from fxdnat.engine.state import RunState
+from fxdnat.engine.state import RunState, stored_state
 from fxdnat.frontend import trace
 from fxdnat.ir import CHOICES, SAME, Granularity, Scale, Tie, Update
 from fxdnat.passes import decide, discover, finalize, gate, margins
@@ -115,6 +115,8 @@ class Driver:
         self.state = RunState()
         self.opt_theta: torch.optim.Adam | None = None
         self.reach: Reach | None = None
+        self.finalized_theta: torch.Tensor | None = None  # θ as finalize read it
+        self._theta_optimizer_state: dict | None = None  # restored, for θ's Adam once built
         self.task = _task(traced, example_inputs)
         """What the network computes (fxdnat.tasks), read from the example and the traced
         output; None for a network that is neither an image classifier nor a causal LM."""
@@ -142,6 +144,8 @@ class Driver:
             self.opt_theta = self.dnat.theta_optimizer(
                 self.reach.theta_lr, self.theta_betas, self.theta_weight_decay
             )
+            if self._theta_optimizer_state is not None:  # resumed inside the stage
+                self.opt_theta.load_state_dict(self._theta_optimizer_state)
         for warning in self.reach.warnings():
             log.warning("%s", warning)
         return self.reach
@@ -229,6 +233,49 @@ class Driver:
         )
         return final
 
+    # ------------------------------------------------------------------------- resuming
+    def state_dict(self) -> dict[str, Any]:
+        """What a framework's checkpoint keeps of the stage (tensors and plain values): the
+        run's state, θ (or θ as finalize read it) and its history, θ's Adam."""
+        theta = self.dnat.theta
+        return {
+            "state": self.state.to_checkpoint(),
+            "theta_history": list(self.state.theta_history),
+            "theta": (theta if theta is not None else self.finalized_theta),
+            "optimizer_theta": self.opt_theta.state_dict() if self.opt_theta else None,
+        }
+
+    def load_state_dict(self, stored: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`, before the framework loads the weights: a
+        finalized run's network is finalized again on its decisions and θ, so that its
+        weights and optimizer state fit.
+
+        Raises:
+            fxdnat.checkpoint.CheckpointError: a state that does not fit this network."""
+        state = stored_state(stored)
+        theta, arch = stored.get("theta"), self.dnat.arch
+        history = stored.get("theta_history")
+        shape = tuple(arch.theta.shape) if arch is not None else None
+        if (
+            not isinstance(theta, torch.Tensor)
+            or tuple(theta.shape) != shape
+            or type(history) is not list
+            or any(not isinstance(t, torch.Tensor) or tuple(t.shape) != shape for t in history)
+        ):
+            raise ckpt.CheckpointError(
+                "the checkpoint's DNAT state is for another network than this one (θ of "
+                f"another shape than {shape}); resume with the model it was saved from"
+            )
+        with torch.no_grad():
+            arch.theta.copy_(theta)
+        state.theta_history = list(history)
+        self.state, self._theta_optimizer_state = state, stored.get("optimizer_theta")
+        if state.decisions is not None:
+            gated = self.dnat
+            final = finalize(gated.module, state.decisions, scale=self.scale)
+            self.finalized_theta = theta.detach().cpu().clone()
+            self.dnat = DNAT.from_module(final, traced=gated.traced, edges=gated.edges)
+
     # -------------------------------------------------------------------------- reporting
     def metrics(self) -> dict[str, float]:
         """θ's state in numbers a logger takes: how many edges prefer each choice now (the
@@ -266,7 +313,7 @@ class Driver:
             )
         s, theta = self.state, self.dnat.theta
         if theta is None:  # finalized: θ as finalize read it (its coefficients are in the graph)
-            theta = getattr(self, "finalized_theta", None)
+            theta = self.finalized_theta
         state = s.to_checkpoint() | {"metrics": list(metrics), "rng": {}}
         return {
             "method": "dnat",

@@ -29,7 +29,9 @@ cannot rebuild it at finalize; distributed runs use the Lightning callback or
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from fxdnat import checkpoint as ckpt
 from fxdnat import tasks
 from fxdnat.dnat import _world
 from fxdnat.integrations.driver import Driver
 
 CHECKPOINT_NAME = "fxdnat.pt"
+"""The network in fxdnat's checkpoint format, in every Trainer checkpoint folder (with spec)."""
+STATE_NAME = "dnat_state.pt"
+"""The stage's state beside it (:meth:`DNATTrainerCallback.resume` reads it)."""
 
 
 class DNATModel(nn.Module):
@@ -57,6 +63,11 @@ class DNATModel(nn.Module):
         self.driver, self.shift_labels = driver, shift_labels
         self.net = driver.module
         self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # ω's, since θ's last step
+        # θ at rest needs no gradient, so the Trainer's optimizer (made of the parameters that
+        # require one) leaves it out, as it does when it resumes: θ takes a gradient only in
+        # the forwards that θ steps on
+        if driver.dnat.theta is not None:
+            driver.dnat.theta.requires_grad_(False)
 
     def forward(
         self,
@@ -75,9 +86,23 @@ class DNATModel(nn.Module):
             }
         if torch.is_grad_enabled():  # ω's forward of a step: θ steps on the same batch after
             self.batches.append((x, labels))
-        with self.driver.weights_context():
+        joint = self.driver.searching and self.driver.update == "joint"
+        with self.theta_grad(joint):
             logits = tasks.main_logits(self.net(x))
         return {"loss": self.loss(logits, labels), "logits": logits}
+
+    @contextlib.contextmanager
+    def theta_grad(self, wanted: bool) -> Iterator[None]:
+        """θ takes a gradient inside, if ``wanted`` (θ's own forward, the joint update's)."""
+        theta = self.driver.dnat.theta
+        if theta is None or not wanted:
+            yield
+            return
+        theta.requires_grad_(True)
+        try:
+            yield
+        finally:
+            theta.requires_grad_(False)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of ``logits`` (B, classes) or (B, T, vocabulary) on ``labels``."""
@@ -87,7 +112,7 @@ class DNATModel(nn.Module):
 
     def theta_loss(self) -> torch.Tensor:
         """The mean loss of ω's batches since θ's last step, through the network as ω's step
-        left it (θ's gradient flows)."""
+        left it; run it inside ``theta_grad(True)``."""
         losses = [self.loss(tasks.main_logits(self.net(x)), y) for x, y in self.batches]
         return torch.stack(losses).mean()
 
@@ -128,6 +153,19 @@ class DNATTrainerCallback(TrainerCallback):
             )
         self.model = DNATModel(self.driver, shift_labels)
 
+    def resume(self, folder: str | Path) -> None:
+        """Continue the stage saved in a Trainer checkpoint ``folder``; call it before
+        ``trainer.train(resume_from_checkpoint=folder)``, which then loads weights that fit:
+        a run finalized by then is finalized again on its decisions.
+
+        Raises:
+            fxdnat.checkpoint.CheckpointError: ``folder`` has no readable DNAT state, or one
+                of another network."""
+        path = Path(folder) / STATE_NAME
+        stored = ckpt.load(path)
+        self.driver.load_state_dict(stored)
+        self.model.net = self.driver.module
+
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
@@ -151,7 +189,8 @@ class DNATTrainerCallback(TrainerCallback):
     ) -> None:
         # after ω's optimizer step, before the Trainer clears the gradients (joint reads θ's)
         if self.model.batches:
-            self.driver.theta_step(self.model.theta_loss)
+            with self.model.theta_grad(True):  # until θ's gradient is taken
+                self.driver.theta_step(self.model.theta_loss)
         self.model.batches.clear()
 
     def on_epoch_end(
@@ -178,7 +217,10 @@ class DNATTrainerCallback(TrainerCallback):
         self._save(Path(args.output_dir), state)
 
     def _save(self, folder: Path, state: TrainerState) -> None:
-        if state.is_world_process_zero and self.driver.model_section is not None:
+        if not state.is_world_process_zero:
+            return
+        ckpt.save(folder / STATE_NAME, self.driver.state_dict())
+        if self.driver.model_section is not None:
             records = _records(state.log_history, self.driver.arch_epochs)
             self.driver.save(folder / CHECKPOINT_NAME, records)
 

@@ -16,7 +16,10 @@ gradient clipping, precision and strategy, DDP included. The steps, in Lightning
   optimizers at the kept weights with their momentum and learning rates, rewrap DDP;
 - θ's preferences and margins logged every epoch (``dnat/...``), and an fxdnat checkpoint
   (``fxdnat.pt``, weights only) beside Lightning's logs, which ``fxdnat eval/render/export``
-  read; with ``spec`` only, since rebuilding the network needs it.
+  read; with ``spec`` only, since rebuilding the network needs it;
+- Lightning's own checkpoints keep the stage (``state_dict``), and ``fit(ckpt_path=...)``
+  resumes it: ``setup`` reads it first, so a finalized network is finalized again before
+  Lightning loads its weights and optimizer state.
 
 Under DDP each process steps θ on its own batch and the θ gradients are averaged
 (fxdnat.DNAT.theta_step), so θ stays the same on every rank, as ω does.
@@ -71,11 +74,15 @@ class DNATCallback(pl.Callback):
         )
         self.theta_loss, self.dirpath, self.options = theta_loss, dirpath, options
         self.driver: Driver | None = None
+        self._drawn = False  # this fit's first epoch has drawn its batches seeded
         self.records: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.driver is not None:
+        if stage != "fit":
+            return
+        self._drawn = False
+        if self.driver is not None:
             return
         network = getattr(pl_module, self.attribute, None)
         if not isinstance(network, torch.nn.Module):
@@ -93,11 +100,37 @@ class DNATCallback(pl.Callback):
             )
         self.driver = Driver(network, example, arch_epochs=self.arch_epochs, **self.options)
         setattr(pl_module, self.attribute, self.driver.module)
+        # Resuming, Lightning loads the weights before it hands callbacks their state, and the
+        # module's on_load_checkpoint is the one hook before: the stage is restored there, so
+        # that a finalized network is finalized again before its weights arrive.
+        own_hook = pl_module.on_load_checkpoint
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            mine = (checkpoint.get("callbacks") or {}).get(self.state_key)
+            if mine:
+                self.driver.load_state_dict(mine["driver"])
+                self.records = list(mine["records"])
+                setattr(pl_module, self.attribute, self.driver.module)
+            own_hook(checkpoint)
+
+        pl_module.on_load_checkpoint = on_load_checkpoint
+
+    def state_dict(self) -> dict[str, Any]:
+        """Lightning's checkpoints keep the stage with the weights (``fit(ckpt_path=...)``
+        resumes it); a driver not yet set up has nothing to keep."""
+        if self.driver is None:
+            return {}
+        return {"driver": self.driver.state_dict(), "records": list(self.records)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass  # read in `setup`, before Lightning loads the weights into the network
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.driver.release(trainer.optimizers)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if "on_load_checkpoint" in vars(pl_module):  # Lightning has loaded the weights
+            del pl_module.on_load_checkpoint
         # the training batches are counted once the loop has set its data up
         self.driver.plan(max(int(trainer.num_training_batches), 1))
 
@@ -105,10 +138,12 @@ class DNATCallback(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.driver.start_epoch(trainer.train_dataloader, trainer.global_rank)
         fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
-        if self.driver.seed is not None and trainer.current_epoch == 0 and fetcher is not None:
-            # Lightning drew epoch 0's iterator (and prefetched a batch) before this hook, from
-            # the loader unseeded; it draws every later epoch's after it. Draw it again.
+        if self.driver.seed is not None and not self._drawn and fetcher is not None:
+            # Lightning drew the first epoch's iterator of a fit (epoch 0, or where it resumes)
+            # before this hook, from the loader unseeded, and prefetched a batch; it draws
+            # every later epoch's after it. Draw it again.
             iter(fetcher)
+        self._drawn = True
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int

@@ -31,25 +31,22 @@ def _as_dict(batch):
     return {"input_ids": x, "labels": y}
 
 
-def test_trainer_run_finalizes_the_network_fxdnat_transform_gives(tmp_path):
+def _train(out, *, extra=(), resume=None) -> dict:
+    """A Trainer run of gpt-micro with the callback on the engine's data order; returns the
+    fxdnat checkpoint it ends with."""
     torch.manual_seed(0)  # the initial weights, as `fxdnat transform --seed 0` draws them
     model = build_model("zoo:gpt-micro", vocab_size=text.VOCAB_SIZE, context=text.CONTEXT).model
     train, test, _ = make_loaders("text:pydoc", batch_size=16, seed=0, limit=LIMIT)
     train.collate_fn = test.collate_fn = _as_dict
     callback = DNATTrainerCallback(
-        model,
-        torch.zeros(1, text.CONTEXT, dtype=torch.long),
-        arch_epochs=ARCH,
-        warmup_epochs=WARMUP,
-        theta_reach=REACH,
-        spec="zoo:gpt-micro",
-        data="text:pydoc",
-        seed=0,
-    )
+        model, torch.zeros(1, text.CONTEXT, dtype=torch.long), arch_epochs=ARCH,
+        warmup_epochs=WARMUP, theta_reach=REACH, spec="zoo:gpt-micro", data="text:pydoc", seed=0,
+    )  # fmt: skip
+    if resume is not None:
+        callback.resume(resume)
     # the recipe's optimizer and schedule: decay on every weight, cosine to 0 per step
-    opt = torch.optim.AdamW(
-        callback.model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01
-    )
+    weights = [p for p in callback.model.parameters() if p.requires_grad]  # θ has its own
+    opt = torch.optim.AdamW(weights, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01)
     total = EPOCHS * len(train)
     cosine = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total))
@@ -63,51 +60,32 @@ def test_trainer_run_finalizes_the_network_fxdnat_transform_gives(tmp_path):
             return test
 
     args = transformers.TrainingArguments(
-        str(tmp_path / "hf"),
-        num_train_epochs=EPOCHS,
-        per_device_train_batch_size=16,
-        max_grad_norm=1.0,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="epoch",
-        eval_strategy="epoch",
-        logging_steps=5,
-        disable_tqdm=True,
-    )
+        str(out), num_train_epochs=EPOCHS, per_device_train_batch_size=16, max_grad_norm=1.0,
+        use_cpu=True, report_to=[], save_strategy="epoch", eval_strategy="epoch",
+        logging_steps=5, disable_tqdm=True,
+    )  # fmt: skip
     trainer = InOrder(
-        model=callback.model,
-        args=args,
-        train_dataset=train.dataset,
-        eval_dataset=test.dataset,
-        optimizers=(opt, cosine),
-        callbacks=[callback],
-    )
-    trainer.train()
+        model=callback.model, args=args, train_dataset=train.dataset, eval_dataset=test.dataset,
+        optimizers=(opt, cosine), callbacks=[callback, *extra],
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return ckpt.load(out / "fxdnat.pt")
 
+
+def test_trainer_run_finalizes_the_network_fxdnat_transform_gives(tmp_path):
+    written = _train(tmp_path / "hf")
     engine = transformed(
-        tmp_path,
-        "zoo:gpt-micro",
-        "text:pydoc",
-        epochs=EPOCHS,
-        arch_epochs=ARCH,
-        warmup_epochs=WARMUP,
-        theta_reach=REACH,
-        limit=LIMIT,
-    )
-    path = tmp_path / "hf" / "fxdnat.pt"
-    written = ckpt.load(path)
+        tmp_path, "zoo:gpt-micro", "text:pydoc", epochs=EPOCHS, arch_epochs=ARCH,
+        warmup_epochs=WARMUP, theta_reach=REACH, limit=LIMIT,
+    )  # fmt: skip
     assert written["state"]["stage"] == "done"
     assert_same_network(engine, written)
-    assert (
-        sorted(p.name for p in (tmp_path / "hf").glob("checkpoint-*/fxdnat.pt"))
-        == ["fxdnat.pt"] * 3
-    )
-    history = json.loads(
-        next((tmp_path / "hf").glob("checkpoint-60/trainer_state.json")).read_text()
-    )
-    logged = [e for e in history["log_history"] if "dnat/prefer_same" in e]
+    folders = sorted(p.parent.name for p in (tmp_path / "hf").glob("checkpoint-*/fxdnat.pt"))
+    assert folders == ["checkpoint-20", "checkpoint-40", "checkpoint-60"]
+    state = json.loads((tmp_path / "hf" / "checkpoint-60" / "trainer_state.json").read_text())
+    logged = [e for e in state["log_history"] if "dnat/prefer_same" in e]
     assert len(logged) == EPOCHS and "dnat/margin_min" in logged[0]
-    assert_cli_reads(path, tmp_path)
+    assert_cli_reads(tmp_path / "hf" / "fxdnat.pt", tmp_path)
 
 
 def test_shifted_labels_read_hugging_faces_convention():
@@ -139,3 +117,21 @@ class Residual(torch.nn.Module):
 def test_refuses_a_model_that_is_no_classifier_or_language_model():
     with pytest.raises(ValueError, match="neither"):
         DNATTrainerCallback(Residual(), torch.zeros(2, 4), arch_epochs=1)
+
+
+def test_train_resumes_from_a_trainer_checkpoint_after_finalize(tmp_path):
+    """Stopped after the architecture stage and resumed from the Trainer's checkpoint folder:
+    the same network as the run that never stopped."""
+
+    class StopAfterStage(transformers.TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.epoch >= ARCH
+
+    whole = _train(tmp_path / "whole")
+    _train(tmp_path / "cut", extra=[StopAfterStage()])
+    folder = tmp_path / "cut" / "checkpoint-40"
+    _train(tmp_path / "cut", resume=folder)
+    resumed = ckpt.load(tmp_path / "cut" / "fxdnat.pt")
+    assert resumed["state"]["epoch"] == EPOCHS and resumed["decisions"] == whole["decisions"]
+    for name, value in whole["model_state"].items():
+        torch.testing.assert_close(resumed["model_state"][name], value, msg=name)

@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,32 +55,22 @@ class Classifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
-def _fit(tmp_path, **options) -> DNATCallback:
+def _fit(tmp_path, *, max_epochs=EPOCHS, checkpoints=None, ckpt_path=None, **options):
     torch.manual_seed(0)  # the initial weights, as `fxdnat transform --seed 0` draws them
     model = build_model("zoo:resnet20", num_classes=10, input_size=8).model
     train, test, _ = make_loaders("digits-hard", batch_size=16, seed=0)
     callback = DNATCallback(
-        ARCH,
-        warmup_epochs=WARMUP,
-        theta_reach=REACH,
-        spec="zoo:resnet20",
-        data="digits-hard",
-        seed=0,
-        dirpath=tmp_path / "lightning",
-        **options,
-    )
+        ARCH, warmup_epochs=WARMUP, theta_reach=REACH, spec="zoo:resnet20", data="digits-hard",
+        seed=0, dirpath=tmp_path / "lightning", **options,
+    )  # fmt: skip
+    saving = [pl.callbacks.ModelCheckpoint(checkpoints, save_last=True)] if checkpoints else []
     trainer = pl.Trainer(
-        max_epochs=EPOCHS,
-        accelerator="cpu",
-        callbacks=[callback],
-        gradient_clip_val=5.0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+        max_epochs=max_epochs, accelerator="cpu", callbacks=[callback, *saving],
+        gradient_clip_val=5.0, logger=False, enable_checkpointing=bool(saving),
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
     module = Classifier(model, len(train))
-    trainer.fit(module, train, test)
+    trainer.fit(module, train, test, ckpt_path=ckpt_path)
     assert module.model is callback.driver.module  # the LightningModule trains the final network
     return callback
 
@@ -132,3 +127,39 @@ def test_refuses_a_module_without_example_inputs(tmp_path):
     )
     with pytest.raises(ValueError, match="example_input_array"):
         trainer.fit(Bare(), train)
+
+
+@pytest.mark.slow
+def test_two_processes_with_the_ddp_strategy_match_torchrun_transform(tmp_path):
+    """Lightning's DDP on two CPU processes (gloo) against ``torchrun fxdnat transform``: θ's
+    gradient averaged over the ranks, the DDP wrapper rebuilt around the finalized network."""
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    script = root / "tests" / "lib" / "lightning_ddp.py"
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "lightning")],
+        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "fxdnat.cli", "transform"]
+    command += ["zoo:resnet20", "--data", "digits-hard", "--recipe", "quick", "--epochs", "3"]
+    command += ["--arch-epochs", "2", "--warmup-epochs", "1", "--theta-reach", "10"]
+    command += ["--device", "cpu", "--out", str(tmp_path / "engine")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    engine = ckpt.load(tmp_path / "engine" / "checkpoint.pt")
+    assert_same_network(engine, ckpt.load(tmp_path / "lightning" / "fxdnat.pt"))
+
+
+def test_fit_resumes_from_lightnings_checkpoint_after_finalize(tmp_path):
+    """Stopped after the architecture stage, resumed from Lightning's last.ckpt: the same
+    network as the run that never stopped."""
+    _fit(tmp_path / "whole")
+    _fit(tmp_path / "cut", max_epochs=ARCH, checkpoints=tmp_path / "ckpt")
+    _fit(tmp_path / "cut", ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    whole = ckpt.load(tmp_path / "whole" / "lightning" / "fxdnat.pt")
+    resumed = ckpt.load(tmp_path / "cut" / "lightning" / "fxdnat.pt")
+    assert resumed["state"]["epoch"] == EPOCHS and resumed["decisions"] == whole["decisions"]
+    for name, value in whole["model_state"].items():
+        torch.testing.assert_close(resumed["model_state"][name], value, msg=name)
