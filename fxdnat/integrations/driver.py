@@ -147,6 +147,8 @@ class Driver:
             if self._theta_optimizer_state is not None:  # resumed inside the stage
                 self.opt_theta.load_state_dict(self._theta_optimizer_state)
         for warning in self.reach.warnings():
+            for flag, argument in _ARGUMENTS.items():  # the engine's words are its flags
+                warning = warning.replace(flag, argument)
             log.warning("%s", warning)
         return self.reach
 
@@ -335,6 +337,13 @@ class Driver:
     def save(self, path: str | Path, metrics: Sequence[dict] = ()) -> Path:
         """Write :meth:`checkpoint` atomically to ``path``."""
         return ckpt.save(path, self.checkpoint(metrics))
+
+
+_ARGUMENTS = {
+    "--arch-epochs": "arch_epochs=",
+    "a smaller --batch-size": "smaller batches",
+    "--theta-reach": "theta_reach=",
+}
 
 
 def _model_section(

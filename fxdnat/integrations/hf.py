@@ -38,7 +38,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    PreTrainedModel,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
 from fxdnat import checkpoint as ckpt
 from fxdnat import tasks
@@ -123,7 +129,8 @@ class DNATTrainerCallback(TrainerCallback):
     Args:
         model: the network to transform: a module taking token ids (B, T) to logits
             (B, T, vocabulary) or images to class logits (an ``hf:`` spec's, a zoo model,
-            your own); a Hugging Face ``PreTrainedModel`` is traced by fxdnat.hf's rules.
+            your own), or a transformers causal LM (``AutoModelForCausalLM``), which goes
+            behind fxdnat.hf's ``input_ids → logits`` wrapper as an ``hf:`` spec's does.
         example_inputs: one input to trace it with, e.g. ``torch.zeros(1, T, dtype=torch.long)``.
         arch_epochs: epochs of the architecture stage; finalize at its end.
         shift_labels: Hugging Face's label convention (see the module docstring).
@@ -144,7 +151,9 @@ class DNATTrainerCallback(TrainerCallback):
         shift_labels: bool = False,
         **options: Any,
     ) -> None:
-        self.driver = Driver(model, example_inputs, arch_epochs=arch_epochs, **options)
+        self.driver = Driver(
+            _logits_model(model), example_inputs, arch_epochs=arch_epochs, **options
+        )
         if self.driver.task is None:
             raise ValueError(
                 "DNATTrainerCallback trains image classifiers ((B, 3, S, S) → (B, classes)) and "
@@ -223,6 +232,26 @@ class DNATTrainerCallback(TrainerCallback):
         if self.driver.model_section is not None:
             records = _records(state.log_history, self.driver.arch_epochs)
             self.driver.save(folder / CHECKPOINT_NAME, records)
+
+
+def _logits_model(model: nn.Module) -> nn.Module:
+    """A transformers causal LM (its forward returns a ModelOutput) behind fxdnat.hf's
+    ``input_ids → logits`` wrapper, as an ``hf:`` spec builds it; any other model as it is.
+
+    Raises:
+        ValueError: a masked or seq2seq language model (next-token training teaches it to copy)."""
+    if not isinstance(model, PreTrainedModel):
+        return model
+    from fxdnat.hf import LanguageModel, objective_of  # lazy: transformers' model registry
+
+    objective = objective_of(model.config)
+    if objective != "causal":
+        raise ValueError(
+            f"{type(model).__name__} is a {objective} language model: its logits at t score "
+            "token t, which it reads, so next-token training would teach it to copy; give a "
+            "causal (decoder-only) model"
+        )
+    return LanguageModel(model, objective)
 
 
 # Trainer's log keys → the names an fxdnat checkpoint's epoch records use

@@ -135,3 +135,37 @@ def test_train_resumes_from_a_trainer_checkpoint_after_finalize(tmp_path):
     assert resumed["state"]["epoch"] == EPOCHS and resumed["decisions"] == whole["decisions"]
     for name, value in whole["model_state"].items():
         torch.testing.assert_close(resumed["model_state"][name], value, msg=name)
+
+
+def test_a_transformers_causal_lm_trains_as_its_hf_spec(tmp_path):
+    """An AutoModelForCausalLM as people make one goes behind fxdnat.hf's wrapper; its spec
+    rebuilds it for the CLI."""
+    llama = build_model("hf:tiny-llama", vocab_size=text.VOCAB_SIZE, context=text.CONTEXT)
+    causal_lm = llama.model.hf  # the transformers model itself: LlamaForCausalLM
+    assert isinstance(causal_lm, transformers.PreTrainedModel)
+    callback = DNATTrainerCallback(
+        causal_lm, torch.zeros(1, text.CONTEXT, dtype=torch.long), arch_epochs=1,
+        theta_lr=0.3, spec="hf:tiny-llama", data="text:pydoc",
+    )  # fmt: skip
+    train, _, _ = make_loaders("text:pydoc", batch_size=8, seed=0, limit=32)
+    args = transformers.TrainingArguments(
+        str(tmp_path / "llama"), num_train_epochs=2, per_device_train_batch_size=8,
+        use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    examples = [{"input_ids": x, "labels": y} for x, y in train.dataset]
+    transformers.Trainer(
+        model=callback.model, args=args, train_dataset=examples, callbacks=[callback]
+    ).train()
+    written = ckpt.load(tmp_path / "llama" / "fxdnat.pt")
+    assert written["model"]["spec"] == "hf:tiny-llama" and written["state"]["stage"] == "done"
+    theta = written["theta_history"][0]
+    assert not theta.equal(torch.tensor([0.0, 0.0, 1.0]).expand_as(theta))  # θ trained
+    assert_cli_reads(tmp_path / "llama" / "fxdnat.pt", tmp_path)
+
+
+def test_refuses_a_masked_language_model():
+    bert = build_model("hf:tiny-bert", vocab_size=text.VOCAB_SIZE, context=text.CONTEXT)
+    with pytest.raises(ValueError, match="masked language model"):
+        DNATTrainerCallback(
+            bert.model.hf, torch.zeros(1, text.CONTEXT, dtype=torch.long), arch_epochs=1
+        )
