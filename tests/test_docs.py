@@ -20,6 +20,9 @@ def test_doc_examples_run(page, tmp_path, monkeypatch, capsys):
     namespace: dict = {"__name__": "__docs__"}
     for block in python_blocks(ROOT / "docs" / page):
         exec(compile(block, f"docs/{page}", "exec"), namespace)
+    if page == "library.md":  # the checkpoints its shell commands read
+        assert (tmp_path / "runs/lightning/fxdnat.pt").is_file()
+        assert (tmp_path / "runs/hf/fxdnat.pt").is_file()
 
 
 def quick_start() -> list[str]:
