@@ -35,6 +35,10 @@ SMOKE_RUNS = {
         "--models resnet20 --batch 4 --reps 1 --warmup 0 --budget 0 --min-rounds 1 --no-write",
         ["| resnet20 | 18 |", "gated / original", "frozen / original"],
     ),
+    "integrations": (  # a fit per sample in each framework, beside the engine's steps
+        "--batch 8 --steps 2 --warmup 1 --budget 0 --min-rounds 1 --no-write",
+        ["| resnet20 | Lightning | + callback, alternate |", "| gpt-mini | Trainer | alone |"],
+    ),
     "compiler-lm": (  # the language model's rows: token inputs, (batch, tokens, vocab) logits
         "--models gpt-mini --batch 2 --reps 1 --warmup 0 --budget 0 --min-rounds 1 --no-write",
         ["| gpt-mini | 16 |", "| gpt-mini | 2×128 tokens |"],

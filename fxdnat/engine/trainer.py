@@ -541,12 +541,12 @@ class Trainer:
         """The decisions of the run's method: θ's (DNAT), drawn (the random control) or by
         a measure on training data (prune, similarity); within ``budget`` when one is set."""
         c, gated = self.config, self.dnat
+        costs = self._costs() if budget is not None else None
         if c.method == "random" and budget is not None:
-            return stage.random_within(gated.edges, budget, self._costs(), c.seed)
+            return stage.random_within(gated.edges, budget, costs, c.seed)
         if c.method == "random":
             return setup.random_decisions(c, gated.edges)
         if c.method in ("prune", "similarity"):
-            costs = self._costs() if budget is not None else None
             changes = parse_changes(c.changes or "")
             return stage.measured_decisions(
                 c.method,
@@ -557,7 +557,6 @@ class Trainer:
                 costs=costs,
                 changes=changes,
             )
-        costs = self._costs() if budget is not None else None
         return stage.dnat_decisions(gated.module, self.recipe, self.state, budget, costs)
 
     # -------------------------------------------------------------------------- the fade

@@ -55,7 +55,7 @@ class Classifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
-def _fit(tmp_path, *, max_epochs=EPOCHS, checkpoints=None, ckpt_path=None, **options):
+def _fit(tmp_path, *, max_epochs=EPOCHS, checkpoints=None, ckpt_path=None, logger=False, **options):
     torch.manual_seed(0)  # the initial weights, as `fxdnat transform --seed 0` draws them
     model = build_model("zoo:resnet20", num_classes=10, input_size=8).model
     train, test, _ = make_loaders("digits-hard", batch_size=16, seed=0)
@@ -66,7 +66,7 @@ def _fit(tmp_path, *, max_epochs=EPOCHS, checkpoints=None, ckpt_path=None, **opt
     saving = [pl.callbacks.ModelCheckpoint(checkpoints, save_last=True)] if checkpoints else []
     trainer = pl.Trainer(
         max_epochs=max_epochs, accelerator="cpu", callbacks=[callback, *saving],
-        gradient_clip_val=5.0, logger=False, enable_checkpointing=bool(saving),
+        gradient_clip_val=5.0, logger=logger, enable_checkpointing=bool(saving),
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     module = Classifier(model, len(train))
@@ -76,7 +76,7 @@ def _fit(tmp_path, *, max_epochs=EPOCHS, checkpoints=None, ckpt_path=None, **opt
 
 
 def test_lightning_run_finalizes_the_network_fxdnat_transform_gives(tmp_path):
-    _fit(tmp_path)
+    _fit(tmp_path, logger=pl.loggers.CSVLogger(tmp_path / "logs"))
     engine = transformed(
         tmp_path,
         "zoo:resnet20",
@@ -93,6 +93,25 @@ def test_lightning_run_finalizes_the_network_fxdnat_transform_gives(tmp_path):
     assert [r["stage"] for r in written["state"]["metrics"]] == ["arch", "arch", "net"]
     assert all("test_acc" in r and "train_loss" in r for r in written["state"]["metrics"])
     assert_cli_reads(path, tmp_path)
+    # θ's preferences and margins, every epoch, through Lightning's logger
+    (logged,) = (tmp_path / "logs").glob("**/metrics.csv")
+    header = logged.read_text().splitlines()[0].split(",")
+    assert {"dnat/prefer_same", "dnat/prefer_none", "dnat/margin_min"} <= set(header)
+
+
+def test_a_theta_loss_of_ones_own_gives_the_same_network(tmp_path):
+    """θ's loss from a function instead of training_step (e.g. a step that does more than the
+    loss): the same loss, the same network."""
+    default = _fit(tmp_path / "default").driver
+    own = _fit(
+        tmp_path / "own",
+        theta_loss=lambda module, batch: F.cross_entropy(module.model(batch[0]), batch[1]),
+    ).driver
+    assert own.state.decisions == default.state.decisions
+    for (name, a), b in zip(
+        default.module.state_dict().items(), own.module.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(b, a, msg=name)
 
 
 def test_the_joint_update_is_the_engines_too(tmp_path):
