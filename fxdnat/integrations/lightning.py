@@ -11,7 +11,8 @@ gradient clipping, precision and strategy, DDP included. The steps, in Lightning
 - ``on_train_epoch_start``: the epoch seeded as ``fxdnat transform --seed`` seeds it (with
   ``seed``); ``on_train_batch_start``: θ frozen for ω's forward;
 - ``on_train_batch_end`` (after ω's step): θ's step on the same batch, its loss computed again
-  by ``training_step`` with logging muted (or by ``theta_loss(pl_module, batch)``);
+  by ``training_step`` with logging muted (or by ``theta_loss(pl_module, batch)``); with
+  gradient accumulation, once ω's optimizer has stepped, on the mean loss of its batches;
 - ``on_train_epoch_end`` at the architecture stage's end: decide, finalize, point your
   optimizers at the kept weights with their momentum and learning rates, rewrap DDP;
 - θ's preferences and margins logged every epoch (``dnat/...``), and an fxdnat checkpoint
@@ -75,6 +76,8 @@ class DNATCallback(pl.Callback):
         self.theta_loss, self.dirpath, self.options = theta_loss, dirpath, options
         self.driver: Driver | None = None
         self._drawn = False  # this fit's first epoch has drawn its batches seeded
+        self._batches: list[tuple[Any, int]] = []  # since ω's last step (gradient accumulation)
+        self._steps_before = 0
         self.records: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------ setup
@@ -148,6 +151,7 @@ class DNATCallback(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        self._steps_before = trainer.global_step  # it grows when ω's optimizer steps
         self._frozen = self.driver.weights_context()
         self._frozen.__enter__()
 
@@ -160,16 +164,24 @@ class DNATCallback(pl.Callback):
         batch_idx: int,
     ) -> None:
         self._frozen.__exit__(None, None, None)
+        self._batches.append((batch, batch_idx))
+        if trainer.global_step == self._steps_before:  # accumulating: ω has not stepped yet
+            return
+        batches, self._batches = self._batches, []
 
-        def loss_of() -> torch.Tensor:
+        def loss_of() -> torch.Tensor:  # the mean loss of the batches ω's step was made of
             with trainer.precision_plugin.forward_context():
-                if self.theta_loss is not None:
-                    return self.theta_loss(pl_module, batch)
-                with _muted(pl_module):
-                    out = pl_module.training_step(batch, batch_idx)
-            return out["loss"] if isinstance(out, dict) else out
+                losses = [self._loss(pl_module, *done) for done in batches]
+            return torch.stack(losses).mean()
 
         self.driver.theta_step(loss_of)
+
+    def _loss(self, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.theta_loss is not None:
+            return self.theta_loss(pl_module, batch)
+        with _muted(pl_module):
+            out = pl_module.training_step(batch, batch_idx)
+        return out["loss"] if isinstance(out, dict) else out
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         driver = self.driver

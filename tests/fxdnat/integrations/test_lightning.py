@@ -36,6 +36,9 @@ class Classifier(pl.LightningModule):
         self.model, self.steps = model, steps
         self.example_input_array = torch.zeros(1, 3, 8, 8)
 
+    def forward(self, x):
+        return self.model(x)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self.model(x), y)
@@ -182,3 +185,17 @@ def test_fit_resumes_from_lightnings_checkpoint_after_finalize(tmp_path):
     assert resumed["state"]["epoch"] == EPOCHS and resumed["decisions"] == whole["decisions"]
     for name, value in whole["model_state"].items():
         torch.testing.assert_close(resumed["model_state"][name], value, msg=name)
+
+
+def test_with_gradient_accumulation_theta_steps_once_per_omega_step(tmp_path):
+    train, _, _ = make_loaders("digits-hard", batch_size=16, seed=0, limit=96)  # 6 batches
+    callback = DNATCallback(2, spec="zoo:resnet20", theta_lr=0.1, dirpath=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", callbacks=[callback], accumulate_grad_batches=2,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    )  # fmt: skip
+    trainer.fit(
+        Classifier(build_model("zoo:resnet20", num_classes=10, input_size=8).model, 6), train
+    )
+    (state,) = callback.driver.opt_theta.state.values()  # θ's Adam, still in the stage
+    assert trainer.global_step == 3 and int(state["step"]) == 3
