@@ -73,7 +73,11 @@ class DNATModel(nn.Module):
         # require one) leaves it out, as it does when it resumes: θ takes a gradient only in
         # the forwards that θ steps on
         if driver.dnat.theta is not None:
+            # the joint update's θ gradient is kept aside as it arrives: the Trainer clips the
+            # gradients of all model.parameters(), and θ's must not count (nor be clipped)
+            driver.dnat.theta.register_post_accumulate_grad_hook(self._keep_theta_grad)
             driver.dnat.theta.requires_grad_(False)
+        self.theta_grad_kept: torch.Tensor | None = None
 
     def forward(
         self,
@@ -92,16 +96,22 @@ class DNATModel(nn.Module):
             }
         if torch.is_grad_enabled():  # ω's forward of a step: θ steps on the same batch after
             self.batches.append((x, labels))
-        joint = self.driver.searching and self.driver.update == "joint"
-        with self.theta_grad(joint):
-            logits = tasks.main_logits(self.net(x))
+        theta = self.driver.dnat.theta
+        if theta is not None and self.driver.searching and self.driver.update == "joint":
+            theta.requires_grad_(True)  # through the backward, until θ's step (it rests after)
+        logits = tasks.main_logits(self.net(x))
         return {"loss": self.loss(logits, labels), "logits": logits}
 
+    def _keep_theta_grad(self, theta: torch.Tensor) -> None:
+        kept = self.theta_grad_kept
+        self.theta_grad_kept = theta.grad if kept is None else kept + theta.grad
+        theta.grad = None
+
     @contextlib.contextmanager
-    def theta_grad(self, wanted: bool) -> Iterator[None]:
-        """θ takes a gradient inside, if ``wanted`` (θ's own forward, the joint update's)."""
+    def theta_grad(self) -> Iterator[None]:
+        """θ takes a gradient inside (θ's step), and rests without one after."""
         theta = self.driver.dnat.theta
-        if theta is None or not wanted:
+        if theta is None:
             yield
             return
         theta.requires_grad_(True)
@@ -118,7 +128,7 @@ class DNATModel(nn.Module):
 
     def theta_loss(self) -> torch.Tensor:
         """The mean loss of ω's batches since θ's last step, through the network as ω's step
-        left it; run it inside ``theta_grad(True)``."""
+        left it; run it inside :meth:`theta_grad`."""
         losses = [self.loss(tasks.main_logits(self.net(x)), y) for x, y in self.batches]
         return torch.stack(losses).mean()
 
@@ -197,8 +207,11 @@ class DNATTrainerCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         # after ω's optimizer step, before the Trainer clears the gradients (joint reads θ's)
-        if self.model.batches:
-            with self.model.theta_grad(True):  # until θ's gradient is taken
+        theta = self.driver.dnat.theta
+        if theta is not None:  # joint: θ's gradient of ω's backward, kept from the clipping
+            theta.grad, self.model.theta_grad_kept = self.model.theta_grad_kept, None
+        with self.model.theta_grad():  # until θ's gradient is taken
+            if self.model.batches:
                 self.driver.theta_step(self.model.theta_loss)
         self.model.batches.clear()
 

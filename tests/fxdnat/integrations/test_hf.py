@@ -31,7 +31,7 @@ def _as_dict(batch):
     return {"input_ids": x, "labels": y}
 
 
-def _train(out, *, extra=(), resume=None) -> dict:
+def _train(out, *, extra=(), resume=None, **options) -> dict:
     """A Trainer run of gpt-micro with the callback on the engine's data order; returns the
     fxdnat checkpoint it ends with."""
     torch.manual_seed(0)  # the initial weights, as `fxdnat transform --seed 0` draws them
@@ -41,6 +41,7 @@ def _train(out, *, extra=(), resume=None) -> dict:
     callback = DNATTrainerCallback(
         model, torch.zeros(1, text.CONTEXT, dtype=torch.long), arch_epochs=ARCH,
         warmup_epochs=WARMUP, theta_reach=REACH, spec="zoo:gpt-micro", data="text:pydoc", seed=0,
+        **options,
     )  # fmt: skip
     if resume is not None:
         callback.resume(resume)
@@ -86,6 +87,16 @@ def test_trainer_run_finalizes_the_network_fxdnat_transform_gives(tmp_path):
     logged = [e for e in state["log_history"] if "dnat/prefer_same" in e]
     assert len(logged) == EPOCHS and "dnat/margin_min" in logged[0]
     assert_cli_reads(tmp_path / "hf" / "fxdnat.pt", tmp_path)
+
+
+def test_the_joint_update_is_the_engines_too(tmp_path):
+    """θ's gradient of ω's backward steps θ, kept out of the Trainer's clipping of ω's."""
+    written = _train(tmp_path / "hf", update="joint")
+    engine = transformed(
+        tmp_path, "zoo:gpt-micro", "text:pydoc", epochs=EPOCHS, arch_epochs=ARCH,
+        warmup_epochs=WARMUP, theta_reach=REACH, limit=LIMIT, arch_update="joint",
+    )  # fmt: skip
+    assert_same_network(engine, written)
 
 
 def test_shifted_labels_read_hugging_faces_convention():
