@@ -167,7 +167,7 @@ class DNAT:
         # ω's step of the alternating update (and any step while θ waits) needs no gradient of
         # θ: with θ a constant the joins keep nothing for it. Not under DDP, whose reducer
         # expects every parameter it was given.
-        frozen = not (searching and not alternate) and _world() == 1
+        frozen = not (searching and not alternate) and world_size() == 1
         with self.theta_frozen() if frozen else contextlib.nullcontext():
             loss, output = _split(loss_of(self.wrapper))
         budgeted = searching and self.cost_term is not None
@@ -207,7 +207,7 @@ class DNAT:
         Returns θ's gradient norm (a 0-dim tensor)."""
         theta = self.theta
         (grad,) = torch.autograd.grad(loss, [theta])
-        if (world := _world()) > 1:  # θ is not DDP's to average: its forward bypassed DDP
+        if (world := world_size()) > 1:  # θ is not DDP's to average: its forward bypassed DDP
             dist.all_reduce(grad)
             grad /= world
         theta.grad = grad
@@ -236,6 +236,6 @@ def _split(value: torch.Tensor | tuple[torch.Tensor, Any]) -> tuple[torch.Tensor
     return loss, output
 
 
-def _world() -> int:
+def world_size() -> int:
     """Processes of the running DDP job (1 without one)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -34,7 +34,7 @@ from torch import fx, nn
 
 from fxdnat import checkpoint as ckpt
 from fxdnat import tasks
-from fxdnat.dnat import DNAT, _world
+from fxdnat.dnat import DNAT, world_size
 from fxdnat.engine import stage
 from fxdnat.engine.runtime import seed_epoch
 from fxdnat.engine.state import RunState, stored_state
@@ -173,7 +173,7 @@ class Driver:
         gradient (joint), or DDP's reducer expects a gradient for every parameter."""
         if self.dnat.theta is None or (self.searching and self.update == "joint"):
             return contextlib.nullcontext()
-        return self.dnat.theta_frozen() if _world() == 1 else contextlib.nullcontext()
+        return self.dnat.theta_frozen() if world_size() == 1 else contextlib.nullcontext()
 
     def theta_step(self, loss_of: Callable[[], torch.Tensor]) -> torch.Tensor | None:
         """After ω's step on a minibatch: θ's step on it while θ trains — alternating, on

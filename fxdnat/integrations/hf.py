@@ -48,7 +48,7 @@ from transformers import (
 
 from fxdnat import checkpoint as ckpt
 from fxdnat import tasks
-from fxdnat.dnat import _world
+from fxdnat.dnat import world_size
 from fxdnat.integrations.driver import Driver
 
 CHECKPOINT_NAME = "fxdnat.pt"
@@ -188,7 +188,7 @@ class DNATTrainerCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        if _world() > 1:
+        if world_size() > 1:
             raise RuntimeError(
                 "DNATTrainerCallback runs in one process: the Trainer's DDP wrapper would keep "
                 "the gated network's weights after finalize; use fxdnat.integrations.lightning "
