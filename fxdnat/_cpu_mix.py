@@ -32,6 +32,8 @@ def cpu_mix(weights: torch.Tensor, spec: Spec, tensors: Sequence[torch.Tensor]) 
 def _theta_values(weights: torch.Tensor) -> list[float]:
     """θ's entries as Python numbers, read once per forward: every mix of a forward gets the
     same ``weights`` tensor (``arch()`` runs once), so the list is kept on it."""
+    if weights.is_inference():  # inference mode: no version counter to key a cache on
+        return weights.reshape(-1).tolist()
     cached = getattr(weights, "_fxdnat_values", None)
     if cached is None or cached[0] != weights._version:
         cached = (weights._version, weights.detach().reshape(-1).tolist())

@@ -39,7 +39,7 @@ from fxdnat.engine import stage
 from fxdnat.engine.runtime import seed_epoch
 from fxdnat.engine.state import RunState, stored_state
 from fxdnat.frontend import trace
-from fxdnat.ir import CHOICES, SAME, Granularity, Scale, Tie, Update
+from fxdnat.ir import CHOICES, SAME, Granularity, Scale, Tie, Update, check_decisions
 from fxdnat.passes import decide, discover, finalize, gate, margins
 from fxdnat.reach import THETA_BETAS, THETA_LR, THETA_WEIGHT_DECAY, UNSURE, Reach, plan
 from fxdnat.specs import parse_spec
@@ -162,6 +162,15 @@ class Driver:
             optimizer.state.pop(theta, None)
 
     # ---------------------------------------------------------------------------- an epoch
+    def catch_up(self, epochs_done: int) -> bool:
+        """Count the epochs the framework finished that the driver has not: a checkpoint
+        written after an epoch's last step but before its end hook, resumed. True when the
+        architecture stage ended among them and :meth:`finalize` is due."""
+        due = False
+        while self.state.epoch < epochs_done:
+            due = self.end_epoch() or due
+        return due and self.state.stage == "arch"
+
     def start_epoch(self, loader: Any = None, rank: int = 0) -> None:
         """Seed the epoch as an fxdnat run does (with ``seed``): torch's RNG and ``loader``'s
         generator and sampler; call it before the epoch's first batch is drawn."""
@@ -175,11 +184,12 @@ class Driver:
             return contextlib.nullcontext()
         return self.dnat.theta_frozen() if world_size() == 1 else contextlib.nullcontext()
 
-    def theta_step(self, loss_of: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+    def theta_step(self, loss_of: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
         """After ω's step on a minibatch: θ's step on it while θ trains — alternating, on
         ``loss_of()``, the minibatch's loss computed again through :attr:`module` (after ω's
-        update; not through DDP's wrapper); joint, on the gradient ω's backward left in θ.
-        Returns θ's loss (alternate) or None. Outside θ's epochs θ keeps no gradient."""
+        update; not through DDP's wrapper; None: no step); joint, on the gradient ω's backward
+        left in θ. Returns θ's loss (alternate) or None. Outside θ's epochs θ keeps no
+        gradient."""
         theta = self.dnat.theta
         if theta is None:
             return None
@@ -193,6 +203,8 @@ class Driver:
             return None
         with torch.enable_grad():
             loss = loss_of()
+        if loss is None:  # the framework skipped the batch (no loss): θ waits too
+            return None
         self.dnat.theta_step(loss, self.opt_theta)
         return loss.detach()
 
@@ -241,6 +253,7 @@ class Driver:
         run's state, θ (or θ as finalize read it) and its history, θ's Adam."""
         theta = self.dnat.theta
         return {
+            "edges": [e.name for e in self.dnat.edges],
             "state": self.state.to_checkpoint(),
             "theta_history": list(self.state.theta_history),
             "theta": (theta if theta is not None else self.finalized_theta),
@@ -259,16 +272,22 @@ class Driver:
         history = stored.get("theta_history")
         shape = tuple(arch.theta.shape) if arch is not None else None
         if (
-            not isinstance(theta, torch.Tensor)
+            stored.get("edges") != [e.name for e in self.dnat.edges]
+            or not isinstance(theta, torch.Tensor)
             or tuple(theta.shape) != shape
             or type(history) is not list
             or any(not isinstance(t, torch.Tensor) or tuple(t.shape) != shape for t in history)
         ):
             raise ckpt.CheckpointError(
-                "the checkpoint's DNAT state is for another network than this one (θ of "
-                f"another shape than {shape}); resume with the model it was saved from"
+                "the checkpoint's DNAT state is for another network than this one (other "
+                "edges, or θ of another shape); resume with the model it was saved from"
             )
-        with torch.no_grad():
+        if state.decisions is not None:
+            try:
+                check_decisions(self.dnat.edges, state.decisions)
+            except ValueError as exc:
+                raise ckpt.CheckpointError(f"the checkpoint's decisions: {exc}") from exc
+        with torch.no_grad():  # every check passed: nothing changed before this
             arch.theta.copy_(theta)
         state.theta_history = list(history)
         self.state, self._theta_optimizer_state = state, stored.get("optimizer_theta")

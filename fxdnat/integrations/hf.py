@@ -181,6 +181,11 @@ class DNATTrainerCallback(TrainerCallback):
             fxdnat.checkpoint.CheckpointError: ``folder`` has no readable DNAT state, or one
                 of another network."""
         path = Path(folder) / STATE_NAME
+        if not path.is_file():
+            raise ckpt.CheckpointError(
+                f"{folder} has no {STATE_NAME}: DNATTrainerCallback writes one into every "
+                "checkpoint folder it saves; resume from such a folder"
+            )
         stored = ckpt.load(path)
         self.driver.load_state_dict(stored)
         self.model.net = self.driver.module
@@ -201,6 +206,9 @@ class DNATTrainerCallback(TrainerCallback):
     def on_epoch_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        # resumed from a checkpoint written after an epoch's last step, before its end event
+        if self.driver.catch_up(math.floor(round(state.epoch or 0, 6))):
+            self.model.net = self.driver.finalize([kw["optimizer"]])
         self.driver.start_epoch(kw.get("train_dataloader"))
 
     def on_optimizer_step(
@@ -210,7 +218,7 @@ class DNATTrainerCallback(TrainerCallback):
         theta = self.driver.dnat.theta
         if theta is not None:  # joint: θ's gradient of ω's backward, kept from the clipping
             theta.grad, self.model.theta_grad_kept = self.model.theta_grad_kept, None
-        with self.model.theta_grad():  # until θ's gradient is taken
+        with self.model.theta_grad(), _autocast(args, theta):  # until θ's gradient is taken
             if self.model.batches:
                 self.driver.theta_step(self.model.theta_loss)
         self.model.batches.clear()
@@ -245,6 +253,16 @@ class DNATTrainerCallback(TrainerCallback):
         if self.driver.model_section is not None:
             records = _records(state.log_history, self.driver.arch_epochs)
             self.driver.save(folder / CHECKPOINT_NAME, records)
+
+
+def _autocast(
+    args: TrainingArguments, theta: torch.Tensor | None
+) -> contextlib.AbstractContextManager[None]:
+    """The Trainer's mixed precision (``bf16`` / ``fp16``) for θ's forward, as ω's ran."""
+    if theta is None or not (args.bf16 or args.fp16):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if args.bf16 else torch.float16
+    return torch.autocast(theta.device.type, dtype=dtype)
 
 
 def _logits_model(model: nn.Module) -> nn.Module:

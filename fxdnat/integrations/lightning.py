@@ -29,6 +29,7 @@ Under DDP each process steps θ on its own batch and the θ gradients are averag
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,15 @@ class DNATCallback(pl.Callback):
 
     # ------------------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+        # validate / test / predict too: with ckpt_path they load a checkpoint of this run,
+        # whose network must be rebuilt (finalized, maybe) before its weights arrive
         self._drawn = False
+        if stage == "fit" and not pl_module.automatic_optimization:
+            raise ValueError(
+                "DNATCallback steps θ after Lightning's optimizer step, which manual "
+                "optimization leaves to training_step; there, use fxdnat.DNAT's step "
+                "(docs/library.md, 'Your own loop')"
+            )
         if self.driver is not None:
             return
         network = getattr(pl_module, self.attribute, None)
@@ -132,13 +139,32 @@ class DNATCallback(pl.Callback):
         self.driver.release(trainer.optimizers)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if "on_load_checkpoint" in vars(pl_module):  # Lightning has loaded the weights
-            del pl_module.on_load_checkpoint
-        # the training batches are counted once the loop has set its data up
-        self.driver.plan(max(int(trainer.num_training_batches), 1))
+        _weights_loaded(pl_module)
+        # the training batches are counted once the loop has set its data up; θ steps once an
+        # ω step, which gradient accumulation makes of several batches
+        batches = int(trainer.num_training_batches)
+        self.driver.plan(max(math.ceil(batches / trainer.accumulate_grad_batches), 1))
+        loop = trainer.fit_loop
+        if loop.restarted_mid_epoch or loop.restarted_on_epoch_end:
+            self._begin_epoch(trainer, pl_module)  # Lightning calls no epoch start hook then
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _weights_loaded(pl_module)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _weights_loaded(pl_module)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _weights_loaded(pl_module)
 
     # ----------------------------------------------------------------------------- epochs
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._begin_epoch(trainer, pl_module)
+
+    def _begin_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # resumed from a checkpoint written after an epoch's last step, before its end hooks
+        if self.driver.catch_up(trainer.current_epoch):
+            self._finalize(trainer, pl_module, None)
         self.driver.start_epoch(trainer.train_dataloader, trainer.global_rank)
         fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
         if self.driver.seed is not None and not self._drawn and fetcher is not None:
@@ -169,31 +195,39 @@ class DNATCallback(pl.Callback):
             return
         batches, self._batches = self._batches, []
 
-        def loss_of() -> torch.Tensor:  # the mean loss of the batches ω's step was made of
+        def loss_of() -> torch.Tensor | None:  # the mean loss of ω's step's batches
             with trainer.precision_plugin.forward_context():
                 losses = [self._loss(pl_module, *done) for done in batches]
-            return torch.stack(losses).mean()
+            losses = [loss for loss in losses if loss is not None]  # skipped batches
+            return torch.stack(losses).mean() if losses else None
 
         self.driver.theta_step(loss_of)
 
-    def _loss(self, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> torch.Tensor:
+    def _loss(
+        self, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> torch.Tensor | None:
         if self.theta_loss is not None:
             return self.theta_loss(pl_module, batch)
         with _muted(pl_module):
             out = pl_module.training_step(batch, batch_idx)
-        return out["loss"] if isinstance(out, dict) else out
+        return out["loss"] if isinstance(out, dict) else out  # None: a batch Lightning skips
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         driver = self.driver
         record = {"epoch": driver.state.epoch + 1, "stage": driver.state.stage}
         record |= _curves(trainer.callback_metrics)
         if driver.end_epoch():
-            final = driver.finalize(trainer.optimizers, accuracy=record.get("test_acc"))
-            setattr(pl_module, self.attribute, final)
-            _rewrap_ddp(trainer)
+            self._finalize(trainer, pl_module, record.get("test_acc"))
         self.records.append(record | {"preferences": _counts(driver.metrics())})
         pl_module.log_dict(driver.metrics(), on_epoch=True, rank_zero_only=True)
         self._save(trainer)
+
+    def _finalize(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, accuracy: float | None
+    ) -> None:
+        final = self.driver.finalize(trainer.optimizers, accuracy=accuracy)
+        setattr(pl_module, self.attribute, final)
+        _rewrap_ddp(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.driver.state.stage == "net":
@@ -223,6 +257,13 @@ def _muted(pl_module: pl.LightningModule) -> Iterator[None]:
         yield
     finally:
         del pl_module.log, pl_module.log_dict
+
+
+def _weights_loaded(pl_module: pl.LightningModule) -> None:
+    """Lightning has loaded any checkpoint's weights: the module's own on_load_checkpoint
+    again (setup wrapped it)."""
+    if "on_load_checkpoint" in vars(pl_module):
+        del pl_module.on_load_checkpoint
 
 
 def _rewrap_ddp(trainer: pl.Trainer) -> None:

@@ -9,6 +9,7 @@ from support import CASES, assert_same_function, inputs_for
 import fxdnat
 from fxdnat import passes
 from fxdnat.arch import dnat_mix
+from fxdnat.specs import build_model
 
 
 def traced(name: str, dtype=torch.float32):
@@ -222,3 +223,15 @@ def test_no_edge_and_bad_tie_are_rejected():
         passes.gate(gm, edges, tie="cells")
     with pytest.raises(ValueError, match="already has an attribute 'arch'; is it gated already"):
         passes.gate(passes.gate(gm, edges), edges)
+
+
+def test_a_gated_network_runs_under_inference_mode():
+    """Lightning's test and predict loops run under torch.inference_mode, where tensors keep
+    no version counter: the CPU mix reads θ without its cache there."""
+    model = build_model("zoo:resnet20", num_classes=10, input_size=8).model
+    gated = fxdnat.DNAT(model, torch.zeros(1, 3, 8, 8)).module.eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        inferred = gated(x)
+    with torch.no_grad():
+        torch.testing.assert_close(inferred, gated(x), rtol=0, atol=0)

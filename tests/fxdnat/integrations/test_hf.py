@@ -31,7 +31,7 @@ def _as_dict(batch):
     return {"input_ids": x, "labels": y}
 
 
-def _train(out, *, extra=(), resume=None, **options) -> dict:
+def _train(out, *, extra=(), resume=None, saving=None, **options) -> dict:
     """A Trainer run of gpt-micro with the callback on the engine's data order; returns the
     fxdnat checkpoint it ends with."""
     torch.manual_seed(0)  # the initial weights, as `fxdnat transform --seed 0` draws them
@@ -62,8 +62,8 @@ def _train(out, *, extra=(), resume=None, **options) -> dict:
 
     args = transformers.TrainingArguments(
         str(out), num_train_epochs=EPOCHS, per_device_train_batch_size=16, max_grad_norm=1.0,
-        use_cpu=True, report_to=[], save_strategy="epoch", eval_strategy="epoch",
-        logging_steps=5, disable_tqdm=True,
+        use_cpu=True, report_to=[], eval_strategy="epoch", logging_steps=5, disable_tqdm=True,
+        **(saving or {"save_strategy": "epoch"}),
     )  # fmt: skip
     trainer = InOrder(
         model=callback.model, args=args, train_dataset=train.dataset, eval_dataset=test.dataset,
@@ -130,8 +130,14 @@ def test_refuses_a_model_that_is_no_classifier_or_language_model():
         DNATTrainerCallback(Residual(), torch.zeros(2, 4), arch_epochs=1)
 
 
-def test_train_resumes_from_a_trainer_checkpoint_after_finalize(tmp_path):
-    """Stopped after the architecture stage and resumed from the Trainer's checkpoint folder:
+@pytest.mark.parametrize(
+    "saving",
+    [{"save_strategy": "epoch"}, {"save_strategy": "steps", "save_steps": 20}],
+    ids=["epoch-end", "last-step"],
+)
+def test_train_resumes_from_a_trainer_checkpoint_after_finalize(tmp_path, saving):
+    """Stopped after the architecture stage and resumed from the Trainer's checkpoint folder —
+    saved at the epoch's end, or at its last step (20 an epoch), before the epoch's end event:
     the same network as the run that never stopped."""
 
     class StopAfterStage(transformers.TrainerCallback):
@@ -139,13 +145,31 @@ def test_train_resumes_from_a_trainer_checkpoint_after_finalize(tmp_path):
             control.should_training_stop = state.epoch >= ARCH
 
     whole = _train(tmp_path / "whole")
-    _train(tmp_path / "cut", extra=[StopAfterStage()])
+    _train(tmp_path / "cut", extra=[StopAfterStage()], saving=saving)
     folder = tmp_path / "cut" / "checkpoint-40"
-    _train(tmp_path / "cut", resume=folder)
+    _train(tmp_path / "cut", resume=folder, saving=saving)
     resumed = ckpt.load(tmp_path / "cut" / "fxdnat.pt")
     assert resumed["state"]["epoch"] == EPOCHS and resumed["decisions"] == whole["decisions"]
     for name, value in whole["model_state"].items():
         torch.testing.assert_close(resumed["model_state"][name], value, msg=name)
+
+
+def test_resume_refuses_a_folder_without_dnat_state_or_of_another_network(tmp_path):
+    def callback(spec: str):
+        model = build_model(spec, vocab_size=text.VOCAB_SIZE, context=text.CONTEXT).model
+        example = torch.zeros(1, text.CONTEXT, dtype=torch.long)
+        return DNATTrainerCallback(model, example, arch_epochs=1)
+
+    gpt = callback("zoo:gpt-micro")
+    with pytest.raises(ckpt.CheckpointError, match="has no dnat_state.pt"):
+        gpt.resume(tmp_path)
+    llama = callback("hf:tiny-llama")
+    llama.driver.finalize()
+    ckpt.save(tmp_path / "dnat_state.pt", llama.driver.state_dict())
+    theta = gpt.driver.dnat.theta.detach().clone()
+    with pytest.raises(ckpt.CheckpointError, match="another network"):
+        gpt.resume(tmp_path)
+    assert torch.equal(gpt.driver.dnat.theta, theta) and gpt.driver.state.stage == "arch"
 
 
 def test_a_transformers_causal_lm_trains_as_its_hf_spec(tmp_path):

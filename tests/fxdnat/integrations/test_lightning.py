@@ -49,6 +49,9 @@ class Classifier(pl.LightningModule):
         x, y = batch
         self.log("val_acc", (self.model(x).argmax(-1) == y).float().mean())
 
+    def test_step(self, batch, batch_idx):
+        self.validation_step(batch, batch_idx)
+
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         total = EPOCHS * self.steps
@@ -58,7 +61,16 @@ class Classifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
-def _fit(tmp_path, *, max_epochs=EPOCHS, checkpoints=None, ckpt_path=None, logger=False, **options):
+def _fit(
+    tmp_path,
+    *,
+    max_epochs=EPOCHS,
+    checkpoints=None,
+    save_every=None,
+    ckpt_path=None,
+    logger=False,
+    **options,
+):
     torch.manual_seed(0)  # the initial weights, as `fxdnat transform --seed 0` draws them
     model = build_model("zoo:resnet20", num_classes=10, input_size=8).model
     train, test, _ = make_loaders("digits-hard", batch_size=16, seed=0)
@@ -66,7 +78,10 @@ def _fit(tmp_path, *, max_epochs=EPOCHS, checkpoints=None, ckpt_path=None, logge
         ARCH, warmup_epochs=WARMUP, theta_reach=REACH, spec="zoo:resnet20", data="digits-hard",
         seed=0, dirpath=tmp_path / "lightning", **options,
     )  # fmt: skip
-    saving = [pl.callbacks.ModelCheckpoint(checkpoints, save_last=True)] if checkpoints else []
+    every = {"every_n_train_steps": save_every} if save_every else {}
+    saving = (
+        [pl.callbacks.ModelCheckpoint(checkpoints, save_last=True, **every)] if checkpoints else []
+    )
     trainer = pl.Trainer(
         max_epochs=max_epochs, accelerator="cpu", callbacks=[callback, *saving],
         gradient_clip_val=5.0, logger=logger, enable_checkpointing=bool(saving),
@@ -174,17 +189,62 @@ def test_two_processes_with_the_ddp_strategy_match_torchrun_transform(tmp_path):
     assert_same_network(engine, ckpt.load(tmp_path / "lightning" / "fxdnat.pt"))
 
 
-def test_fit_resumes_from_lightnings_checkpoint_after_finalize(tmp_path):
-    """Stopped after the architecture stage, resumed from Lightning's last.ckpt: the same
-    network as the run that never stopped."""
+@pytest.mark.parametrize("save_every", [None, 15], ids=["epoch-end", "last-step"])
+def test_fit_resumes_from_lightnings_checkpoint_after_finalize(tmp_path, save_every):
+    """Stopped after the architecture stage, resumed from Lightning's last.ckpt — written at the
+    epoch's end, or after its last step (15 steps an epoch), before the epoch's end hooks: the
+    same epochs, θ, decisions and (from an epoch-end checkpoint) weights as the run that never
+    stopped. From a last-step checkpoint Lightning's restart moves torch's RNG between the
+    epoch's seeding and its first batch, so digits-hard's augmentation draws differ after it."""
     _fit(tmp_path / "whole")
-    _fit(tmp_path / "cut", max_epochs=ARCH, checkpoints=tmp_path / "ckpt")
+    cut = {"checkpoints": tmp_path / "ckpt", "save_every": save_every}
+    _fit(tmp_path / "cut", max_epochs=ARCH, **cut)
     _fit(tmp_path / "cut", ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     whole = ckpt.load(tmp_path / "whole" / "lightning" / "fxdnat.pt")
     resumed = ckpt.load(tmp_path / "cut" / "lightning" / "fxdnat.pt")
     assert resumed["state"]["epoch"] == EPOCHS and resumed["decisions"] == whole["decisions"]
+    torch.testing.assert_close(resumed["theta_history"], whole["theta_history"])
+    assert resumed["model_state"].keys() == whole["model_state"].keys()
     for name, value in whole["model_state"].items():
-        torch.testing.assert_close(resumed["model_state"][name], value, msg=name)
+        if save_every is None:
+            torch.testing.assert_close(resumed["model_state"][name], value, msg=name)
+    # testing on the checkpoint with the callback attached rebuilds its network: finalized
+    # (written at the epoch's end), or gated (after the last step, before finalize)
+    module = Classifier(build_model("zoo:resnet20", num_classes=10, input_size=8).model, 1)
+    tester = pl.Trainer(
+        accelerator="cpu", callbacks=[DNATCallback(ARCH, spec="zoo:resnet20")], logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    _, test, _ = make_loaders("digits-hard", batch_size=16, seed=0)
+    tester.test(module, test, ckpt_path=tmp_path / "ckpt" / "last.ckpt", verbose=False)
+    assert ("arch" in dict(module.model.named_children())) == (save_every is not None)
+
+
+def test_refuses_manual_optimization_and_skips_theta_where_lightning_skips_the_batch(tmp_path):
+    class Manual(Classifier):
+        def __init__(self, model, steps):
+            super().__init__(model, steps)
+            self.automatic_optimization = False
+
+    class Skipping(Classifier):
+        def training_step(self, batch, batch_idx):
+            return None if batch_idx % 2 else super().training_step(batch, batch_idx)
+
+    train, _, _ = make_loaders("digits-hard", batch_size=16, seed=0, limit=64)  # 4 batches
+    for kind, ok in ((Manual, False), (Skipping, True)):
+        callback = DNATCallback(2, theta_lr=0.1)
+        trainer = pl.Trainer(
+            max_epochs=1, accelerator="cpu", callbacks=[callback], logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        module = kind(build_model("zoo:resnet20", num_classes=10, input_size=8).model, 4)
+        if not ok:
+            with pytest.raises(ValueError, match="manual optimization"):
+                trainer.fit(module, train)
+            continue
+        trainer.fit(module, train)
+        (state,) = callback.driver.opt_theta.state.values()
+        assert int(state["step"]) == 2  # θ waits where the batch gave no loss
 
 
 def test_with_gradient_accumulation_theta_steps_once_per_omega_step(tmp_path):
