@@ -93,17 +93,17 @@ def _fit(
     return callback
 
 
+def _transformed(tmp_path, **fields) -> dict:
+    """`fxdnat transform`'s checkpoint for the runs of this module."""
+    return transformed(
+        tmp_path, "zoo:resnet20", "digits-hard", epochs=EPOCHS, arch_epochs=ARCH,
+        warmup_epochs=WARMUP, theta_reach=REACH, **fields,
+    )  # fmt: skip
+
+
 def test_lightning_run_finalizes_the_network_fxdnat_transform_gives(tmp_path):
     _fit(tmp_path, logger=pl.loggers.CSVLogger(tmp_path / "logs"))
-    engine = transformed(
-        tmp_path,
-        "zoo:resnet20",
-        "digits-hard",
-        epochs=EPOCHS,
-        arch_epochs=ARCH,
-        warmup_epochs=WARMUP,
-        theta_reach=REACH,
-    )
+    engine = _transformed(tmp_path)
     path = tmp_path / "lightning" / "fxdnat.pt"
     written = ckpt.load(path)
     assert written["state"]["stage"] == "done" and written["state"]["epoch"] == EPOCHS
@@ -134,16 +134,7 @@ def test_a_theta_loss_of_ones_own_gives_the_same_network(tmp_path):
 
 def test_the_joint_update_is_the_engines_too(tmp_path):
     _fit(tmp_path, update="joint")
-    engine = transformed(
-        tmp_path,
-        "zoo:resnet20",
-        "digits-hard",
-        epochs=EPOCHS,
-        arch_epochs=ARCH,
-        warmup_epochs=WARMUP,
-        theta_reach=REACH,
-        arch_update="joint",
-    )
+    engine = _transformed(tmp_path, arch_update="joint")
     assert_same_network(engine, ckpt.load(tmp_path / "lightning" / "fxdnat.pt"))
 
 
