@@ -18,9 +18,14 @@ gradient clipping, precision and strategy, DDP included. The steps, in Lightning
 - θ's preferences and margins logged every epoch (``dnat/...``), and an fxdnat checkpoint
   (``fxdnat.pt``, weights only) beside Lightning's logs, which ``fxdnat eval/render/export``
   read; with ``spec`` only, since rebuilding the network needs it;
-- Lightning's own checkpoints keep the stage (``state_dict``), and ``fit(ckpt_path=...)``
-  resumes it: ``setup`` reads it first, so a finalized network is finalized again before
-  Lightning loads its weights and optimizer state.
+- Lightning's own checkpoints keep the stage (``state_dict``); ``fit``, ``validate``, ``test``
+  or ``predict`` with ``ckpt_path=`` restore it in the module's ``on_load_checkpoint`` (wrapped
+  at ``setup``: the one hook before Lightning loads the weights), so a finalized network is
+  finalized again before its weights and optimizer state arrive. A checkpoint written after an
+  epoch's last step, before its end hooks, is caught up at the next epoch's start.
+
+Manual optimization is refused (θ's step follows Lightning's optimizer step); a batch whose
+``training_step`` returns None gets no θ step.
 
 Under DDP each process steps θ on its own batch and the θ gradients are averaged
 (fxdnat.DNAT.theta_step), so θ stays the same on every rank, as ω does.
