@@ -315,10 +315,11 @@ def _plain_tables(
     reach = _reach(rows)
     if reach:
         parts.append(reach)
-    plot = out / f"accuracy-{stem}.png"
+    metric = metric_of(rows)  # what the plot draws: a language model's validation loss
+    plot = out / f"{'accuracy' if metric is ACCURACY else 'loss'}-{stem}.png"
     _plot(groups, models, methods, data, plot)
     files.append(plot)
-    parts.append(f"![per-seed test accuracy on {data}]({plot.name})")
+    parts.append(f"![per-seed {metric.label} on {data}]({plot.name})")
     return parts
 
 

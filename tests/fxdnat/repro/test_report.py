@@ -408,3 +408,8 @@ def test_a_language_model_study_tables_validation_loss_and_pairs_similarity(tmp_
     assert "| 0.15 / 0.20 |" in report
     pairs = read_csv(out / "similarity-text_pydoc.csv")
     assert [p["equal_changes"] for p in pairs] == ["True", "True"]
+    # the per-seed figure draws the validation loss, and says so
+    assert (
+        "![per-seed validation loss (nats per token) on text:pydoc](loss-text_pydoc.png)" in report
+    )
+    assert (out / "loss-text_pydoc.png").exists() and not (out / "accuracy-text_pydoc.png").exists()
