@@ -14,9 +14,15 @@ gives it its own Adam; ``on_epoch_begin`` seeds the epoch as ``fxdnat transform 
 (with ``seed``); ω's forwards run with θ frozen and keep their batches; ``on_optimizer_step``
 (after ω's step) steps θ on the same batches; ``on_epoch_end`` at the architecture stage's
 end decides, finalizes and points the Trainer's optimizer at the kept weights with their
-moments and learning rates. θ's preferences and margins go into ``state.log_history`` (and so
+moments and learning rates. θ rests without a gradient, so the Trainer's optimizer (made of
+the parameters that need one) never holds it; its joint-update gradient is set aside as it
+arrives, out of the Trainer's clipping; its forward runs under the Trainer's bf16/fp16
+autocast. θ's preferences and margins go into ``state.log_history`` (and so
 ``trainer_state.json``) every epoch, and every Trainer checkpoint folder gets ``fxdnat.pt``, the
-network in fxdnat's format, which ``fxdnat eval/render/export`` read (with ``spec``).
+network in fxdnat's format, which ``fxdnat eval/render/export`` read (with ``spec``), and
+``dnat_state.pt``, which :meth:`DNATTrainerCallback.resume` reads before
+``trainer.train(resume_from_checkpoint=folder)`` (a folder written after an epoch's last step,
+before its end event, is caught up at the next epoch's start).
 
 Language-model labels: fxdnat's text data gives ``labels`` aligned with ``input_ids`` (the token
 after each position), the default here; ``shift_labels=True`` reads Hugging Face's convention
