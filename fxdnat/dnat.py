@@ -131,6 +131,18 @@ class DNAT:
         arch = self.arch
         return arch.frozen() if arch is not None else contextlib.nullcontext()
 
+    def weights_forward(
+        self, theta_steps: bool, update: Update = "alternate"
+    ) -> contextlib.AbstractContextManager[None]:
+        """The context ω's forward runs in: θ a constant (:meth:`theta_frozen`) unless θ steps
+        on this forward's gradient (``theta_steps`` with the joint update). ω's step of the
+        alternating update, and any step while θ waits, need no gradient of θ: the joins then
+        keep nothing for it. Not under DDP, whose reducer expects every parameter it was given.
+        """
+        if (theta_steps and update == "joint") or world_size() > 1:
+            return contextlib.nullcontext()
+        return self.theta_frozen()
+
     def theta_optimizer(
         self,
         lr: float = THETA_LR,
@@ -164,11 +176,7 @@ class DNAT:
         """
         searching = opt_theta is not None and self.theta is not None
         alternate = searching and update == "alternate"
-        # ω's step of the alternating update (and any step while θ waits) needs no gradient of
-        # θ: with θ a constant the joins keep nothing for it. Not under DDP, whose reducer
-        # expects every parameter it was given.
-        frozen = not (searching and not alternate) and world_size() == 1
-        with self.theta_frozen() if frozen else contextlib.nullcontext():
+        with self.weights_forward(searching, update):
             loss, output = _split(loss_of(self.wrapper))
         budgeted = searching and self.cost_term is not None
         if budgeted and not alternate:  # the term's gradient reaches θ alone

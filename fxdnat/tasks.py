@@ -144,13 +144,7 @@ class CausalLM(Task):
     def resolved(self, built: Any) -> Task:
         # an hf: model says what its logits score (fxdnat.hf): a masked or seq2seq model sees
         # the token it would be asked to predict, so next-token training would learn to copy
-        objective = getattr(built.model, "objective", "causal")
-        if objective != "causal":
-            raise ValueError(
-                f"{built.spec} is a {objective} language model: its logits at t score token t, "
-                "which it reads, so next-token training on text would teach it to copy; train "
-                "a causal model (a decoder-only hf:, e.g. hf:tiny-llama, or zoo:gpt-mini)"
-            )
+        check_causal(getattr(built.model, "objective", "causal"), built.spec)
         return self
 
     def loss(self, output: Any, target: torch.Tensor, recipe: Any) -> tuple[torch.Tensor, Any]:
@@ -164,6 +158,21 @@ class CausalLM(Task):
 
     def describe(self) -> str:
         return f"{self.vocab_size} tokens, context {self.context}"
+
+
+def check_causal(objective: str, name: str) -> None:
+    """Refuse a language model that is not causal (fxdnat.hf's objectives): a masked or
+    seq2seq model's logits at t score token t, which it reads, so next-token training would
+    teach it to copy.
+
+    Raises:
+        ValueError: names the model and what to train instead."""
+    if objective != "causal":
+        raise ValueError(
+            f"{name} is a {objective} language model: its logits at t score token t, which it "
+            "reads, so next-token training on text would teach it to copy; train a causal model "
+            "(a decoder-only hf:, e.g. hf:tiny-llama, or zoo:gpt-mini)"
+        )
 
 
 def perplexity(loss: float | None) -> float | None:

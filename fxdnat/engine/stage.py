@@ -5,7 +5,7 @@ report), under a cost budget the best that fit; the random control's are drawn
 (fxdnat.engine.setup.random_decisions; at a budget :func:`random_within`); contribution pruning
 and similarity removal remove the branches a measure on training data ranks last, within the
 budget or at a DNAT run's number of changes (:func:`measured_decisions`). The ω
-optimiser is rebuilt for the final module with the momentum of the weights that remain; BN
+optimiser goes on with the weights that remain and their momentum (:func:`retarget`); BN
 statistics can be re-estimated (``Recipe.bn_recalibration``).
 
 With ``Recipe.fade_epochs`` the decisions are taken that many epochs before the stage's end;
@@ -52,34 +52,19 @@ CONTRIBUTION_BATCHES = 10
 
 def dnat_decisions(
     gated: fx.GraphModule,
-    recipe: Recipe,
+    searched_epochs: int,
     state: RunState,
     budget: Mapping[str, float] | None = None,
     costs: CostModel | None = None,
 ) -> dict[str, str]:
     """θ's argmax, never a dead join (under a budget: the decisions that fit with the most θ);
-    θ's margins and the edges whose decision differed in the last quarter of θ's epochs (at
-    least the last two) go into ``state``."""
+    θ's margins and the edges whose decision differed at the end of any of the last quarter
+    of θ's ``searched_epochs`` (at least the last two; ``state.theta_history`` has one θ per
+    epoch) go into ``state``: decisions still moving when the stage ended."""
     decisions = decide(gated, budget=budget, costs=costs)
     state.margins = margins(gated)
-    searched = recipe.arch_epochs - recipe.warmup_epochs - recipe.fade_epochs
-    state.flipped = late_flips(gated, decisions, state.theta_history, searched, budget, costs)
-    return decisions
-
-
-def late_flips(
-    gated: fx.GraphModule,
-    decisions: Mapping[str, str],
-    history: Sequence[torch.Tensor],
-    searched_epochs: int,
-    budget: Mapping[str, float] | None = None,
-    costs: CostModel | None = None,
-) -> list[str]:
-    """The edges whose decision differed from ``decisions`` at the end of any of the last
-    quarter of θ's ``searched_epochs`` (at least the last two), by θ's ``history`` (one θ per
-    epoch): decisions that were still moving when the stage ended."""
-    late = history[-max(2, searched_epochs // 4) :]
-    return sorted(
+    late = state.theta_history[-max(2, searched_epochs // 4) :]
+    state.flipped = sorted(
         {
             name
             for theta in late
@@ -87,6 +72,7 @@ def late_flips(
             if choice != decisions[name]
         }
     )
+    return decisions
 
 
 def measured_decisions(
@@ -162,28 +148,14 @@ def fade_factor(done: int, total: int) -> float:
     return (total - done - 1) / (total - done)
 
 
-def carry_momentum(
-    old: torch.optim.Optimizer,
-    new: torch.optim.Optimizer,
-    gated: fx.GraphModule,
-    final: fx.GraphModule,
-) -> None:
-    """Copy ``old``'s state (SGD's momentum) of each weight ``final`` kept to ``new``; weights
-    are matched by name, as finalize keeps the names of what it keeps."""
-    by_name = dict(gated.named_parameters())
-    for name, param in final.named_parameters():
-        state = old.state.get(by_name[name])
-        if state:
-            new.state[param] = {k: v.clone() for k, v in state.items()}
-
-
 def retarget(optimizer: torch.optim.Optimizer, gated: nn.Module, final: nn.Module) -> None:
-    """Point an optimizer someone else owns (a framework's, its scheduler attached) from
+    """Point ω's optimizer (the engine's, or a framework's with its scheduler attached) from
     ``gated``'s weights to the same weights in ``final``, in place: each group keeps its
     hyper-parameters (the learning rate a schedule set) and the weights ``final`` kept, in
-    their order, with their state (momentum, Adam's moments); the weights finalize dropped and
-    θ leave it. Weights are matched by name, as finalize keeps the names of what it keeps; a
-    weight of neither module (the caller's own) stays as it is."""
+    their order (finalize keeps the order, so a resumed run's new optimizer lines up), with
+    their state (momentum, Adam's moments); the weights finalize dropped and θ leave it.
+    Weights are matched by name, as finalize keeps the names of what it keeps; a weight of
+    neither module (the caller's own) stays as it is."""
     names = {id(p): name for name, p in gated.named_parameters()}
     kept = dict(final.named_parameters())
     for group in optimizer.param_groups:

@@ -192,19 +192,19 @@ def checkpoint_data(
     """What ``checkpoint.pt`` holds (fxdnat/checkpoint.py reads it back): how to rebuild the
     network, its weights, both optimizers, the run's state, config and recipe. Tensors and
     plain values only. ``default_scale``: finalize's scale while no finalize has run yet."""
-    theta = dnat.theta
+    network = network_data(
+        model_cfg,
+        dnat,
+        granularity=config.granularity,
+        tie=config.tie,
+        decisions=state.decisions,
+        scale=(state.finalize or {}).get("scale", default_scale),
+        theta=dnat.theta,
+        theta_history=state.theta_history,
+    )
     return {
         "method": config.method,
-        "model": model_cfg,
-        "granularity": config.granularity,
-        "tie": config.tie,
-        "edges": [e.to_dict() for e in dnat.edges],
-        "decisions": state.decisions,
-        "finalize_scale": (state.finalize or {}).get("scale", default_scale),
-        "theta": theta.detach().cpu() if theta is not None else None,
-        "theta_history": state.theta_history,
-        "choices": list(CHOICES),
-        "model_state": {k: v.detach().cpu() for k, v in dnat.module.state_dict().items()},
+        **network,
         "optimizer_w": opt_w.state_dict(),
         "optimizer_theta": opt_theta.state_dict() if opt_theta else None,
         "state": state.to_checkpoint(),
@@ -212,6 +212,34 @@ def checkpoint_data(
         "recipe": dataclasses.asdict(recipe),
         "seed": config.seed,
         "versions": _versions(),
+    }
+
+
+def network_data(
+    model_cfg: dict[str, Any],
+    dnat: DNAT,
+    *,
+    granularity: str,
+    tie: str,
+    decisions: dict[str, str] | None,
+    scale: Scale,
+    theta: torch.Tensor | None,
+    theta_history: list[torch.Tensor],
+) -> dict[str, Any]:
+    """The part of a checkpoint that rebuilds the network (fxdnat/checkpoint.py replays it):
+    the model section, the edges and how they were gated, the decisions, finalize's scale, θ
+    (None: the last of its history, as finalize read it) and its history, and the weights."""
+    return {
+        "model": model_cfg,
+        "granularity": granularity,
+        "tie": tie,
+        "edges": [e.to_dict() for e in dnat.edges],
+        "decisions": decisions,
+        "finalize_scale": scale,
+        "theta": theta.detach().cpu() if theta is not None else None,
+        "theta_history": theta_history,
+        "choices": list(CHOICES),
+        "model_state": {k: v.detach().cpu() for k, v in dnat.module.state_dict().items()},
     }
 
 

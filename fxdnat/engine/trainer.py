@@ -500,11 +500,9 @@ class Trainer:
         final = finalize(gated.module, decisions, scale=scale)
         self.dnat = DNAT.from_module(final, traced=gated.traced, edges=gated.edges)
         s.decisions, s.stage = decisions, "net"
-        if self.opt_w is not None:  # carry ω's momentum for the weights that remain
-            old = self.opt_w
+        if self.opt_w is not None:  # ω's optimizer goes on with the weights that remain
+            stage.retarget(self.opt_w, gated.module, final)
             self._place()
-            self._optimizers(None)
-            stage.carry_momentum(old, self.opt_w, gated.module, final)
             self.opt_theta = None
         acc, loss = (before["test_acc"], before["test_loss"]) if before else (None, None)
         record: dict[str, Any] = {"scale": scale, "acc_before": acc, "acc_after": None}
@@ -557,7 +555,9 @@ class Trainer:
                 costs=costs,
                 changes=changes,
             )
-        return stage.dnat_decisions(gated.module, self.recipe, self.state, budget, costs)
+        r = self.recipe
+        searched = r.arch_epochs - r.warmup_epochs - r.fade_epochs  # θ's epochs
+        return stage.dnat_decisions(gated.module, searched, self.state, budget, costs)
 
     # -------------------------------------------------------------------------- the fade
     def _start_fade(self, now: dict[str, Any]) -> dict[str, Any]:

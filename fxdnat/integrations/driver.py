@@ -34,13 +34,12 @@ from torch import fx, nn
 
 from fxdnat import checkpoint as ckpt
 from fxdnat import tasks
-from fxdnat.dnat import DNAT, world_size
+from fxdnat.dnat import DNAT
 from fxdnat.engine import stage
 from fxdnat.engine.runtime import seed_epoch
-from fxdnat.engine.state import RunState, stored_state
-from fxdnat.frontend import trace
+from fxdnat.engine.state import RunState, network_data, stored_state
 from fxdnat.ir import CHOICES, SAME, Granularity, Scale, Tie, Update, check_decisions
-from fxdnat.passes import decide, discover, finalize, gate, margins
+from fxdnat.passes import decide, discover, finalize, margins
 from fxdnat.reach import THETA_BETAS, THETA_LR, THETA_WEIGHT_DECAY, UNSURE, Reach, plan
 from fxdnat.specs import parse_spec
 
@@ -100,13 +99,8 @@ class Driver:
             )
         if update not in ("alternate", "joint"):
             raise ValueError(f"update is 'alternate' or 'joint', not {update!r}")
-        traced = trace(model, example_inputs, leaves=leaves)
-        edges = discover(traced, granularity)
-        if not edges:
-            raise ValueError(
-                "the model has no edge DNAT can transform (fxdnat edges SPEC lists them)"
-            )
-        self.dnat = DNAT.from_module(gate(traced, edges, tie=tie), traced=traced, edges=edges)
+        self.dnat = DNAT(model, example_inputs, granularity=granularity, tie=tie, leaves=leaves)
+        traced, edges = self.dnat.traced, self.dnat.edges
         self.arch_epochs, self.warmup_epochs = arch_epochs, warmup_epochs
         self.theta_lr, self.theta_betas = theta_lr, theta_betas
         self.theta_weight_decay, self.theta_reach = theta_weight_decay, theta_reach
@@ -178,11 +172,9 @@ class Driver:
             seed_epoch(loader, self.seed, self.state.epoch, rank)
 
     def weights_context(self) -> contextlib.AbstractContextManager[None]:
-        """Run ω's forward inside: θ is a constant there unless its step needs this forward's
-        gradient (joint), or DDP's reducer expects a gradient for every parameter."""
-        if self.dnat.theta is None or (self.searching and self.update == "joint"):
-            return contextlib.nullcontext()
-        return self.dnat.theta_frozen() if world_size() == 1 else contextlib.nullcontext()
+        """Run ω's forward inside (:meth:`fxdnat.DNAT.weights_forward`): θ a constant unless
+        its step needs this forward's gradient (joint)."""
+        return self.dnat.weights_forward(self.searching, self.update)
 
     def theta_step(self, loss_of: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
         """After ω's step on a minibatch: θ's step on it while θ trains — alternating, on
@@ -224,16 +216,12 @@ class Driver:
         at the weights kept, with their state and learning rates (:func:`stage.retarget`).
         Returns the finalized module, which the framework trains from now on; ``accuracy``,
         the gated network's last test accuracy if known, goes into the record."""
-        gated, s = self.dnat, self.state
-        decisions = decide(gated.module)
-        s.margins = margins(gated.module)
+        gated, s = self.dnat.module, self.state
         searched = self.arch_epochs - self.warmup_epochs
-        s.flipped = stage.late_flips(gated.module, decisions, s.theta_history, searched)
-        final = finalize(gated.module, decisions, scale=self.scale)
+        decisions = stage.dnat_decisions(gated, searched, s)
+        final = self._finalize(decisions)
         for optimizer in optimizers:
-            stage.retarget(optimizer, gated.module, final)
-        self.finalized_theta = gated.theta.detach().cpu().clone()
-        self.dnat = DNAT.from_module(final, traced=gated.traced, edges=gated.edges)
+            stage.retarget(optimizer, gated, final)
         self.opt_theta = None
         s.decisions, s.stage = decisions, "net"
         s.finalize = {"scale": self.scale, "acc_before": accuracy, "epoch": s.epoch}
@@ -292,10 +280,16 @@ class Driver:
         state.theta_history = list(history)
         self.state, self._theta_optimizer_state = state, stored.get("optimizer_theta")
         if state.decisions is not None:
-            gated = self.dnat
-            final = finalize(gated.module, state.decisions, scale=self.scale)
-            self.finalized_theta = theta.detach().cpu().clone()
-            self.dnat = DNAT.from_module(final, traced=gated.traced, edges=gated.edges)
+            self._finalize(state.decisions)
+
+    def _finalize(self, decisions: dict[str, str]) -> fx.GraphModule:
+        """The network finalized on ``decisions`` and θ as it is now, which becomes the one
+        trained (θ kept as finalize read it: the checkpoint's replay needs it)."""
+        gated = self.dnat
+        self.finalized_theta = gated.theta.detach().cpu().clone()
+        final = finalize(gated.module, decisions, scale=self.scale)
+        self.dnat = DNAT.from_module(final, traced=gated.traced, edges=gated.edges)
+        return final
 
     # -------------------------------------------------------------------------- reporting
     def metrics(self) -> dict[str, float]:
@@ -333,22 +327,21 @@ class Driver:
                 "timm:NAME, module:package.module:factory, ...) to the callback"
             )
         s, theta = self.state, self.dnat.theta
-        if theta is None:  # finalized: θ as finalize read it (its coefficients are in the graph)
-            theta = self.finalized_theta
-        state = s.to_checkpoint() | {"metrics": list(metrics), "rng": {}}
+        network = network_data(
+            self.model_section,
+            self.dnat,
+            granularity=self.granularity,
+            tie=self.tie,
+            decisions=s.decisions,
+            scale=self.scale,
+            # finalized: θ as finalize read it (its coefficients are in the graph)
+            theta=theta if theta is not None else self.finalized_theta,
+            theta_history=list(s.theta_history),
+        )
         return {
             "method": "dnat",
-            "model": self.model_section,
-            "granularity": self.granularity,
-            "tie": self.tie,
-            "edges": [e.to_dict() for e in self.dnat.edges],
-            "decisions": s.decisions,
-            "finalize_scale": self.scale,
-            "theta": theta.detach().cpu() if theta is not None else None,
-            "theta_history": list(s.theta_history),
-            "choices": list(CHOICES),
-            "model_state": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
-            "state": state,
+            **network,
+            "state": s.to_checkpoint() | {"metrics": list(metrics), "rng": {}},
             "config": {"data": self.data, "data_dir": self.data_dir, "seed": self.seed},
             "recipe": {"arch_epochs": self.arch_epochs, "warmup_epochs": self.warmup_epochs},
         }

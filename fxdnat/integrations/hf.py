@@ -282,12 +282,7 @@ def _logits_model(model: nn.Module) -> nn.Module:
     from fxdnat.hf import LanguageModel, objective_of  # lazy: transformers' model registry
 
     objective = objective_of(model.config)
-    if objective != "causal":
-        raise ValueError(
-            f"{type(model).__name__} is a {objective} language model: its logits at t score "
-            "token t, which it reads, so next-token training would teach it to copy; give a "
-            "causal (decoder-only) model"
-        )
+    tasks.check_causal(objective, type(model).__name__)
     return LanguageModel(model, objective)
 
 
