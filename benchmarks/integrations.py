@@ -37,8 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import _report, _timing
-from benchmarks.training import trainer
-from fxdnat import tasks
+from benchmarks.training import eager_model, hand_step, trainer
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.engine import Trainer
 
@@ -91,8 +90,7 @@ def lightning_variants(engine: Trainer, x, y, args: argparse.Namespace) -> dict[
     class Classifier(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            torch.manual_seed(0)
-            self.model = _fresh(engine)
+            self.model = eager_model(engine)
             self.example_input_array = x[:1]
 
         def training_step(self, batch, batch_idx):
@@ -148,8 +146,7 @@ def trainer_variants(engine: Trainer, x, y, args: argparse.Namespace, out: Path)
     class Alone(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            torch.manual_seed(0)
-            self.net = _fresh(engine)
+            self.net = eager_model(engine)
 
         def forward(self, input_ids, labels):
             logits = self.net(input_ids)
@@ -187,9 +184,8 @@ def trainer_variants(engine: Trainer, x, y, args: argparse.Namespace, out: Path)
         arch, warmup, update = SETTINGS[name]
 
         def run() -> float:
-            torch.manual_seed(0)
             callback = DNATTrainerCallback(
-                _fresh(engine), x[:1], arch_epochs=arch, warmup_epochs=warmup, update=update,
+                eager_model(engine), x[:1], arch_epochs=arch, warmup_epochs=warmup, update=update,
                 theta_lr=0.01,
             )  # fmt: skip
             if name == "network stage":
@@ -219,8 +215,8 @@ def engine_variants(model: str, data: str, args: argparse.Namespace, tmp: Path) 
 
 
 def _hand_written(reference: Trainer, x, y) -> Callable[[], None]:
-    torch.manual_seed(0)
-    model, r = _fresh(reference), reference.recipe
+    """benchmarks.training's hand-written step with the recipe's optimizer."""
+    model, r = eager_model(reference), reference.recipe
     if r.optimizer == "adamw":
         opt = torch.optim.AdamW(
             model.parameters(), lr=r.lr, betas=r.betas, weight_decay=r.weight_decay
@@ -229,17 +225,8 @@ def _hand_written(reference: Trainer, x, y) -> Callable[[], None]:
         opt = torch.optim.SGD(
             model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
         )
-    model.train()
-
-    def step() -> None:
-        logits = tasks.main_logits(model(x))
-        loss = F.cross_entropy(logits.flatten(0, -2), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip or float("inf"))
-        opt.step()
-
-    return step
+    step = hand_step(model, opt, r.grad_clip or float("inf"))
+    return lambda: step(x, y)
 
 
 def _repeat(step: Callable[[], object], args: argparse.Namespace) -> Sample:
@@ -254,14 +241,6 @@ def _repeat(step: Callable[[], object], args: argparse.Namespace) -> Sample:
         return _median_step(starts, args.warmup)
 
     return sample
-
-
-def _fresh(reference: Trainer) -> torch.nn.Module:
-    """The model as the zoo builds it (eager), for the task of ``reference``'s data."""
-    from fxdnat.specs import build_model
-
-    built = build_model(reference.model_cfg["spec"], **reference.task.build_arguments())
-    return built.model
 
 
 # ------------------------------------------------------------------------------ rounds

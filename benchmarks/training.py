@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import _report, _timing
-from fxdnat import zoo
 from fxdnat.allocator import tune_cpu_allocator
 from fxdnat.engine import Reporter, RunConfig, Trainer
+from fxdnat.specs import build_model
+from fxdnat.tasks import main_logits
 
 TARGETS = {
     "fxdnat, original": 1.03,
@@ -54,19 +55,27 @@ def trainer(model: str, out: Path, batch: int, limit: int, **overrides) -> Train
     return Trainer(config, Reporter())
 
 
-def _sgd_step(model: torch.nn.Module, lr: float, clip: float) -> Callable[..., None]:
-    """The minimal hand-written step the engine is compared with: SGD, clipped."""
+def hand_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: float
+) -> Callable[..., None]:
+    """The minimal hand-written step the engine is compared with: cross-entropy (per example,
+    or per token of a language model), backward, clipping, the optimizer's step."""
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(main_logits(model(x)).flatten(0, -2), y.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
 
     return step
+
+
+def _sgd_step(model: torch.nn.Module, lr: float, clip: float) -> Callable[..., None]:
+    """The hand-written step with SGD (momentum 0.9, decay 5e-4), clipped."""
+    sgd = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    return hand_step(model, sgd, clip)
 
 
 def plain_step(model: torch.nn.Module, x, y, lr: float, clip: float) -> Callable[[], None]:
@@ -123,7 +132,7 @@ def measure(model: str, args: argparse.Namespace, tmp: Path) -> dict:
     reference = runs["fxdnat, original"]
     x, y = next(iter(reference.train_loader))
     lr, clip = reference.recipe.lr, reference.recipe.grad_clip
-    steps = {"plain": plain_step(_eager_model(model, reference), x, y, lr, clip)}
+    steps = {"plain": plain_step(eager_model(reference), x, y, lr, clip)}
     steps.update({name: engine_step(t, x, y) for name, t in runs.items()})
     steps.update(nat_steps(nat_trainer(model, tmp / "nat", reference, args), x, y))
     step_samples = _timing.interleave(
@@ -132,7 +141,7 @@ def measure(model: str, args: argparse.Namespace, tmp: Path) -> dict:
     )  # fmt: skip
     epoch_samples = _timing.interleave(
         {
-            "minimal loop": minimal_epoch(_eager_model(model, reference), reference.train_loader,
+            "minimal loop": minimal_epoch(eager_model(reference), reference.train_loader,
                                           lr, clip),
             "fxdnat train_epoch": reference.train_epoch,
         },
@@ -149,10 +158,11 @@ def measure(model: str, args: argparse.Namespace, tmp: Path) -> dict:
     }
 
 
-def _eager_model(model: str, reference: Trainer) -> torch.nn.Module:
+def eager_model(reference: Trainer) -> torch.nn.Module:
+    """The model of ``reference``'s run as its spec builds it (eager, seed 0), for its task."""
     torch.manual_seed(0)
-    return zoo.create_model(model, num_classes=reference.task.num_classes,
-                            input_size=reference.task.input_size)  # fmt: skip
+    cfg = reference.model_cfg
+    return build_model(cfg["spec"], **reference.task.build_arguments(), **cfg["kwargs"]).model
 
 
 def _cell(stats: _timing.Stats) -> list[str]:
