@@ -74,12 +74,9 @@ class DNATCallback(pl.Callback):
         **options: Any,
     ) -> None:
         super().__init__()
-        self.arch_epochs, self.attribute, self.example_inputs = (
-            arch_epochs,
-            attribute,
-            example_inputs,
-        )
-        self.theta_loss, self.dirpath, self.options = theta_loss, dirpath, options
+        self.arch_epochs, self.attribute = arch_epochs, attribute
+        self.example_inputs, self.theta_loss = example_inputs, theta_loss
+        self.dirpath, self.options = dirpath, options
         self.driver: Driver | None = None
         self._drawn = False  # this fit's first epoch has drawn its batches seeded
         self._batches: list[tuple[Any, int]] = []  # since ω's last step (gradient accumulation)
@@ -223,8 +220,9 @@ class DNATCallback(pl.Callback):
         record |= _curves(trainer.callback_metrics)
         if driver.end_epoch():
             self._finalize(trainer, pl_module, record.get("test_acc"))
-        self.records.append(record | {"preferences": _counts(driver.metrics())})
-        pl_module.log_dict(driver.metrics(), on_epoch=True, rank_zero_only=True)
+        metrics = driver.metrics()  # decide and margins: once an epoch
+        self.records.append(record | {"preferences": _counts(metrics)})
+        pl_module.log_dict(metrics, on_epoch=True, rank_zero_only=True)
         self._save(trainer)
 
     def _finalize(
